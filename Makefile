@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch and torchvision: the builds that lie on this machine's disk (CPU or CUDA wheels alike).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: setup up test fixtures validate bench-policy clean lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+fixtures: setup
+	$(BIN)/zoo fixtures
+
+validate: setup
+	$(BIN)/zoo validate
+
+up: setup
+	$(BIN)/zoo up
+
+test: setup
+	$(BIN)/zoo validate
+	$(BIN)/zoo fixtures
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench-policy: setup
+	$(BIN)/python benchmarks/run_policy_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

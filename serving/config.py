@@ -1,0 +1,346 @@
+"""zoo.yaml: the one file that describes services, devices, budgets and models.
+
+Validated once at start-up by pydantic; an invalid file fails with the field path and what to change.
+Environment overrides of seed 003 (VRAM_BUDGET_GB, PORT, *_MODEL_PATH, YOLO26_CONFIDENCE,
+ENRICHMENT_<MODEL>_SERVICE) are read once, in `load_zoo`, never later.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serving.errors import ConfigError, UnsafePath
+
+MB = 1024 * 1024
+GB = 1024 * MB
+
+#: YOLO class names the detector keeps (seed 003 SECURITY_CLASSES).
+SECURITY_CLASSES = frozenset(
+    {"person", "car", "truck", "dog", "cat", "bird", "bicycle", "motorcycle", "bus"}
+)
+#: COCO class name -> detection type used by the enrichment triggers (seed: person|vehicle|animal|object).
+DETECTION_TYPE_OF_CLASS: dict[str, str] = {
+    "person": "person",
+    "car": "vehicle",
+    "truck": "vehicle",
+    "bus": "vehicle",
+    "motorcycle": "vehicle",
+    "bicycle": "vehicle",
+    "dog": "animal",
+    "cat": "animal",
+    "bird": "animal",
+}
+DETECTION_TYPES = ("person", "vehicle", "animal", "object")
+
+
+def detection_type_of(label: str) -> str:
+    """Map a detector class name (or an already-typed label) to person|vehicle|animal|object."""
+    if label in DETECTION_TYPES:
+        return label
+    return DETECTION_TYPE_OF_CLASS.get(label, "object")
+
+
+class Priority(enum.IntEnum):
+    """Seed 003 priority classes; a larger value is evicted first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    MEDIUM = 2
+    LOW = 3
+
+
+class ThermalState(str, enum.Enum):
+    OFF = "OFF"
+    COLD = "COLD"
+    WARM = "WARM"
+    HOT = "HOT"
+    AUTOMATIC = "AUTOMATIC"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ThermalSpec(_Strict):
+    """Thermal defaults of a model (seed 000 part 3)."""
+
+    default_state: ThermalState = Field(ThermalState.COLD, description="State at first start-up.")
+    warmup_time_s: float = Field(30.0, ge=0, description="Expected seconds from COLD to ready.")
+    min_instances: int = Field(0, ge=0, description="SageMaker: instances kept at idle (0 = scale to zero).")
+    max_instances: int = Field(1, ge=1, description="SageMaker: upper bound when scaling out.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThermalSpec:
+        if self.min_instances > self.max_instances:
+            raise ValueError("min_instances must be <= max_instances; lower min_instances or raise max_instances")
+        return self
+
+
+_SOURCE_KEYS = ("engine", "onnx", "pt", "hf", "gguf", "safetensors")
+
+
+def check_relative_model_path(value: str) -> str:
+    """A path written in zoo.yaml: relative, no `..`, so it can only name something inside models_root."""
+    p = PurePosixPath(value)
+    if not value or p.is_absolute() or value.startswith("~") or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"{value!r} must be a path relative to models_root (no absolute paths)")
+    if ".." in p.parts:
+        raise ValueError(f"{value!r} must not contain '..' (paths stay inside models_root)")
+    return value
+
+
+class ModelSpec(_Strict):
+    """One model of the zoo."""
+
+    family: str = Field(description="Adapter key in serving.adapters.registry (e.g. yolo, clip, causal_lm).")
+    task: str = Field(description="What the model does: detect, pose, segment, classify, embed, depth, action, chat, ...")
+    source: dict[str, str] = Field(
+        description="Files relative to models_root by format: engine, onnx, pt (YOLO), hf (a transformers folder), safetensors."
+    )
+    hf_id: str | None = Field(None, description="Hub repository of the real weights, used by `zoo pull` only.")
+    env_path: str | None = Field(None, description="Environment variable that overrides the path (seed 003, e.g. VEHICLE_MODEL_PATH).")
+    vram_mb: float = Field(gt=0, description="Declared VRAM estimate in MB until a footprint is measured.")
+    priority: Priority = Field(Priority.MEDIUM, description="CRITICAL, HIGH, MEDIUM or LOW (seed 003).")
+    residency: Literal["always", "on_demand"] = Field("on_demand", description="always = loaded at start.")
+    keep_alive_s: float = Field(900.0, ge=0, description="Idle seconds before HOT -> WARM -> COLD (seed: scaleToZeroAfterMinutes).")
+    triggers: list[str] = Field(default_factory=list, description="Detection types or class names that need this model.")
+    trigger_option: str | None = Field(None, description="Only triggered when the request's options[trigger_option] is true.")
+    aliases: list[str] = Field(default_factory=list, description="Short names for ENRICHMENT_<ALIAS>_SERVICE overrides.")
+    capabilities: list[str] = Field(default_factory=list, description="What it can serve, for selection (e.g. pose).")
+    fallback: str | None = Field(None, description="Model to use when this one is not ready (seed: ViTPose -> YOLOv8n-pose).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Family-specific settings (labels, prompts, thresholds).")
+    thermal: ThermalSpec = Field(default_factory=ThermalSpec)
+    description: str = ""
+
+    @field_validator("family")
+    @classmethod
+    def _family_known(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
+            raise ValueError("family must be a lower-case adapter key such as 'yolo' or 'hf_image_classifier'")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError(f"source needs at least one of {', '.join(_SOURCE_KEYS)}")
+        for key, path in v.items():
+            if key not in _SOURCE_KEYS:
+                raise ValueError(f"unknown source format {key!r}; use one of {', '.join(_SOURCE_KEYS)}")
+            check_relative_model_path(path)
+        return v
+
+    @property
+    def vram_bytes(self) -> int:
+        return int(self.vram_mb * MB)
+
+
+class ServiceSpec(_Strict):
+    """One per-GPU service process and its manager."""
+
+    kind: Literal["detection", "llm", "florence", "clip", "enrichment", "gateway"] = Field(
+        description="Which router module serves it."
+    )
+    container: str = Field("", description="Container name in compose.gpu.yml (seed 003).")
+    port: int = Field(ge=1, le=65535)
+    device: str = Field("auto", description="cpu, cuda:N, or auto (cuda:<gpu> when present, else cpu).")
+    gpu: int = Field(0, ge=0, description="GPU index used by device=auto and by compose.gpu.yml.")
+    vram_budget_gb: float = Field(0.0, ge=0, description="Budget of this manager (env VRAM_BUDGET_GB overrides).")
+    host_cache_gb: float = Field(0.0, ge=0, description="Warm tier: host RAM for parked weights.")
+    headroom_mb: float = Field(256.0, ge=0, description="Device memory left free for activations and other tenants.")
+    safety_factor: float = Field(1.2, ge=1.0, description="Declared vram_mb x this until measured.")
+    policy: str = Field("priority-gdsf", description="Eviction policy name (serving.vram.policy.POLICIES).")
+    load_concurrency: int = Field(1, ge=1, description="Loads in flight at once on this device (1 = serialized).")
+    admission_timeout_s: float = Field(10.0, gt=0, description="How long a load waits for leases to release.")
+    sweep_interval_s: float = Field(15.0, gt=0, description="How often the idle sweeper runs.")
+    models: list[str] = Field(default_factory=list)
+    required_models: list[str] = Field(default_factory=list, description="Service is DEGRADED without these (seed 000).")
+    upstreams: dict[str, str] = Field(default_factory=dict, description="gateway: service name -> base URL override.")
+
+    @property
+    def vram_budget_bytes(self) -> int:
+        return int(self.vram_budget_gb * GB)
+
+    @property
+    def host_cache_bytes(self) -> int:
+        return int(self.host_cache_gb * GB)
+
+
+class ZooConfig(_Strict):
+    """The whole zoo."""
+
+    models_root: Path = Field(Path("./models"), description="Where model files live; env ZOO_MODELS_ROOT overrides.")
+    services: dict[str, ServiceSpec]
+    models: dict[str, ModelSpec]
+    #: model -> service name from ENRICHMENT_<MODEL>_SERVICE (heavy -> enrichment, light -> enrichment-light)
+    route_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ZooConfig:
+        ports: dict[int, str] = {}
+        owner: dict[str, str] = {}
+        for sname, svc in self.services.items():
+            if svc.port in ports:
+                raise ValueError(f"services.{sname}.port {svc.port} is already used by services.{ports[svc.port]}; pick another port")
+            ports[svc.port] = sname
+            for m in svc.models:
+                if m not in self.models:
+                    raise ValueError(f"services.{sname}.models: unknown model {m!r}; add it under models: or remove it")
+                if m in owner:
+                    raise ValueError(f"model {m!r} is listed by services.{owner[m]} and services.{sname}; a model belongs to one service")
+                owner[m] = sname
+            for m in svc.required_models:
+                if m not in svc.models:
+                    raise ValueError(f"services.{sname}.required_models: {m!r} is not in that service's models")
+            if svc.kind != "gateway" and svc.models and svc.vram_budget_gb <= 0:
+                raise ValueError(f"services.{sname}.vram_budget_gb must be > 0 for a service with models")
+            if svc.kind != "gateway":
+                budget = svc.vram_budget_bytes
+                for m in svc.models:
+                    if self.models[m].vram_bytes > budget > 0:
+                        raise ValueError(
+                            f"models.{m}.vram_mb ({self.models[m].vram_mb:g}) exceeds services.{sname}.vram_budget_gb "
+                            f"({svc.vram_budget_gb:g} GB); raise the budget or move the model"
+                        )
+        for mname, spec in self.models.items():
+            if spec.fallback and spec.fallback not in self.models:
+                raise ValueError(f"models.{mname}.fallback: unknown model {spec.fallback!r}")
+        return self
+
+    # --- queries ---------------------------------------------------------------------------------
+    def service_of(self, model: str) -> str | None:
+        if model in self.route_overrides:
+            return self.route_overrides[model]
+        for sname, svc in self.services.items():
+            if model in svc.models:
+                return sname
+        return None
+
+    def models_of(self, service: str) -> dict[str, ModelSpec]:
+        return {m: self.models[m] for m in self.services[service].models}
+
+    def models_for_detection(
+        self, label: str, options: Mapping[str, Any] | None = None, service: str | None = None
+    ) -> list[str]:
+        """Seed `get_models_for_detection_type`: the models a detection of this type/class needs."""
+        dtype = detection_type_of(label)
+        opts = options or {}
+        names = [n for n in self.services[service].models] if service else list(self.models)
+        out = []
+        for name in names:
+            spec = self.models[name]
+            if not (dtype in spec.triggers or label in spec.triggers):
+                continue
+            if spec.trigger_option and not opts.get(spec.trigger_option):
+                continue
+            out.append(name)
+        return out
+
+    def resolve_path(self, model: str, fmt: str) -> Path:
+        """Absolute path of one source file of a model, guaranteed inside models_root."""
+        spec = self.models[model]
+        if fmt not in spec.source:
+            raise KeyError(f"{model} has no {fmt} source")
+        return resolve_inside(self.models_root, spec.source[fmt])
+
+
+def resolve_inside(root: Path, path: str | Path) -> Path:
+    """Resolve `path` against `root`; raise UnsafePath when it escapes the root."""
+    root_r = Path(root).resolve()
+    p = Path(path)
+    full = (p if p.is_absolute() else root_r / p).resolve()
+    if full != root_r and root_r not in full.parents:
+        raise UnsafePath(f"model path {str(path)!r} resolves outside the models root {str(root_r)!r}")
+    return full
+
+
+# --- loading -------------------------------------------------------------------------------------
+_FORMAT_BY_SUFFIX = {".engine": "engine", ".onnx": "onnx", ".pt": "pt", ".gguf": "gguf", ".safetensors": "safetensors"}
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "invalid zoo file:\n" + "\n".join(lines)
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None) -> None:
+    models = raw.get("models") or {}
+    services = raw.get("services") or {}
+    root = Path(raw["models_root"])
+    if service and service in services:
+        svc = services[service]
+        for var, field, conv in (("VRAM_BUDGET_GB", "vram_budget_gb", float), ("PORT", "port", int)):
+            if env.get(var):
+                try:
+                    svc[field] = conv(env[var])
+                except ValueError as e:
+                    raise ConfigError(f"environment {var}={env[var]!r} is not a valid {conv.__name__}") from e
+    for sname, svc in services.items():
+        key = "ZOO_" + re.sub(r"[^A-Z0-9]", "_", sname.upper()) + "_VRAM_BUDGET_GB"
+        if env.get(key):
+            svc["vram_budget_gb"] = float(env[key])
+    for mname, spec in models.items():
+        var = spec.get("env_path")
+        if var and env.get(var):
+            value = env[var]
+            full = resolve_inside(root, value)  # absolute allowed only inside models_root
+            rel = str(full.relative_to(Path(root).resolve()))
+            fmt = _FORMAT_BY_SUFFIX.get(full.suffix, "hf")
+            spec["source"] = {fmt: rel}
+    if env.get("YOLO26_CONFIDENCE"):
+        for spec in models.values():
+            if spec.get("family") == "yolo" and spec.get("task") == "detect" and "yolo26" in str(spec.get("env_path", "")).lower():
+                spec.setdefault("options", {})["confidence"] = float(env["YOLO26_CONFIDENCE"])
+    # ENRICHMENT_<MODEL or ALIAS>_SERVICE=heavy|light|<service name>
+    route: dict[str, str] = {}
+    names = {"heavy": "enrichment", "light": "enrichment-light"}
+    for mname, spec in models.items():
+        keys = [mname] + list(spec.get("aliases", []))
+        for k in keys:
+            var = "ENRICHMENT_" + re.sub(r"[^A-Z0-9]", "_", k.upper()) + "_SERVICE"
+            if env.get(var):
+                target = names.get(env[var].lower(), env[var])
+                if target not in services:
+                    raise ConfigError(f"environment {var}={env[var]!r}: use heavy, light or a service name")
+                route[mname] = target
+    raw["route_overrides"] = route
+
+
+def load_zoo(
+    path: str | Path = "zoo.yaml",
+    *,
+    service: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ZooConfig:
+    """Read, override from the environment and validate zoo.yaml. Raises ConfigError with field paths."""
+    env = os.environ if env is None else env
+    path = Path(env.get("ZOO_CONFIG", path)) if env.get("ZOO_CONFIG") else Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"zoo file {str(path)!r} not found; pass --zoo or set ZOO_CONFIG") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"zoo file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"zoo file {str(path)!r} must be a mapping with services: and models:")
+    if service is not None and service not in (raw.get("services") or {}):
+        raise ConfigError(f"unknown service {service!r}; known: {', '.join(raw.get('services') or {})}")
+    root = Path(env.get("ZOO_MODELS_ROOT") or raw.get("models_root") or "./models")
+    raw["models_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
+    _apply_env(raw, env, service)
+    try:
+        return ZooConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None

@@ -1,0 +1,246 @@
+"""Device seams: the only code that asks a device how much memory it has and uses.
+
+- `CudaDevice`: torch.cuda.mem_get_info (free memory, all tenants), memory_allocated / max_memory_allocated
+  (this process), pynvml for per-process usage of other tenants when the driver allows it.
+- `CpuDevice`: host RAM; allocations are measured as parameter bytes (no allocator counters on CPU).
+- `FakeDevice`: a byte budget with owners, scripted out-of-memory, other tenants, for tests and the
+  policy benchmark. Thread-safe: adapters call it from worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from typing import Any
+
+from serving.errors import DeviceOOM
+
+
+class Device(abc.ABC):
+    """Memory view of one device."""
+
+    kind: str = ""
+    #: True when allocated_bytes() tracks this process's allocations (CUDA, fake); False on CPU.
+    measures_allocations: bool = True
+    #: True when host copies should be pinned (page-locked) for fast H2D restores.
+    pin_memory: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def torch_device(self) -> str:
+        return self.name
+
+    @abc.abstractmethod
+    def total_bytes(self) -> int: ...
+
+    @abc.abstractmethod
+    def free_bytes(self) -> int:
+        """Memory really free on the device now, other tenants included."""
+
+    def allocated_bytes(self) -> int:
+        return 0
+
+    def reset_peak(self) -> None:
+        return None
+
+    def peak_bytes(self) -> int:
+        return self.allocated_bytes()
+
+    def empty_cache(self) -> None:
+        return None
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return isinstance(exc, (DeviceOOM, MemoryError))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "total_bytes": self.total_bytes()}
+
+    @property
+    def model_name(self) -> str:
+        return self.kind
+
+
+class CpuDevice(Device):
+    kind = "cpu"
+    measures_allocations = False
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+
+    def total_bytes(self) -> int:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def free_bytes(self) -> int:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:  # pragma: no cover - non-Linux
+            pass
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+    @property
+    def model_name(self) -> str:
+        return "cpu"
+
+
+class CudaDevice(Device):  # pragma: no cover - needs a GPU; exercised on a CUDA box
+    """A CUDA GPU seen through torch's caching allocator and NVML."""
+
+    kind = "cuda"
+    pin_memory = True
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__(f"cuda:{index}")
+        import torch
+
+        self.index = index
+        self._torch = torch
+        self._nvml = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:  # NVML missing in some containers: torch alone still works
+            self._nvml = None
+
+    def total_bytes(self) -> int:
+        return self._torch.cuda.mem_get_info(self.index)[1]
+
+    def free_bytes(self) -> int:
+        return self._torch.cuda.mem_get_info(self.index)[0]
+
+    def allocated_bytes(self) -> int:
+        return self._torch.cuda.memory_allocated(self.index)
+
+    def reset_peak(self) -> None:
+        self._torch.cuda.reset_peak_memory_stats(self.index)
+
+    def peak_bytes(self) -> int:
+        return self._torch.cuda.max_memory_allocated(self.index)
+
+    def empty_cache(self) -> None:
+        # Called by the manager only, after an OOM on load or after unloading: never in generic code.
+        self._torch.cuda.empty_cache()
+
+    def is_oom(self, exc: BaseException) -> bool:
+        if isinstance(exc, (DeviceOOM, self._torch.cuda.OutOfMemoryError)):
+            return True
+        # onnxruntime / TensorRT report OOM as plain runtime errors with these messages
+        msg = str(exc).lower()
+        return isinstance(exc, RuntimeError) and ("out of memory" in msg or "failed to allocate memory" in msg)
+
+    @property
+    def model_name(self) -> str:
+        return self._torch.cuda.get_device_name(self.index)
+
+    def other_tenants_bytes(self) -> int:
+        """Bytes used on this GPU by other processes (NVML), 0 when NVML cannot tell."""
+        if self._nvml is None:
+            return 0
+        try:
+            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception:
+            return 0
+        me = os.getpid()
+        return sum((p.usedGpuMemory or 0) for p in procs if p.pid != me)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(model=self.model_name, other_tenants_bytes=self.other_tenants_bytes())
+        return d
+
+
+class FakeDevice(Device):
+    """A byte budget with named owners; scripted OOM and other tenants. For tests and simulation."""
+
+    kind = "fake"
+
+    def __init__(self, capacity_bytes: int, *, name: str = "fake:0", other_tenants_bytes: int = 0) -> None:
+        super().__init__(name)
+        self.capacity = int(capacity_bytes)
+        self.other_tenants = int(other_tenants_bytes)
+        self._lock = threading.Lock()
+        self._alloc: dict[str, int] = {}
+        self._peak = 0
+        self.fail_next_allocs = 0  # scripted OOMs: the next N allocate() calls raise DeviceOOM
+        self.empty_cache_calls = 0
+
+    @property
+    def torch_device(self) -> str:
+        return "cpu"
+
+    def total_bytes(self) -> int:
+        return self.capacity
+
+    def free_bytes(self) -> int:
+        with self._lock:
+            return self.capacity - self.other_tenants - sum(self._alloc.values())
+
+    def allocated_bytes(self) -> int:
+        with self._lock:
+            return sum(self._alloc.values())
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak = sum(self._alloc.values())
+
+    def peak_bytes(self) -> int:
+        with self._lock:
+            return self._peak
+
+    def empty_cache(self) -> None:
+        self.empty_cache_calls += 1
+
+    def allocate(self, owner: str, nbytes: int) -> None:
+        with self._lock:
+            if self.fail_next_allocs > 0:
+                self.fail_next_allocs -= 1
+                raise DeviceOOM(f"scripted out of memory allocating {nbytes} bytes for {owner}")
+            used = sum(self._alloc.values()) + self.other_tenants
+            if used + nbytes > self.capacity:
+                raise DeviceOOM(f"out of memory: {owner} needs {nbytes}, {self.capacity - used} free")
+            self._alloc[owner] = self._alloc.get(owner, 0) + int(nbytes)
+            self._peak = max(self._peak, sum(self._alloc.values()))
+
+    def release(self, owner: str, nbytes: int | None = None) -> None:
+        with self._lock:
+            if nbytes is None:
+                self._alloc.pop(owner, None)
+            else:
+                left = self._alloc.get(owner, 0) - int(nbytes)
+                if left > 0:
+                    self._alloc[owner] = left
+                else:
+                    self._alloc.pop(owner, None)
+
+    def owned(self, owner: str) -> int:
+        with self._lock:
+            return self._alloc.get(owner, 0)
+
+
+def device_from_spec(spec: str, gpu: int = 0) -> Device:
+    """`cpu`, `cuda:N`, or `auto` (cuda:<gpu> when CUDA is present, else cuda:0 when any, else cpu)."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return CpuDevice()
+    if spec.startswith("cuda"):
+        idx = int(spec.split(":", 1)[1]) if ":" in spec else gpu
+        return CudaDevice(idx)
+    if spec == "auto":
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                n = torch.cuda.device_count()
+                return CudaDevice(gpu if gpu < n else 0)
+        except Exception:
+            pass
+        return CpuDevice()
+    raise ValueError(f"unknown device {spec!r}: use cpu, cuda:N or auto")

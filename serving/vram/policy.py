@@ -1,0 +1,162 @@
+"""Eviction policies: pure functions over a frozen snapshot.
+
+`choose_victims(candidates, need_bytes, now) -> list[str]` returns names in eviction order whose bytes
+add up to at least `need_bytes`, or every candidate when even that is not enough (the manager then
+waits or fails). No torch, no I/O, no clock reads: everything a policy may use is in `Candidate`.
+
+Registered policies (select with `policy:` in zoo.yaml or `--policy`):
+- `lru`            plain least-recently-used (Ray Serve multiplexing, llama.cpp router).
+- `ollama`         shortest keep_alive first, then name (Ollama's findRunnerToUnload).
+- `size-lru`       size-weighted LRU: largest idle-time x bytes first (ModelMesh-like).
+- `priority-lru`   seed 003: sort by (priority descending, last_used ascending); CRITICAL last.
+- `priority-gdsf`  ours: the seed's class rule, and inside it GreedyDual-Size-Frequency: evict the
+                   lowest expected reload cost per byte (use rate x reload seconds / bytes).
+- `belady`         offline reference: knows each model's next use; same class rule; evicts the one
+                   whose reload is needed latest per second of cost (never-again first).
+
+The class rule (seed 003): a lower class (LOW=3 ... CRITICAL=0) is always evicted before a higher one
+when evicting the lower class suffices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What a policy may know of one evictable (unleased, not pinned) model."""
+
+    name: str
+    bytes: int
+    priority: int  # 0 CRITICAL ... 3 LOW
+    last_used: float
+    keep_alive_s: float = 900.0
+    #: seconds to bring it back after eviction (warm restore when it would be parked, else cold load)
+    reload_s: float = 1.0
+    #: decayed uses per second at `now`
+    rate: float = 0.0
+    #: time of next use, known only to the offline reference (None = unknown, INF = never)
+    next_use: float | None = None
+
+
+Policy = Callable[[Sequence[Candidate], int, float], list[str]]
+POLICIES: dict[str, Policy] = {}
+
+
+def register(name: str) -> Callable[[Policy], Policy]:
+    def deco(fn: Policy) -> Policy:
+        POLICIES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise KeyError(f"unknown eviction policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+
+
+def _take_in_order(ordered: Sequence[Candidate], need: int) -> list[str]:
+    """Walk an ordering and stop as soon as the freed bytes cover `need`."""
+    out: list[str] = []
+    freed = 0
+    for c in ordered:
+        if freed >= need:
+            break
+        out.append(c.name)
+        freed += c.bytes
+    return out
+
+
+def _minimal(chosen: list[Candidate], need: int) -> list[Candidate]:
+    """Drop victims that are not needed, most valuable first (the order of `chosen` is least valuable first)."""
+    total = sum(c.bytes for c in chosen)
+    keep = list(chosen)
+    for c in reversed(chosen):
+        if total - c.bytes >= need:
+            keep.remove(c)
+            total -= c.bytes
+    return keep
+
+
+def _class_rule(candidates: Sequence[Candidate], need: int) -> list[Candidate]:
+    """The candidates a class-respecting policy may choose from: classes from LOW upwards, just enough."""
+    allowed: list[Candidate] = []
+    for prio in sorted({c.priority for c in candidates}, reverse=True):
+        allowed.extend(c for c in candidates if c.priority == prio)
+        if sum(c.bytes for c in allowed) >= need:
+            break
+    return allowed
+
+
+def _by_value(allowed: Sequence[Candidate], need: int, value: Callable[[Candidate], float]) -> list[str]:
+    """Lowest value first; only cross into a higher class after every lower one is taken."""
+    if sum(c.bytes for c in allowed) < need:
+        return [c.name for c in sorted(allowed, key=lambda c: (-c.priority, value(c), c.name))]
+    top = min(c.priority for c in allowed)  # the highest class that had to be opened
+    lower = [c for c in allowed if c.priority != top]
+    boundary = sorted((c for c in allowed if c.priority == top), key=lambda c: (value(c), c.name))
+    lower_sorted = sorted(lower, key=lambda c: (-c.priority, value(c), c.name))
+    need_from_boundary = need - sum(c.bytes for c in lower)
+    chosen: list[Candidate] = []
+    freed = 0
+    for c in boundary:
+        if freed >= need_from_boundary:
+            break
+        chosen.append(c)
+        freed += c.bytes
+    # every lower-class candidate is needed by construction; trim only the boundary class
+    return [c.name for c in lower_sorted] + [c.name for c in _minimal(chosen, need_from_boundary)]
+
+
+@register("lru")
+def lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _take_in_order(sorted(candidates, key=lambda c: (c.last_used, c.name)), need)
+
+
+@register("ollama")
+def ollama(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _take_in_order(sorted(candidates, key=lambda c: (c.keep_alive_s, c.name)), need)
+
+
+@register("size-lru")
+def size_lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _take_in_order(
+        sorted(candidates, key=lambda c: (-(max(now - c.last_used, 0.0) + 1e-3) * c.bytes, c.name)), need
+    )
+
+
+@register("priority-lru")
+def priority_lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _take_in_order(sorted(candidates, key=lambda c: (-c.priority, c.last_used, c.name)), need)
+
+
+def gdsf_value(c: Candidate) -> float:
+    """Expected reload seconds per byte per second if evicted now (GreedyDual-Size-Frequency)."""
+    return (c.rate + 1e-9) * c.reload_s / max(c.bytes, 1)
+
+
+@register("priority-gdsf")
+def priority_gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _by_value(_class_rule(candidates, need), need, gdsf_value)
+
+
+def belady_value(now: float) -> Callable[[Candidate], float]:
+    def value(c: Candidate) -> float:
+        if c.next_use is None or c.next_use == INF:
+            return 0.0
+        return c.reload_s / max(c.next_use - now, 1e-6) / max(c.bytes, 1)
+
+    return value
+
+
+@register("belady")
+def belady(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    return _by_value(_class_rule(candidates, need), need, belady_value(now))

@@ -120,6 +120,16 @@ class ModelSpec(_Strict):
     thermal: ThermalSpec = Field(default_factory=ThermalSpec)
     description: str = ""
 
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.isdigit():
+            try:
+                return Priority[v.upper()]
+            except KeyError:
+                raise ValueError(f"priority {v!r}: use CRITICAL, HIGH, MEDIUM or LOW") from None
+        return v
+
     @field_validator("family")
     @classmethod
     def _family_known(cls, v: str) -> str:

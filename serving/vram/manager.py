@@ -371,7 +371,10 @@ class OnDemandModelManager:
     def need_bytes(self, e: ModelEntry) -> int:
         if e.measured_bytes:
             return int(e.measured_bytes)
-        return int(e.spec.vram_bytes * self.safety_factor)
+        declared = e.spec.vram_bytes
+        padded = int(declared * self.safety_factor)
+        # the safety margin never makes a model that fits the budget by its own figure unloadable
+        return min(padded, self.ledger.device.budget) if declared <= self.ledger.device.budget else padded
 
     async def _load(self, e: ModelEntry) -> None:
         async with self._load_sem:

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures. Keep this file small: per-area fixtures live next to their tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The repository's zoo.yaml, validated, without environment overrides."""
+    from serving.config import load_zoo
+
+    return load_zoo(REPO / "zoo.yaml", env={})
+
+
+@pytest.fixture(scope="session")
+def built_models(zoo):
+    """`built_models("yolo26", ...)` builds the missing fixtures of those models into models_root (idempotent:
+    `make test` runs `zoo fixtures` first, so this is usually a no-op) and returns the zoo."""
+    from serving.fixtures import build_fixtures
+
+    def build(*names: str):
+        results = build_fixtures(zoo, names)
+        failed = {n: r for n, r in results.items() if r not in ("built", "skipped")}
+        if failed:
+            pytest.fail(f"fixture build failed: {failed}")
+        return zoo
+
+    return build

@@ -138,14 +138,17 @@ def priority_lru(candidates: Sequence[Candidate], need: int, now: float) -> list
     return _take_in_order(sorted(candidates, key=lambda c: (-c.priority, c.last_used, c.name)), need)
 
 
-def gdsf_value(c: Candidate) -> float:
-    """Expected reload seconds per byte per second if evicted now (GreedyDual-Size-Frequency)."""
-    return (c.rate + 1e-9) * c.reload_s / max(c.bytes, 1)
+def gdsf_value(c: Candidate, now: float) -> float:
+    """Expected reload seconds per byte if evicted now: GreedyDual-Size-Frequency's cost x frequency / size,
+    with the frequency discounted by idle time (1/sqrt(age)) so a burst that ended stops protecting a model.
+    The square root was chosen on the three traces in benchmarks/ (see benchmarks/README.md)."""
+    age = max(now - c.last_used, 0.0)
+    return (c.rate + 1e-9) * c.reload_s / max(c.bytes, 1) / math.sqrt(age + 1.0)
 
 
 @register("priority-gdsf")
 def priority_gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
-    return _by_value(_class_rule(candidates, need), need, gdsf_value)
+    return _by_value(_class_rule(candidates, need), need, lambda c: gdsf_value(c, now))
 
 
 def belady_value(now: float) -> Callable[[Candidate], float]:
@@ -160,3 +163,16 @@ def belady_value(now: float) -> Callable[[Candidate], float]:
 @register("belady")
 def belady(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
     return _by_value(_class_rule(candidates, need), need, belady_value(now))
+
+
+@register("gdsf")
+def gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+    """GreedyDual-Size-Frequency without the class rule: measures what the seed's rule costs."""
+    chosen: list[Candidate] = []
+    freed = 0
+    for c in sorted(candidates, key=lambda c: (gdsf_value(c, now), c.name)):
+        if freed >= need:
+            break
+        chosen.append(c)
+        freed += c.bytes
+    return [c.name for c in _minimal(chosen, need)]

@@ -1,0 +1,204 @@
+"""`zoo bench policy`: replay a trace through the real manager on a FakeDevice, once per policy.
+
+Cost model (DESIGN.md §10): a cold load costs `init_s + bytes / disk_bps`, a warm-tier restore
+`bytes / pinned_bps`; the fake adapters spend that time on a virtual clock, so the figures are exact
+and repeatable. Requests are replayed in time order; when loads make the replay fall behind, later
+requests wait (their added latency includes the queueing), as on a real single-device service.
+
+Trace lines: `{"t": 12.5, "model": "pose_estimator", "ms": 40}` or
+`{"t": 12.5, "detections": ["person", "car"], "ms": 40, "options": {...}}` (expanded through the zoo's
+triggers for the service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import platform
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from serving.config import MB, Priority, ZooConfig, load_zoo
+from serving.vram.devices import FakeDevice
+from serving.vram.fakes import CostModel, FakeBehaviour, FakeClock, fake_registry
+from serving.vram.manager import OnDemandModelManager, inline_runner
+from serving.vram.policy import INF, POLICIES
+
+BASELINES = ("lru", "ollama", "size-lru", "priority-lru", "gdsf", "priority-gdsf", "belady")
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        if "t" not in ev or ("model" not in ev and "detections" not in ev):
+            raise ValueError(f"{path}:{i}: a trace line needs t and model or detections")
+        events.append(ev)
+    events.sort(key=lambda e: e["t"])
+    return events
+
+
+def expand(events: Iterable[dict[str, Any]], zoo: ZooConfig, service: str) -> list[tuple[float, str, float]]:
+    """(t, model, ms) requests for the models of `service`."""
+    served = set(zoo.services[service].models)
+    out: list[tuple[float, str, float]] = []
+    for ev in events:
+        ms = float(ev.get("ms", 0.0))
+        if "model" in ev:
+            if ev["model"] in served:
+                out.append((float(ev["t"]), ev["model"], ms))
+            continue
+        seen: list[str] = []
+        for label in ev["detections"]:
+            for m in zoo.models_for_detection(label, ev.get("options"), service=service):
+                if m not in seen:
+                    seen.append(m)
+        out.extend((float(ev["t"]), m, ms) for m in seen)
+    return out
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))]
+
+
+async def simulate(
+    zoo: ZooConfig,
+    service: str,
+    requests: list[tuple[float, str, float]],
+    *,
+    policy: str,
+    budget_bytes: int,
+    host_bytes: int,
+    cost: CostModel,
+) -> dict[str, Any]:
+    specs = zoo.models_of(service)
+    start = requests[0][0] if requests else 0.0
+    clock = FakeClock(start)
+    behaviour = FakeBehaviour(clock=clock, cost=cost)
+    device = FakeDevice(budget_bytes * 4 + 1)
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, (_, m, _) in enumerate(requests):
+        positions[m].append(i)
+    cursor = {"i": 0}
+
+    def oracle(name: str, now: float) -> float:
+        """Time of this model's next request after the one being served (the offline knowledge)."""
+        idx = positions.get(name, [])
+        j = bisect.bisect_right(idx, cursor["i"])
+        return max(requests[idx[j]][0], now) if j < len(idx) else INF
+
+    manager = OnDemandModelManager(
+        specs, device=device, registry=fake_registry(behaviour), models_root=zoo.models_root,
+        budget_bytes=budget_bytes, host_cache_bytes=host_bytes, policy=policy, safety_factor=1.0,
+        headroom_bytes=0, clock=clock, runner=inline_runner, oracle=oracle if policy == "belady" else None,
+        admission_timeout_s=1.0,
+    )
+    hits = misses = 0
+    misses_by_priority: dict[str, int] = {p.name: 0 for p in Priority}
+
+    def listen(event: str, fields: dict[str, Any]) -> None:
+        nonlocal hits, misses
+        if event == "hit":
+            hits += 1
+        elif event == "miss":
+            misses += 1
+            misses_by_priority[Priority(specs[fields["model"]].priority).name] += 1
+
+    manager.add_listener(listen)
+    added: list[float] = []
+    swap_s = 0.0
+    for i, (t, model, _ms) in enumerate(requests):
+        cursor["i"] = i
+        clock.set(t)  # never goes back: a replay that fell behind serves this request late
+        before = clock()
+        async with manager.use(model):
+            pass
+        after = clock()
+        swap_s += after - before
+        added.append((after - t) * 1000.0)
+        manager.check_invariants()
+    loads = sum(behaviour.loads.values())
+    restores = sum(behaviour.restores.values())
+    bytes_loaded = sum(specs[m].vram_bytes * n for m, n in behaviour.loads.items())
+    bytes_restored = sum(specs[m].vram_bytes * n for m, n in behaviour.restores.items())
+    await manager.stop()
+    return {
+        "swap_s": round(swap_s, 4),
+        "loads": loads,
+        "restores": restores,
+        "hits": hits,
+        "misses": misses,
+        "bytes_loaded": bytes_loaded + bytes_restored,
+        "bytes_from_disk": bytes_loaded,
+        "p99_added_ms": round(p99(added), 3),
+        "misses_by_priority": misses_by_priority,
+    }
+
+
+def run_policy_bench(
+    *,
+    zoo_path: Path | str,
+    service: str,
+    trace_path: Path | str,
+    budget_mb: float | None = None,
+    budget_fraction: float | None = None,
+    host_cache_mb: float | None = None,
+    init_s: float = 0.5,
+    disk_bps: float = 1e9,
+    pinned_bps: float = 12e9,
+    policies: list[str] | None = None,
+) -> dict[str, Any]:
+    zoo = load_zoo(zoo_path, env={})
+    if service not in zoo.services:
+        raise SystemExit(f"unknown service {service!r}")
+    requests = expand(read_trace(Path(trace_path)), zoo, service)
+    touched = sorted({m for _, m, _ in requests})
+    working_set = sum(zoo.models[m].vram_bytes for m in touched)
+    if budget_fraction is not None:
+        budget = int(budget_fraction * working_set)
+    elif budget_mb is not None:
+        budget = int(budget_mb * MB)
+    else:
+        budget = zoo.services[service].vram_budget_bytes
+    biggest = max((zoo.models[m].vram_bytes for m in touched), default=0)
+    budget = max(budget, biggest)  # every model must fit alone
+    host = int(host_cache_mb * MB) if host_cache_mb is not None else zoo.services[service].host_cache_bytes
+    cost = CostModel(init_s=init_s, disk_bps=disk_bps, pinned_bps=pinned_bps)
+    default = zoo.services[service].policy
+    names = policies or [p for p in BASELINES if p in POLICIES]
+    if default not in names:
+        names.append(default)
+    results = {
+        name: asyncio.run(simulate(zoo, service, requests, policy=name, budget_bytes=budget, host_bytes=host, cost=cost))
+        for name in names
+    }
+    out: dict[str, Any] = {
+        "default": default,
+        "service": service,
+        "trace": str(trace_path),
+        "requests": len(requests),
+        "models_touched": touched,
+        "working_set_mb": round(working_set / MB, 1),
+        "budget_mb": round(budget / MB, 1),
+        "host_cache_mb": round(host / MB, 1),
+        "cost_model": {"init_s": init_s, "disk_gbps": disk_bps / 1e9, "pinned_gbps": pinned_bps / 1e9},
+        "policies": results,
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+    d = results[default]["swap_s"]
+    ratios: dict[str, float | None] = {}
+    if "belady" in results:
+        ratios["default_vs_belady"] = round(d / results["belady"]["swap_s"], 4) if results["belady"]["swap_s"] else None
+    base = [results[p]["swap_s"] for p in ("lru", "ollama") if p in results]
+    if base:
+        ratios["default_vs_best_of_lru_ollama"] = round(d / min(base), 4) if min(base) else None
+    out["ratios"] = ratios
+    return out

@@ -1,0 +1,213 @@
+"""The frame pipeline: camera frame -> detect -> crops -> enrichment fan-out -> LLM /analyze -> risk event.
+
+Seed 003 data flow (YOLO26 -> Enrichment -> Nemotron -> Risk Events), over HTTP between services:
+1. POST {detection}/detect with the frame (base64 JSON); keep the seed SECURITY_CLASSES, highest
+   confidence first, at most `max_detections`.
+2. Crop each detection (bbox clamped to the frame, small margin) and fan it out through the
+   `EnrichmentRouter`, all detections at once.
+3. POST {llm}/analyze with the detections and their enrichment; when the LLM service is down or slow,
+   the gateway scores with the same rules locally (`scoring: "rule_based_fallback"`).
+4. Return a risk event: score, level, reasons, summary, scoring, detections with enrichment, errors
+   (every stage that failed and why) and timings.
+
+A failing detector fails the frame (no detections = no event to reason about); a failing enrichment
+model or LLM degrades the event and is listed in `errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from serving.config import SECURITY_CLASSES, ZooConfig
+from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamTimeout
+from serving.router import risk
+from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, _client_error, _error_fields
+from serving.router.schemas import BBox, Detection, EnrichRequest
+
+
+def _first_service(zoo: ZooConfig, kind: str) -> str | None:
+    return next((n for n, s in zoo.services.items() if s.kind == kind), None)
+
+
+def encode_image(img: Any, fmt: str = "JPEG", quality: int = 90) -> str:
+    """Base64 of a PIL image (JPEG by default: crops travel small)."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def crop_box(bbox: BBox, width: int, height: int, margin: float = 0.1) -> tuple[int, int, int, int] | None:
+    """Integer crop box of a detection: margin added, clamped to the frame; None when nothing is left."""
+    w, h = bbox.x2 - bbox.x1, bbox.y2 - bbox.y1
+    x1 = max(0, int(bbox.x1 - margin * w))
+    y1 = max(0, int(bbox.y1 - margin * h))
+    x2 = min(width, int(round(bbox.x2 + margin * w)))
+    y2 = min(height, int(round(bbox.y2 + margin * h)))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    return x1, y1, x2, y2
+
+
+class FramePipeline:
+    """Runs one frame through the services (see the module docstring)."""
+
+    def __init__(
+        self,
+        zoo: ZooConfig,
+        client: httpx.AsyncClient,
+        router: EnrichmentRouter,
+        *,
+        detect_timeout_s: float = 30.0,
+        analyze_timeout_s: float = 120.0,
+        max_detections: int = 8,
+        crop_margin: float = 0.1,
+    ) -> None:
+        self.zoo = zoo
+        self.client = client
+        self.router = router
+        self.urls = router.urls
+        self.detection_service = _first_service(zoo, "detection")
+        self.llm_service = _first_service(zoo, "llm")
+        self.detect_timeout_s = detect_timeout_s
+        self.analyze_timeout_s = analyze_timeout_s
+        self.max_detections = max_detections
+        self.crop_margin = crop_margin
+
+    # ------------------------------------------------------------------ stages
+    async def detect(self, image_b64: str, confidence: float | None) -> list[Detection]:
+        if self.detection_service is None:
+            raise ServiceUnavailable("the zoo has no detection service")
+        url = f"{self.urls[self.detection_service]}/detect"
+        body: dict[str, Any] = {"image": image_b64}
+        if confidence is not None:
+            body["confidence"] = confidence
+        timeout = httpx.Timeout(self.detect_timeout_s, connect=CONNECT_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(self.detect_timeout_s):
+                resp = await self.client.post(url, json=body, timeout=timeout)
+        except (TimeoutError, httpx.TimeoutException) as e:
+            raise UpstreamTimeout(f"detection service did not answer within {self.detect_timeout_s:g}s") from e
+        except httpx.TransportError as e:
+            raise ServiceUnavailable(f"detection service at {self.urls[self.detection_service]} is unreachable: {e}") from e
+        if resp.status_code >= 400:
+            etype, msg = _error_fields(resp)
+            if 400 <= resp.status_code < 500 and resp.status_code != 429:
+                raise _client_error(resp.status_code, etype, f"detection: {msg}")
+            raise UpstreamError(f"detection service failed with HTTP {resp.status_code} {etype}: {msg}",
+                                details={"upstream_status": resp.status_code, "upstream_error_type": etype})
+        data = resp.json()
+        raw = data.get("detections") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
+            raise UpstreamError("detection service answered without a detections list")
+        dets = []
+        for r in raw:
+            if not isinstance(r, dict):
+                continue
+            d = Detection.from_detector(r)
+            if d.label in SECURITY_CLASSES:
+                dets.append(d)
+        dets.sort(key=lambda d: -d.confidence)
+        return dets[: self.max_detections]
+
+    async def enrich_one(self, d: Detection, frame: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Crop and fan out one detection; on failure the error is returned in place of a result."""
+        w, h = frame.size
+        bbox = BBox.parse(d.bbox)
+        box = crop_box(bbox, w, h, self.crop_margin) if bbox else (0, 0, w, h)
+        if box is None:
+            return {"errors": [{"stage": "enrich", "detection_id": d.detection_id, "error_type": "invalid_bbox",
+                                "message": f"bbox {d.bbox} leaves nothing to crop in a {w}x{h} frame"}]}
+        crop = frame.crop(box)
+        req = EnrichRequest(image=encode_image(crop), detection_type=d.label, detection_id=d.detection_id,
+                            options=options)
+        try:
+            return await self.router.enrich(req)
+        except ServingError as e:
+            return {"errors": [{"stage": "enrich", "detection_id": d.detection_id, "error_type": e.error_type,
+                                "message": e.message}]}
+
+    async def analyze(self, dets: list[Detection], camera_id: str | None, timestamp: str | None,
+                      errors: list[dict[str, Any]]) -> dict[str, Any]:
+        """LLM /analyze, or the local rules when the LLM service cannot answer."""
+        payload = {"detections": [d.public() for d in dets], "camera_id": camera_id, "timestamp": timestamp}
+        reason = None
+        if self.llm_service is None:
+            reason = {"error_type": "service_unavailable", "message": "the zoo has no llm service"}
+        else:
+            url = f"{self.urls[self.llm_service]}/analyze"
+            try:
+                async with asyncio.timeout(self.analyze_timeout_s):
+                    resp = await self.client.post(
+                        url, json=payload, timeout=httpx.Timeout(self.analyze_timeout_s, connect=CONNECT_TIMEOUT_S))
+                if resp.status_code < 400:
+                    data = resp.json()
+                    if isinstance(data, dict) and "risk_score" in data:
+                        return data
+                    reason = {"error_type": "upstream_error", "message": "llm /analyze answered without risk_score"}
+                else:
+                    etype, msg = _error_fields(resp)
+                    reason = {"error_type": etype, "message": msg, "status_code": resp.status_code}
+            except (TimeoutError, httpx.TimeoutException):
+                reason = {"error_type": "upstream_timeout",
+                          "message": f"llm did not answer within {self.analyze_timeout_s:g}s"}
+            except httpx.TransportError as e:
+                reason = {"error_type": "service_unavailable", "message": f"llm is unreachable: {e}"}
+        errors.append({"stage": "analyze", "service": self.llm_service, **reason})
+        fb = risk.rule_based(dets, timestamp=timestamp, scoring="rule_based_fallback")
+        fb.reasons.append("LLM service unavailable; rule-based score used")
+        return fb.model_dump() | {"model": None}
+
+    # ------------------------------------------------------------------ whole frame
+    async def run(
+        self,
+        image_bytes: bytes,
+        frame: Any,
+        *,
+        camera_id: str | None = None,
+        timestamp: str | None = None,
+        options: dict[str, Any] | None = None,
+        confidence: float | None = None,
+    ) -> dict[str, Any]:
+        """One frame -> one risk event. `frame` is the decoded PIL image of `image_bytes`."""
+        t0 = time.perf_counter()
+        timestamp = timestamp or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        errors: list[dict[str, Any]] = []
+        dets = await self.detect(base64.b64encode(image_bytes).decode("ascii"), confidence)
+        t_det = time.perf_counter()
+        results = await asyncio.gather(*(self.enrich_one(d, frame, options or {}) for d in dets))
+        for d, enr in zip(dets, results, strict=True):
+            errs = (enr or {}).pop("errors", []) if enr else []
+            for e in errs:
+                errors.append({"stage": "enrich", "detection_id": d.detection_id, **e})
+            d.enrichment = enr if enr and set(enr) - {"errors"} else None
+        t_enr = time.perf_counter()
+        assessment = await self.analyze(dets, camera_id, timestamp, errors)
+        t_end = time.perf_counter()
+        errors.extend({"stage": "analyze", **e} for e in assessment.pop("errors", []) or [])
+        event = {
+            "event_id": "evt_" + uuid.uuid4().hex[:12],
+            "camera_id": camera_id,
+            "timestamp": timestamp,
+            **{k: assessment.get(k) for k in ("risk_score", "risk_level", "reasons", "summary", "scoring")},
+            "model": assessment.get("model"),
+            "analysis": {k: v for k, v in assessment.items()
+                         if k not in ("risk_score", "risk_level", "reasons", "summary", "scoring", "model")},
+            "detections": [d.public() for d in dets],
+            "image": {"width": frame.size[0], "height": frame.size[1]},
+            "errors": errors,
+            "timings_ms": {
+                "detect": round((t_det - t0) * 1e3, 2),
+                "enrich": round((t_enr - t_det) * 1e3, 2),
+                "analyze": round((t_end - t_enr) * 1e3, 2),
+                "total": round((t_end - t0) * 1e3, 2),
+            },
+        }
+        return event

@@ -1,0 +1,391 @@
+"""Risk analysis around the LLM: the prompt, the parsing of its answer, the rule-based score.
+
+Seed 003 "Integration with Risk Analysis": enrichment results feed the LLM prompt — weapons trigger an
+immediate critical elevation, demographics give context, pose and clothing inform the behavioural
+assessment (suspicious posture, face coverings), vehicle damage comes with its own context string.
+
+Three pure functions, no I/O:
+- `build_messages(detections, ...)` -> chat messages (system + user) for the LLM;
+- `parse_llm_output(text)` -> RiskAssessment | None (None when the answer holds no usable score);
+- `rule_based(detections, ...)` -> RiskAssessment from the table below, used when the LLM output cannot
+  be parsed (then `scoring="rule_based_fallback"`) and as a floor for weapons even when it can.
+
+Rule table (additive on the highest base, clamped to 0-100; levels from `schemas.level_of`):
+  base: person 20, vehicle 10, object 5, animal 3; +5 per extra person (at most +15)
+  person at night (22:00-06:00) +15
+  clothing suspicious (mask, balaclava, dark hoodie) +20; service uniform -10
+  pose alerts: crouching +15, lying_down +20, hands_raised +25, fighting_stance +30; running +10
+  action: fighting +35, falling +20, running +10
+  violence classifier positive +40
+  vehicle damage: high-security type +25, break-in pattern (glass_shatter + lamp_broken) +30,
+    >= 2 damage types +10, any damage at night +10; high-security damage at night -> floor 85
+  person close to the camera (proximity close / very_close) +5
+  weapon detected -> floor 90 (critical), also applied on top of a parsed LLM score
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from serving.router.schemas import Detection, RiskAssessment, level_of
+
+BASE_SCORE = {"person": 20, "vehicle": 10, "object": 5, "animal": 3}
+POSE_ALERT_POINTS = {"crouching": 15, "lying_down": 20, "hands_raised": 25, "fighting_stance": 30}
+ACTION_POINTS = {"fighting": 35, "falling": 20, "running": 10}
+WEAPON_TYPES = {"knife", "gun", "weapon", "pistol", "rifle", "firearm"}
+HIGH_SECURITY_DAMAGE = {"glass_shatter", "lamp_broken"}
+WEAPON_FLOOR = 90
+NIGHT_DAMAGE_FLOOR = 85
+
+SYSTEM_PROMPT = (
+    "You are the risk analyst of a home-security video analytics system. You receive the objects "
+    "detected in one camera frame and what the enrichment models found about each of them. Assess "
+    "the security risk. Risk score ranges: low 0-29, medium 30-59, high 60-84, critical 85-100. "
+    "Weapons are always critical. Answer with one JSON object and nothing else: "
+    '{"risk_score": <0-100>, "risk_level": "low|medium|high|critical", '
+    '"reasons": ["<short reason>", ...], "summary": "<one sentence>"}'
+)
+
+
+# ------------------------------------------------------------------ helpers over enrichment dicts
+def is_night(timestamp: str | None) -> bool:
+    """22:00-06:00 in the timestamp's own clock (seed: night-time damage rule)."""
+    if not timestamp:
+        return False
+    try:
+        t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return t.hour >= 22 or t.hour < 6
+
+
+def _enr(d: Detection) -> dict[str, Any]:
+    return d.enrichment or {}
+
+
+def _per_detection(enr: dict[str, Any], key: str, det_id: str) -> dict[str, Any] | None:
+    """Seed maps keyed by detection id (age_classifications...); a single entry is taken as ours."""
+    m = enr.get(key)
+    if not isinstance(m, dict) or not m:
+        return None
+    if det_id in m and isinstance(m[det_id], dict):
+        return m[det_id]
+    if len(m) == 1:
+        v = next(iter(m.values()))
+        return v if isinstance(v, dict) else None
+    return None
+
+
+def weapon_of(enr: dict[str, Any]) -> dict[str, Any] | None:
+    """The detected weapon ({threat_type, confidence, severity}) or None."""
+    td = enr.get("threat_detection")
+    if isinstance(td, dict):
+        ttype = str(td.get("threat_type") or "none").lower()
+        if ttype != "none" and (ttype in WEAPON_TYPES or td.get("severity") in ("high", "critical")):
+            return td
+    th = enr.get("threat")
+    if isinstance(th, dict) and th.get("detected"):
+        return {"threat_type": th.get("threat_type") or th.get("type") or "weapon",
+                "confidence": th.get("confidence", 0.0), "severity": th.get("severity", "critical")}
+    return None
+
+
+def _clothing(enr: dict[str, Any]) -> dict[str, Any] | None:
+    c = enr.get("clothing")
+    return c if isinstance(c, dict) else None
+
+
+def _pose_alerts(enr: dict[str, Any]) -> tuple[str | None, list[str]]:
+    p = enr.get("pose")
+    if not isinstance(p, dict):
+        return None, []
+    alerts = [str(a) for a in p.get("alerts") or []]
+    return p.get("posture"), alerts
+
+
+def _action(enr: dict[str, Any]) -> dict[str, Any] | None:
+    a = enr.get("action")
+    return a if isinstance(a, dict) and a.get("action") else None
+
+
+def _damage(enr: dict[str, Any]) -> dict[str, Any] | None:
+    dmg = enr.get("vehicle_damage") or enr.get("damage")
+    return dmg if isinstance(dmg, dict) else None
+
+
+def _violent(enr: dict[str, Any]) -> bool:
+    v = enr.get("violence")
+    if not isinstance(v, dict):
+        return False
+    if "is_violent" in v:
+        return bool(v["is_violent"])
+    label = str(v.get("label") or v.get("class") or "").lower()
+    return label in ("violence", "violent") and float(v.get("confidence", 1.0)) >= 0.5
+
+
+# ------------------------------------------------------------------ context strings
+def damage_context(dmg: dict[str, Any]) -> str:
+    """Seed 003 "Context String for LLM" of vehicle damage."""
+    dets = [d for d in dmg.get("detections") or [] if isinstance(d, dict)]
+    by_type: dict[str, list[float]] = {}
+    for d in dets:
+        by_type.setdefault(str(d.get("damage_type")), []).append(float(d.get("confidence", 0.0)))
+    if not by_type:
+        for t in dmg.get("damage_types") or []:
+            by_type.setdefault(str(t), [])
+    total = int(dmg.get("total_damage_count") or len(dets))
+    if not total and not by_type:
+        return ""
+    lines = [f"Vehicle Damage Detected ({total} instances):"]
+    for t, confs in by_type.items():
+        avg = f" (avg conf: {round(100 * sum(confs) / len(confs))}%)" if confs else ""
+        lines.append(f"- {t}: {len(confs) or 1} instance(s){avg}")
+    if dmg.get("has_high_security_damage") or HIGH_SECURITY_DAMAGE & set(by_type):
+        lines.append("**HIGH SECURITY ALERT**: Suspicious damage types detected")
+    return "\n".join(lines)
+
+
+def _pct(x: Any) -> str:
+    try:
+        return f"{round(100 * float(x))}%"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def detection_context(d: Detection) -> list[str]:
+    """Context lines of one detection's enrichment, one fact per line."""
+    enr = _enr(d)
+    lines: list[str] = []
+    w = weapon_of(enr)
+    if w:
+        lines.append(f"**WEAPON DETECTED**: {w.get('threat_type')} (conf {_pct(w.get('confidence'))}, "
+                     f"severity {w.get('severity', 'critical')})")
+    elif "threat_detection" in enr or "threat" in enr:
+        lines.append("Threat: none detected")
+    posture, alerts = _pose_alerts(enr)
+    if posture or alerts:
+        lines.append(f"Pose: {posture or 'unknown'}" + (f"; alerts: {', '.join(alerts)}" if alerts else ""))
+    c = _clothing(enr)
+    if c:
+        kind = c.get("type") or c.get("clothing_type") or "unknown"
+        flags = [f for f, k in (("SUSPICIOUS", "is_suspicious"), ("service uniform", "is_service_uniform")) if c.get(k)]
+        lines.append(f"Clothing: {kind}, {c.get('color', 'unknown colour')}" + (f" ({', '.join(flags)})" if flags else ""))
+    age = _per_detection(enr, "age_classifications", d.detection_id)
+    gender = _per_detection(enr, "gender_classifications", d.detection_id)
+    demo = enr.get("demographics") if isinstance(enr.get("demographics"), dict) else {}
+    parts = []
+    if age or demo.get("age_range"):
+        parts.append(f"age {(age or demo).get('age_range')}" + (f" ({_pct(age['confidence'])})" if age and "confidence" in age else ""))
+    if gender or demo.get("gender"):
+        parts.append(f"{(gender or demo).get('gender')}" + (f" ({_pct(gender['confidence'])})" if gender and "confidence" in gender else ""))
+    if parts:
+        lines.append("Demographics: " + ", ".join(parts))
+    a = _action(enr)
+    if a:
+        lines.append(f"Action: {a['action']} ({_pct(a.get('confidence'))})")
+    if _violent(enr):
+        lines.append("Violence classifier: violent scene")
+    v = enr.get("vehicle")
+    if isinstance(v, dict) and (v.get("vehicle_type") or v.get("display_name")):
+        lines.append(f"Vehicle: {v.get('display_name') or v.get('vehicle_type')} ({_pct(v.get('confidence'))})"
+                     + (", commercial" if v.get("is_commercial") else ""))
+    dmg = _damage(enr)
+    if dmg:
+        ctx = damage_context(dmg)
+        if ctx:
+            lines.extend(ctx.splitlines())
+    pet = enr.get("pet")
+    if isinstance(pet, dict) and (pet.get("pet_type") or pet.get("label")):
+        lines.append(f"Animal: {pet.get('pet_type') or pet.get('label')}"
+                     + (f", {pet['breed']}" if pet.get("breed") else ""))
+    depth = enr.get("depth")
+    if isinstance(depth, dict) and depth.get("estimated_distance_m") is not None:
+        lines.append(f"Distance: {depth['estimated_distance_m']} m"
+                     + (f" ({depth['proximity_label']})" if depth.get("proximity_label") else ""))
+    if _per_detection(enr, "person_embeddings", d.detection_id) or enr.get("reid_embedding"):
+        lines.append("Re-ID: embedding computed (cross-camera tracking)")
+    return lines
+
+
+def build_messages(
+    detections: Sequence[Detection],
+    *,
+    camera_id: str | None = None,
+    timestamp: str | None = None,
+    context: str | None = None,
+    max_detections: int = 12,
+    max_chars: int = 6000,
+) -> list[dict[str, str]]:
+    """System + user messages for the risk analysis; the user part is capped at `max_chars`."""
+    head = [f"Camera: {camera_id or 'unknown'}"]
+    if timestamp:
+        head.append(f"Time: {timestamp}" + (" (night)" if is_night(timestamp) else ""))
+    if context:
+        head.append(f"Context: {context}")
+    if not detections:
+        head.append("Detections: none")
+    else:
+        head.append(f"Detections ({len(detections)}):")
+    body: list[str] = []
+    for i, d in enumerate(detections[:max_detections], 1):
+        body.append(f"{i}. {d.label} ({d.detection_type}, conf {_pct(d.confidence)})")
+        body.extend(f"   - {line}" for line in detection_context(d))
+    if len(detections) > max_detections:
+        body.append(f"... and {len(detections) - max_detections} more detections")
+    user = "\n".join(head + body)
+    if len(user) > max_chars:
+        user = user[: max_chars - 20] + "\n... (truncated)"
+    user += "\n\nAssess the risk of this frame. Answer with the JSON object only."
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+# ------------------------------------------------------------------ parsing the LLM answer
+_SCORE_RE = re.compile(r"risk[_ ]?score[\"']?\s*[:=]\s*(\d{1,3}(?:\.\d+)?)", re.IGNORECASE)
+
+
+def _json_objects(text: str) -> Iterable[dict[str, Any]]:
+    dec = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = dec.raw_decode(text, m.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
+def parse_llm_output(text: str) -> RiskAssessment | None:
+    """The assessment in the model's answer (a JSON object, possibly fenced), or None.
+
+    The score decides the level (ranges above); a level that contradicts the score is ignored. A
+    plain "risk_score: N" line is accepted when no JSON object carries a score.
+    """
+    if not text:
+        return None
+    for obj in _json_objects(text):
+        raw = obj.get("risk_score", obj.get("score"))
+        try:
+            score = float(raw)
+        except (TypeError, ValueError):
+            continue
+        if not 0 <= score <= 100:
+            continue
+        reasons = obj.get("reasons") or []
+        if isinstance(reasons, str):
+            reasons = [reasons]
+        reasons = [str(r) for r in reasons if str(r).strip()][:10]
+        summary = str(obj.get("summary") or obj.get("reasoning") or "")[:1000]
+        s = int(round(score))
+        return RiskAssessment(risk_score=s, risk_level=level_of(s), reasons=reasons, summary=summary, scoring="llm")
+    m = _SCORE_RE.search(text)
+    if m and 0 <= float(m.group(1)) <= 100:
+        s = int(round(float(m.group(1))))
+        return RiskAssessment(risk_score=s, risk_level=level_of(s), reasons=[], summary=text.strip()[:300], scoring="llm")
+    return None
+
+
+# ------------------------------------------------------------------ rules
+def rule_based(
+    detections: Sequence[Detection], *, timestamp: str | None = None, scoring: str = "rule_based"
+) -> RiskAssessment:
+    """The rule table of the module docstring."""
+    night = is_night(timestamp)
+    reasons: list[str] = []
+    if not detections:
+        return RiskAssessment(risk_score=0, risk_level="low", reasons=["no security-relevant objects"],
+                              summary="Nothing security-relevant in view.", scoring=scoring)
+    types = [d.detection_type or "object" for d in detections]
+    score = max(BASE_SCORE.get(t, 5) for t in types)
+    persons = types.count("person")
+    counts = ", ".join(f"{types.count(t)} {t}" for t in dict.fromkeys(types))
+    reasons.append(f"in view: {counts}")
+    if persons > 1:
+        score += min(15, 5 * (persons - 1))
+        reasons.append(f"{persons} people in view")
+    if persons and night:
+        score += 15
+        reasons.append("person present at night")
+    floor = 0
+    for d in detections:
+        enr = _enr(d)
+        w = weapon_of(enr)
+        if w:
+            floor = max(floor, WEAPON_FLOOR)
+            reasons.append(f"weapon detected: {w.get('threat_type')}")
+        c = _clothing(enr)
+        if c and c.get("is_suspicious"):
+            score += 20
+            reasons.append(f"suspicious clothing: {c.get('type') or c.get('clothing_type')}")
+        elif c and c.get("is_service_uniform"):
+            score -= 10
+            reasons.append("service uniform (likely delivery)")
+        posture, alerts = _pose_alerts(enr)
+        for a in alerts:
+            if a in POSE_ALERT_POINTS:
+                score += POSE_ALERT_POINTS[a]
+                reasons.append(f"posture alert: {a}")
+        if posture == "running" and "running" not in alerts:
+            score += 10
+            reasons.append("person running")
+        a = _action(enr)
+        if a and str(a["action"]).lower() in ACTION_POINTS and float(a.get("confidence", 1.0)) >= 0.5:
+            act = str(a["action"]).lower()
+            score += ACTION_POINTS[act]
+            reasons.append(f"action: {act}")
+        if _violent(enr):
+            score += 40
+            reasons.append("violence classifier: violent scene")
+        dmg = _damage(enr)
+        if dmg:
+            dtypes = {str(t) for t in dmg.get("damage_types") or []} | {
+                str(x.get("damage_type")) for x in dmg.get("detections") or [] if isinstance(x, dict)}
+            high = bool(dmg.get("has_high_security_damage")) or bool(HIGH_SECURITY_DAMAGE & dtypes)
+            if high:
+                score += 25
+                reasons.append("high-security vehicle damage")
+            if HIGH_SECURITY_DAMAGE <= dtypes:
+                score += 30
+                reasons.append("break-in pattern (glass_shatter + lamp_broken)")
+            if len(dtypes) >= 2:
+                score += 10
+                reasons.append("multiple damage types: likely incident")
+            if dtypes and night:
+                score += 10
+                reasons.append("vehicle damage at night")
+                if high:
+                    floor = max(floor, NIGHT_DAMAGE_FLOOR)
+        depth = enr.get("depth")
+        if d.detection_type == "person" and isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close"):
+            score += 5
+            reasons.append("person close to the camera")
+    score = max(0, min(100, max(score, floor)))
+    level = level_of(score)
+    summary = f"{level.capitalize()} risk: " + "; ".join(reasons[:4]) + "."
+    return RiskAssessment(risk_score=score, risk_level=level, reasons=reasons, summary=summary, scoring=scoring)
+
+
+def assess(
+    detections: Sequence[Detection], llm_text: str | None, *, timestamp: str | None = None
+) -> tuple[RiskAssessment, str | None]:
+    """The final assessment and, when the LLM answer was unusable, why.
+
+    A parsed LLM score is kept but never below the weapon / night-damage floors of the rules.
+    """
+    rules = rule_based(detections, timestamp=timestamp)
+    parsed = parse_llm_output(llm_text or "")
+    if parsed is None:
+        fb = rules.model_copy(update={"scoring": "rule_based_fallback"})
+        fb.reasons = fb.reasons + ["LLM output could not be parsed; rule-based score used"]
+        return fb, "no JSON object with a risk_score in the model output"
+    floor = 0
+    if any(weapon_of(_enr(d)) for d in detections):
+        floor = WEAPON_FLOOR
+    if parsed.risk_score < floor:
+        s = floor
+        parsed = parsed.model_copy(update={"risk_score": s, "risk_level": level_of(s),
+                                           "reasons": parsed.reasons + ["weapon detected: raised to critical by rule"]})
+    return parsed, None

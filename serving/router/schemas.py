@@ -1,0 +1,162 @@
+"""Request and result shapes of the router, the pipeline and the risk analysis (seed 003).
+
+- `EnrichRequest`: seed "Unified Enrichment Endpoint" request (image, detection_type, bbox, frames,
+  options) plus an optional `detection_id` (the key of the seed's per-detection maps) and `models`
+  (run exactly these models instead of the ones the triggers choose).
+- `Detection`: one detection as the detector reports it, with its enrichment once the router ran.
+- `AnalyzeRequest`: what the LLM service's POST /analyze takes.
+- `RiskAssessment`: score, level, reasons, summary and how it was scored.
+
+Seed risk score ranges (the seed's table is empty in the copy we have; these are the project's):
+low 0-29, medium 30-59, high 60-84, critical 85-100.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serving.config import detection_type_of
+from serving.errors import InvalidBBox
+
+RiskLevel = Literal["low", "medium", "high", "critical"]
+
+#: (level, lowest score of the level), from the highest level down.
+RISK_LEVELS: tuple[tuple[str, int], ...] = (("critical", 85), ("high", 60), ("medium", 30), ("low", 0))
+
+
+def level_of(score: float) -> str:
+    """Seed risk level of a 0-100 score."""
+    for level, low in RISK_LEVELS:
+        if score >= low:
+            return level
+    return "low"
+
+
+def new_detection_id() -> str:
+    return "det_" + uuid.uuid4().hex[:8]
+
+
+class BBox(BaseModel):
+    """Pixel box, seed form {"x1", "y1", "x2", "y2"}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @classmethod
+    def parse(cls, value: Any) -> BBox | None:
+        """Accept the seed dict form or a [x1, y1, x2, y2] list; None stays None."""
+        if value is None or isinstance(value, BBox):
+            return value
+        if isinstance(value, (list, tuple)):
+            if len(value) != 4:
+                raise InvalidBBox(f"bbox must have 4 numbers [x1, y1, x2, y2], got {len(value)}")
+            value = dict(zip(("x1", "y1", "x2", "y2"), value, strict=True))
+        if not isinstance(value, dict):
+            raise InvalidBBox("bbox must be an object {x1, y1, x2, y2} or a list of 4 numbers")
+        try:
+            return cls.model_validate(value)
+        except Exception as e:
+            raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
+
+    def check(self, width: int | None = None, height: int | None = None) -> BBox:
+        """Raise InvalidBBox when inverted/empty or (given the image size) outside the image."""
+        if self.x2 <= self.x1 or self.y2 <= self.y1:
+            raise InvalidBBox(f"bbox is inverted or empty: x1={self.x1} y1={self.y1} x2={self.x2} y2={self.y2}")
+        if width is not None and height is not None:
+            if self.x1 < 0 or self.y1 < 0 or self.x2 > width or self.y2 > height:
+                raise InvalidBBox(
+                    f"bbox ({self.x1}, {self.y1}, {self.x2}, {self.y2}) lies outside the {width}x{height} image"
+                )
+        return self
+
+    def as_list(self) -> list[float]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+
+class EnrichRequest(BaseModel):
+    """Seed "Unified Enrichment Endpoint" request, as the gateway's POST /enrich takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="Base64 image (a crop, or the frame when bbox is given).")
+    detection_type: str = Field(description="person|vehicle|animal|object, or a detector class name such as car.")
+    bbox: dict[str, float] | list[float] | None = Field(None, description="Region of the image to enrich.")
+    frames: list[str] | None = Field(None, description="Base64 frames for multi-frame models (action).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Trigger options (action_recognition, include_depth, ...).")
+    detection_id: str | None = Field(None, description="Key of the per-detection maps of the result.")
+    models: list[str] | None = Field(None, description="Run exactly these models instead of the triggered ones.")
+    timeout_s: float | None = Field(None, gt=0, le=300, description="Per-call timeout override.")
+
+    @field_validator("detection_type")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("detection_type must not be empty; use person, vehicle, animal or object")
+        return v
+
+
+class Detection(BaseModel):
+    """One detection of a frame (detector output), optionally carrying its enrichment."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    detection_id: str = Field(default_factory=new_detection_id)
+    label: str = Field(alias="class", description="Detector class name (person, car, ...).")
+    confidence: float = 0.0
+    bbox: dict[str, float] | list[float] | None = None
+    detection_type: str | None = None
+    enrichment: dict[str, Any] | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.detection_type:
+            self.detection_type = detection_type_of(self.label)
+
+    def public(self) -> dict[str, Any]:
+        out = self.model_dump(by_alias=True, exclude_none=True)
+        return out
+
+    @classmethod
+    def from_detector(cls, raw: dict[str, Any]) -> Detection:
+        """Normalise a detector result (keys class/label/class_name, bbox dict or list)."""
+        label = raw.get("class") or raw.get("label") or raw.get("class_name") or raw.get("name")
+        if not label:
+            raise ValueError(f"detection without a class: {raw!r}")
+        bbox = BBox.parse(raw.get("bbox") if raw.get("bbox") is not None else raw.get("box"))
+        data = {k: v for k, v in raw.items() if k not in ("class", "label", "class_name", "name", "bbox", "box")}
+        data["class"] = label
+        data["bbox"] = bbox.model_dump() if bbox else None
+        return cls.model_validate(data)
+
+
+class AnalyzeRequest(BaseModel):
+    """POST /analyze on the LLM service: detections (with enrichment) of one frame or event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detections: list[Detection] = Field(default_factory=list)
+    enrichment: dict[str, Any] | None = Field(
+        None, description="An EnrichmentResult for the whole event when it is not attached per detection."
+    )
+    camera_id: str | None = None
+    timestamp: str | None = Field(None, description="ISO 8601 time of the frame (night-time rules).")
+    context: str | None = Field(None, max_length=4000, description="Extra context for the prompt (zone, schedule...).")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class RiskAssessment(BaseModel):
+    """A scored risk: the heart of a risk event."""
+
+    risk_score: int = Field(ge=0, le=100)
+    risk_level: RiskLevel
+    reasons: list[str] = Field(default_factory=list)
+    summary: str = ""
+    scoring: Literal["llm", "rule_based", "rule_based_fallback"] = "rule_based"

@@ -715,9 +715,10 @@ class OnDemandModelManager:
         self.ledger.check()
         for n, e in self.entries.items():
             assert e.refcount >= 0, n
-            if e.tier in (COLD, FAILED) and not e.busy:
+            loading = n in self._inflight  # reserved before the weights arrive: legitimate
+            if e.tier in (COLD, FAILED) and not e.busy and not loading:
                 assert self.ledger.device.get(n) == 0, f"{n} is {e.tier} but holds a reservation"
-            if e.tier == WARM:
+            if e.tier == WARM and not loading:
                 assert self.ledger.device.get(n) == 0, f"{n} is WARM but holds VRAM"
         assert set(self._inflight) <= set(self.entries)
 

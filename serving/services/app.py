@@ -198,31 +198,20 @@ class ConfigureRequest(BaseModel):
 
 
 def compute_service_state(ctx: ServiceContext) -> dict[str, Any]:
-    """Seed 000 service state from model availability. Uses serving.control.service_state when present."""
+    """Seed 000 service state from model availability (serving.control.service_state.evaluate_service),
+    DEGRADED as well when the manager's idle sweeper died."""
     manager = ctx.manager
     if manager is None:
-        return {"state": "RUNNING", "reason": None}
-    try:
-        mod = importlib.import_module("serving.control.service_state")
-    except ModuleNotFoundError:
-        mod = None
-    if mod is not None and hasattr(mod, "service_state_from_manager"):
-        return dict(mod.service_state_from_manager(ctx.spec, manager))
+        return {"state": "RUNNING", "degraded_reason": None}
+    from serving.control.service_state import available_from_status, evaluate_service  # noqa: PLC0415
+
+    available, disabled = available_from_status(manager.status())
     required = list(ctx.spec.required_models)
-    status = {n: manager.model_status(n) for n in manager.entries}
-    unavailable = [n for n, s in status.items() if s["tier"] == "FAILED" or s["disabled"]]
-    req_down = [n for n in required if n in unavailable]
-    if required and all(status[n]["disabled"] for n in required):
-        state, reason = "DISABLED", "every required model is OFF"
-    elif req_down:
-        state, reason = "OFFLINE", f"required model(s) unavailable: {', '.join(req_down)}"
-    elif unavailable:
-        state, reason = "DEGRADED", f"optional model(s) unavailable: {', '.join(unavailable)}"
-    elif not manager.healthy():
-        state, reason = "DEGRADED", f"idle sweeper failed: {manager.sweeper_error!r}"
-    else:
-        state, reason = "RUNNING", None
-    return {"state": state, "reason": reason, "unavailable_models": unavailable, "required_models": required}
+    optional = [m for m in manager.entries if m not in required]
+    st = evaluate_service(required, optional, available, True, disabled=disabled).to_dict()
+    if st["state"] == "RUNNING" and not manager.healthy():
+        st["state"], st["degraded_reason"] = "DEGRADED", f"idle sweeper failed: {manager.sweeper_error!r}"
+    return st
 
 
 def _common_router(ctx: ServiceContext) -> APIRouter:

@@ -1,0 +1,59 @@
+"""The benchmarks run through their real entry points: `zoo bench policy` and benchmarks/swap.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO_BIN = Path(sys.executable).parent / "zoo"
+REQUIRED = {"lru", "ollama", "size-lru", "priority-lru", "priority-gdsf", "belady"}
+
+
+@pytest.mark.parametrize("trace", ["camera", "zipf", "bursty"])
+def test_zoo_bench_policy_prints_the_json(trace):
+    out = subprocess.run(
+        [str(ZOO_BIN), "bench", "policy", "--zoo", str(ROOT / "zoo.yaml"), "--service", "enrichment",
+         "--trace", str(ROOT / "benchmarks" / "traces" / f"{trace}.jsonl"), "--budget-fraction", "0.5"],
+        capture_output=True, text=True, check=True, timeout=300,
+    )
+    result = json.loads(out.stdout)
+    assert result["default"] == "priority-gdsf"
+    assert REQUIRED <= set(result["policies"])
+    for name, r in result["policies"].items():
+        assert {"swap_s", "loads", "hits", "bytes_loaded", "p99_added_ms", "misses_by_priority"} <= set(r), name
+        assert r["hits"] + r["misses"] == result["requests"], name
+        assert r["swap_s"] > 0, name  # half the working set: every policy must swap
+    assert result["budget_mb"] == pytest.approx(result["working_set_mb"] / 2, rel=0.01)
+    # the deterministic simulation's target: within 10% of the offline reference under the same class rule
+    assert result["ratios"]["default_vs_belady"] <= 1.10
+
+
+def test_bench_policy_budget_mb_and_model_lines(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps({"t": i, "model": m, "ms": 5}) for i, m in enumerate(
+        ["vehicle_damage", "action_recognizer", "vehicle_damage", "segformer_clothes", "action_recognizer"] * 4)))
+    out = subprocess.run(
+        [str(ZOO_BIN), "bench", "policy", "--zoo", str(ROOT / "zoo.yaml"), "--trace", str(trace),
+         "--budget-mb", "2100", "--host-cache-mb", "0", "--policies", "lru,priority-lru"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    r = json.loads(out.stdout)
+    assert r["budget_mb"] == 2100 and set(r["policies"]) == {"lru", "priority-lru", "priority-gdsf"}
+    # with no warm tier every miss is a cold load from disk
+    assert r["policies"]["lru"]["restores"] == 0 and r["policies"]["lru"]["loads"] == r["policies"]["lru"]["misses"]
+
+
+def test_swap_benchmark_runs_on_cpu():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "swap.py"), "--device", "cpu", "--scale", "0.01",
+         "--service", "enrichment-light", "--repeats", "1"],
+        capture_output=True, text=True, check=True, timeout=120, cwd=ROOT,
+    )
+    r = json.loads(out.stdout)
+    assert r["device"] == "cpu" and len(r["rows"]) >= 3
+    assert r["pinned_h2d_gbps"] > 0 and "fixed_s" in r["cold_fit"] and "bandwidth_gbps" in r["restore_fit"]

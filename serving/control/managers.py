@@ -1,0 +1,112 @@
+"""The seam between thermal states and the per-service model managers.
+
+`ManagerSeam` is what the thermal controller drives. Two implementations:
+- `InProcessManager`: wraps an `OnDemandModelManager` living in the same process (tests, embedded).
+- `HttpManagerClient`: a service's manager over HTTP, the gateway's case:
+    POST /models/configure {name, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?}
+    POST /models/preload   {name}
+    POST /models/unload    {name, to: "warm"|"cold"}
+    GET  /models/status    (seed 003 schema + extras)
+  Error bodies {error_type, message} come back as the matching `ServingError` subclass.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from serving import errors as E
+from serving.errors import ServingError, UpstreamError, UpstreamTimeout
+
+
+@runtime_checkable
+class ManagerSeam(Protocol):
+    """What thermal states need from one service's manager (all async)."""
+
+    async def configure(
+        self, name: str, *, disabled: bool | None = None, pinned: bool | None = None,
+        keep_alive_s: float | None = None, keep_warm: bool | None = None, thermal_state: str | None = None,
+    ) -> None: ...
+
+    async def preload(self, name: str) -> dict[str, Any]: ...
+
+    async def unload(self, name: str, to: str = "cold") -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class InProcessManager:
+    """Adapts an in-process `OnDemandModelManager` (sync configure/status) to the async seam."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    async def configure(self, name: str, **fields: Any) -> None:
+        await _maybe_await(self.manager.configure(name, **{k: v for k, v in fields.items() if v is not None}))
+
+    async def preload(self, name: str) -> dict[str, Any]:
+        return await _maybe_await(self.manager.preload(name))
+
+    async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
+        return await _maybe_await(self.manager.unload(name, to=to))
+
+    async def status(self) -> dict[str, Any]:
+        return await _maybe_await(self.manager.status())
+
+
+def _error_classes() -> dict[str, type[ServingError]]:
+    out: dict[str, type[ServingError]] = {}
+    for obj in vars(E).values():
+        if isinstance(obj, type) and issubclass(obj, ServingError):
+            out.setdefault(obj.error_type, obj)
+    return out
+
+
+_BY_TYPE = _error_classes()
+
+
+class HttpManagerClient:
+    """A service's manager over HTTP (base_url like http://127.0.0.1:8094). The client is injected."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient, *, timeout_s: float = 120.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.timeout_s = timeout_s
+        self.headers = headers or {}
+
+    async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> dict[str, Any]:
+        url = self.base_url + path
+        try:
+            r = await self.client.request(method, url, json=json, timeout=self.timeout_s, headers=self.headers)
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"{method} {url} timed out") from e
+        except httpx.HTTPError as e:
+            raise UpstreamError(f"{method} {url} failed: {e}") from e
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+            except ValueError:
+                body = {}
+            cls = _BY_TYPE.get(body.get("error_type", ""), UpstreamError)
+            raise cls(body.get("message") or f"{method} {url} -> HTTP {r.status_code}", details={"status": r.status_code})
+        return r.json() if r.content else {}
+
+    async def configure(self, name: str, **fields: Any) -> None:
+        body = {"name": name} | {k: v for k, v in fields.items() if v is not None}
+        await self._call("POST", "/models/configure", body)
+
+    async def preload(self, name: str) -> dict[str, Any]:
+        return await self._call("POST", "/models/preload", {"name": name})
+
+    async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
+        return await self._call("POST", "/models/unload", {"name": name, "to": to})
+
+    async def status(self) -> dict[str, Any]:
+        return await self._call("GET", "/models/status")

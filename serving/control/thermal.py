@@ -1,0 +1,468 @@
+"""Thermal states OFF / COLD / WARM / HOT / AUTOMATIC per model, applied to the service managers.
+
+Local meaning of each state (DESIGN.md §8), through the `ManagerSeam`:
+- OFF: configure(disabled=True) and unload to disk: requests get 503 `model_disabled`.
+- COLD: on demand; the manager's sweeper drops it from the device after keep_alive idle (scale to zero).
+- WARM: configure(keep_warm=True) and preload: at least in the host warm tier, on the device when room.
+- HOT: configure(pinned=True) and preload: on-demand loads never evict it.
+- AUTOMATIC: the controller moves the model between COLD, WARM and HOT from its request rate
+  (`auto_level`, a pure function with hysteresis: promote at a threshold, demote only below a lower one
+  and after a minimum dwell, so a rate hovering at a threshold does not flap).
+
+Observable per model: target and current state, is_transitioning (the managers do not yet show the
+residency the state asks for), last_state_change, last_activity, error_message, residency (manager tier).
+Targets are persisted (`ControlStore`) and restored on start; usage records go to the same store.
+
+Concurrency (STYLE.md #5): one event loop owns all state; every model has at most one apply task
+(single-flight), which re-reads the target after each apply so the latest target wins. Applies that
+cannot complete (service unreachable, no VRAM) stay `is_transitioning` with the error and are retried
+by `tick()` after `retry_s`. The clock is injected; `tick()` is called by a supervised loop or by tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from serving.config import ThermalState, ZooConfig
+from serving.control.managers import ManagerSeam
+from serving.control.selection import Selection, candidates_from
+from serving.control.selection import select as select_model
+from serving.control.store import ControlStore, ThermalRow
+from serving.errors import ModelDisabled, ServingError, UnknownModel
+
+log = logging.getLogger(__name__)
+
+OFF, COLD, WARM, HOT, AUTOMATIC = (s.value for s in ThermalState)
+LEVELS = (COLD, WARM, HOT)
+
+
+@dataclass(frozen=True)
+class AutoPolicy:
+    """Thresholds of AUTOMATIC, in requests per minute over `window_s`."""
+
+    window_s: float = 300.0
+    warm_rpm: float = 1.0  # COLD -> WARM at or above this rate
+    hot_rpm: float = 30.0  # WARM -> HOT at or above this rate
+    demote_factor: float = 0.5  # demote only below threshold x factor (hysteresis band)
+    min_dwell_s: float = 300.0  # no demotion sooner than this after the last change
+
+
+def auto_level(level: str, rate_rpm: float, since_change_s: float, policy: AutoPolicy = AutoPolicy()) -> str:
+    """Next level of an AUTOMATIC model. Promotes at once, demotes one step at a time after the dwell."""
+    if rate_rpm >= policy.hot_rpm:
+        return HOT
+    if rate_rpm >= policy.warm_rpm and level == COLD:
+        return WARM
+    if since_change_s < policy.min_dwell_s:
+        return level
+    if level == HOT and rate_rpm < policy.hot_rpm * policy.demote_factor:
+        return WARM
+    if level == WARM and rate_rpm < policy.warm_rpm * policy.demote_factor:
+        return COLD
+    return level
+
+
+@dataclass
+class ModelThermal:
+    """The controller's record of one model."""
+
+    model_id: str
+    service_id: str
+    target_state: str
+    current_state: str
+    is_transitioning: bool = False
+    last_state_change: float = 0.0
+    last_activity: float | None = None
+    error_message: str | None = None
+    residency: str | None = None  # manager tier: HOT, WARM, COLD, FAILED (None: unknown)
+    pinned: bool | None = None
+    disabled: bool | None = None
+    auto_level: str = COLD  # the level AUTOMATIC currently applies
+    updated_by: str | None = None
+    next_retry_at: float = 0.0
+    activity: deque[float] = field(default_factory=deque)
+
+    def level(self) -> str:
+        """The concrete state to apply: the target, or the automatic level."""
+        return self.auto_level if self.target_state == AUTOMATIC else self.target_state
+
+
+def _iso(t: float | None) -> str | None:
+    if not t:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+class ThermalController:
+    """Owns the thermal state of every model of a zoo and applies it through the managers."""
+
+    def __init__(
+        self,
+        zoo: ZooConfig,
+        managers: Mapping[str, ManagerSeam],
+        store: ControlStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        policy: AutoPolicy = AutoPolicy(),
+        retry_s: float = 30.0,
+        tick_interval_s: float | None = None,
+    ) -> None:
+        self.zoo = zoo
+        self.managers = dict(managers)
+        self.store = store or ControlStore("sqlite://")
+        self.clock = clock
+        self.policy = policy
+        self.retry_s = retry_s
+        self.tick_interval_s = tick_interval_s
+        self.models: dict[str, ModelThermal] = {}
+        self.reachable: dict[str, bool] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self.ticker_error: BaseException | None = None
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        now = self.clock()
+        for name, spec in zoo.models.items():
+            service = zoo.service_of(name)
+            if service is None or zoo.services[service].kind == "gateway":
+                continue
+            st = spec.thermal.default_state.value
+            self.models[name] = ModelThermal(name, service, st, COLD if st == AUTOMATIC else st,
+                                             is_transitioning=True, last_state_change=now)
+
+    # ------------------------------------------------------------------ events
+    def add_listener(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
+        """fn(event, fields) on state_change, warmup, error (e.g. client notifications, metrics)."""
+        self._listeners.append(fn)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event, fields)
+            except Exception:
+                log.exception("thermal listener failed on %s", event)
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Restore persisted targets (defaults for new models), apply them, start the ticker."""
+        rows = self.store.load_thermal()
+        for name, m in self.models.items():
+            row = rows.get(name)
+            if row is not None:
+                m.target_state = row.target_state
+                m.last_activity = row.last_activity
+                m.updated_by = row.updated_by
+                if row.target_state == AUTOMATIC and row.current_state in LEVELS:
+                    m.auto_level = row.current_state
+            m.is_transitioning = True
+            self._persist(m)
+        for name in self.models:
+            self._ensure_apply(name)
+        await self.wait_idle()
+        if self.tick_interval_s and self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_forever(), name="thermal-ticker")
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        for t in list(self._tasks.values()) + list(self._background):
+            t.cancel()
+        for t in list(self._tasks.values()) + list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def healthy(self) -> bool:
+        return self.ticker_error is None and (self._ticker is None or not self._ticker.done())
+
+    async def _tick_forever(self) -> None:
+        assert self.tick_interval_s
+        while True:
+            await asyncio.sleep(self.tick_interval_s)
+            try:
+                await self.tick()
+            except Exception as exc:  # supervised: reported by healthy(), never silent
+                self.ticker_error = exc
+                log.exception("thermal tick failed")
+
+    async def wait_idle(self) -> None:
+        """Wait until no apply or background warm-up is in flight."""
+        while True:
+            pending = [t for t in list(self._tasks.values()) + list(self._background) if not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ------------------------------------------------------------------ queries
+    def get(self, model_id: str) -> ModelThermal:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise UnknownModel(f"unknown model {model_id!r}", details={"model": model_id}) from None
+
+    def view(self, model_id: str) -> dict[str, Any]:
+        m = self.get(model_id)
+        spec = self.zoo.models[model_id]
+        return {
+            "model_id": m.model_id,
+            "service_id": m.service_id,
+            "current_state": m.current_state,
+            "target_state": m.target_state,
+            "is_transitioning": m.is_transitioning,
+            "last_state_change": _iso(m.last_state_change),
+            "last_activity": _iso(m.last_activity),
+            "error_message": m.error_message,
+            "residency": m.residency,
+            "pinned": m.pinned,
+            "disabled": m.disabled,
+            "request_rate_rpm": round(self.rate_rpm(model_id), 3),
+            "keep_alive_s": spec.keep_alive_s,
+            "warmup_time_s": spec.thermal.warmup_time_s,
+            "min_instances": spec.thermal.min_instances,
+            "max_instances": spec.thermal.max_instances,
+            "updated_by": m.updated_by,
+        }
+
+    def views(self) -> list[dict[str, Any]]:
+        return [self.view(n) for n in self.models]
+
+    def current_states(self) -> dict[str, str]:
+        return {n: m.current_state for n, m in self.models.items()}
+
+    def rate_rpm(self, model_id: str) -> float:
+        m = self.models[model_id]
+        self._trim(m)
+        return len(m.activity) * 60.0 / self.policy.window_s
+
+    def _trim(self, m: ModelThermal) -> None:
+        horizon = self.clock() - self.policy.window_s
+        while m.activity and m.activity[0] < horizon:
+            m.activity.popleft()
+
+    # ------------------------------------------------------------------ writes
+    def set_target(self, model_id: str, state: str | ThermalState, *, updated_by: str | None = None) -> dict[str, Any]:
+        """Set a model's target state; the apply runs in the background (see wait_idle)."""
+        m = self.get(model_id)
+        new = ThermalState(state).value
+        m.updated_by = updated_by
+        if new != m.target_state:
+            m.target_state = new
+            if new == AUTOMATIC:
+                m.auto_level = m.current_state if m.current_state in LEVELS else COLD
+            m.is_transitioning = True
+            m.error_message = None
+            m.next_retry_at = 0.0
+            self._emit("target", model=model_id, target_state=new)
+        self._persist(m)
+        self._ensure_apply(model_id)
+        return self.view(model_id)
+
+    def record_usage(
+        self, model_id: str, operation: str, processing_ms: float, *, bytes_in: int | None = None,
+        bytes_out: int | None = None, request_id: str | None = None, count: int = 1,
+    ) -> None:
+        """A served request: persisted usage record, last_activity, and the rate AUTOMATIC reads."""
+        m = self.get(model_id)
+        now = self.clock()
+        m.last_activity = now
+        m.activity.extend([now] * count)
+        self._trim(m)
+        self.store.record_usage(model_id, operation, processing_ms, service_id=m.service_id, input_size_bytes=bytes_in,
+                                output_size_bytes=bytes_out, request_id=request_id, created_at=now)
+        self._persist(m)
+
+    def request_warm(self, model_id: str) -> dict[str, Any]:
+        """POST /thermal/warm: preload now without changing the target (it cools again per its state)."""
+        m = self.get(model_id)
+        if m.current_state == OFF or m.target_state == OFF:
+            raise ModelDisabled(f"model {model_id!r} is OFF; set its thermal state first", details={"model": model_id})
+        m.last_activity = self.clock()
+        self._persist(m)
+        self._spawn(self._warm(model_id), f"warm:{model_id}")
+        return self.view(model_id)
+
+    async def _warm(self, model_id: str) -> None:
+        m = self.models[model_id]
+        self._emit("warmup", model=model_id)
+        try:
+            st = await self.managers[m.service_id].preload(model_id)
+            m.residency = str(st.get("tier", m.residency)) if isinstance(st, dict) else m.residency
+        except ServingError as exc:
+            m.error_message = f"warm-up failed: {exc.message}"
+            self._emit("error", model=model_id, message=m.error_message)
+            self._persist(m)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ applying
+    def _ensure_apply(self, model_id: str) -> None:
+        t = self._tasks.get(model_id)
+        if t is None or t.done():
+            self._tasks[model_id] = asyncio.get_running_loop().create_task(
+                self._apply_loop(model_id), name=f"thermal:{model_id}")
+
+    async def _apply_loop(self, model_id: str) -> None:
+        m = self.models[model_id]
+        while True:
+            level = m.level()
+            await self._apply(m, level)
+            if m.level() == level:
+                return
+
+    async def _apply(self, m: ModelThermal, level: str) -> None:
+        seam = self.managers.get(m.service_id)
+        spec = self.zoo.models[m.model_id]
+        name = m.model_id
+        try:
+            if seam is None:
+                raise ServingError(f"no manager for service {m.service_id!r}")
+            if level == OFF:
+                await seam.configure(name, disabled=True, pinned=False, keep_warm=False, thermal_state=OFF)
+                m.disabled, m.pinned = True, False
+                st = await seam.unload(name, to="cold")
+            elif level == COLD:
+                await seam.configure(name, disabled=False, pinned=False, keep_warm=False,
+                                     keep_alive_s=spec.keep_alive_s, thermal_state=COLD)
+                m.disabled, m.pinned = False, False
+                st = None
+            else:
+                await seam.configure(name, disabled=False, pinned=(level == HOT), keep_warm=True,
+                                     keep_alive_s=spec.keep_alive_s, thermal_state=level)
+                m.disabled, m.pinned = False, level == HOT
+                st = await seam.preload(name)
+            if isinstance(st, dict) and "tier" in st:
+                m.residency = str(st["tier"])
+            done = True
+            m.error_message = None
+        except ServingError as exc:
+            done = False
+            m.error_message = f"{exc.error_type}: {exc.message}"
+            m.next_retry_at = self.clock() + self.retry_s
+            self._emit("error", model=name, message=m.error_message)
+        except Exception as exc:  # a bug in a seam must not kill the controller silently
+            log.exception("applying %s to %s failed", level, name)
+            done = False
+            m.error_message = f"internal_error: {exc}"
+            m.next_retry_at = self.clock() + self.retry_s
+        if level != m.current_state and (done or level in (COLD, WARM, HOT)):
+            # the policy is in force once configured even if a preload must be retried
+            prev, m.current_state = m.current_state, level
+            m.last_state_change = self.clock()
+            self._emit("state_change", model=name, from_state=prev, to_state=level)
+        m.is_transitioning = not done
+        self._persist(m)
+
+    def _satisfied(self, m: ModelThermal) -> bool:
+        """Does the observed residency match the current state?"""
+        level = m.current_state
+        if m.residency is None:
+            return not m.is_transitioning
+        if level == OFF:
+            return bool(m.disabled) and m.residency in ("COLD", "FAILED")
+        if level == WARM:
+            return m.residency in ("HOT", "WARM")
+        if level == HOT:
+            return m.residency == "HOT" and bool(m.pinned)
+        return True
+
+    async def tick(self) -> None:
+        """Poll the managers, move AUTOMATIC models, retry transitions that did not complete."""
+        now = self.clock()
+        for service, seam in self.managers.items():
+            try:
+                st = await seam.status()
+            except ServingError:
+                self.reachable[service] = False
+                continue
+            self.reachable[service] = True
+            for r in st.get("registered_models", []):
+                m = self.models.get(r["name"])
+                if m is None:
+                    continue
+                m.residency = str(r.get("tier", "HOT" if r.get("loaded") else "COLD"))
+                m.pinned = r.get("pinned")
+                m.disabled = r.get("disabled")
+            for r in st.get("loaded_models", []):
+                m = self.models.get(r["name"])
+                if m is not None and r.get("last_used"):
+                    with contextlib.suppress(ValueError):
+                        t = datetime.fromisoformat(str(r["last_used"]).replace("Z", "+00:00")).timestamp()
+                        m.last_activity = max(m.last_activity or 0.0, t)
+        for name, m in self.models.items():
+            if m.target_state == AUTOMATIC:
+                new = auto_level(m.auto_level, self.rate_rpm(name), now - m.last_state_change, self.policy)
+                if new != m.auto_level:
+                    m.auto_level = new
+                    m.is_transitioning = True
+                    self._ensure_apply(name)
+                    continue
+            if not self._satisfied(m) and m.current_state == m.level():
+                m.is_transitioning = True
+            if m.is_transitioning and now >= m.next_retry_at:
+                self._ensure_apply(name)
+        await self.wait_idle()
+
+    # ------------------------------------------------------------------ selection
+    def select(self, task: str | None = None, capabilities: Any = (), *, warm_in_background: bool = True) -> Selection:
+        """Seed 001 selection over the zoo's current thermal states, residency and health; starts the
+        background warm-up of a preferred model that is not ready (POST /select, the router)."""
+        names = list(self.models)
+        cands = candidates_from(
+            {n: self.zoo.models[n] for n in names},
+            thermal={n: self.models[n].current_state for n in names},
+            residency={n: self.models[n].residency or COLD for n in names},
+            healthy={n: self.reachable.get(self.models[n].service_id, True) and self.models[n].residency != "FAILED"
+                     for n in names},
+        )
+        sel = select_model(cands, task=task, capabilities=capabilities)
+        if warm_in_background:
+            for n in sel.warm_in_background:
+                try:
+                    self.request_warm(n)
+                except ServingError as exc:
+                    log.info("background warm-up of %s not started: %s", n, exc)
+        return sel
+
+    # ------------------------------------------------------------------ persistence
+    def _persist(self, m: ModelThermal) -> None:
+        self.store.save_thermal(ThermalRow(
+            model_id=m.model_id, service_id=m.service_id, current_state=m.current_state, target_state=m.target_state,
+            is_transitioning=m.is_transitioning, last_activity=m.last_activity, last_state_change=m.last_state_change,
+            error_message=m.error_message, updated_at=self.clock(), updated_by=m.updated_by))
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
+        """GET /thermal/metrics: counts by state, transitions, errors, usage, idle cost of the current states."""
+        from serving.control.plan import plan_zoo
+
+        by_current = {s.value: 0 for s in ThermalState}
+        by_target = {s.value: 0 for s in ThermalState}
+        for m in self.models.values():
+            by_current[m.current_state] += 1
+            by_target[m.target_state] += 1
+        now = self.clock()
+        plan = plan_zoo(self.zoo, states=self.current_states())
+        return {
+            "total_models": len(self.models),
+            "by_current_state": by_current,
+            "by_target_state": by_target,
+            "transitioning": sorted(n for n, m in self.models.items() if m.is_transitioning),
+            "errors": {n: m.error_message for n, m in self.models.items() if m.error_message},
+            "services_reachable": dict(self.reachable),
+            "usage_window_s": usage_window_s,
+            "usage": self.store.usage_summary(since=now - usage_window_s),
+            "estimated_cost": plan["totals"],
+        }

@@ -108,6 +108,13 @@ class InsufficientVram(ServingError):
     default_retry_after = 2.0
 
 
+class InsufficientStorage(InsufficientVram):
+    """507 for the SageMaker multi-model load API: the budget cannot hold the model even after eviction,
+    so SageMaker unloads models it considers unused and retries (its contract asks for 507 here)."""
+
+    status_code = 507
+
+
 class ModelDisabled(ServingError):
     status_code = 503
     error_type = "model_disabled"

@@ -1,0 +1,222 @@
+"""The SageMaker container's HTTP contract in-process, on a FakeDevice with fake adapters.
+
+The same app is exercised over real HTTP with the real YOLO adapter in
+tests/integration/test_sagemaker.py; here the manager's budget arithmetic is exact (fake adapters use
+their declared bytes), so eviction between SageMaker models and the 507 path are checked precisely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from serving.config import MB
+from serving.errors import BadRequest, UnsafePath
+from serving.sagemaker.app import SageMakerSettings, create_app, parse_custom_attributes
+from serving.sagemaker.artifacts import MANIFEST, hint_name, resolve_artifact
+from serving.sagemaker.models import decode_token, encode_token
+from serving.vram.devices import FakeDevice
+from serving.vram.fakes import FakeBehaviour, fake_registry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def png_bytes(size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def artifact(root: Path, rel: str, files: dict[str, bytes | str]) -> Path:
+    art = root / rel
+    for name, data in files.items():
+        p = art / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+    art.mkdir(parents=True, exist_ok=True)
+    return art
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "opt-ml"
+    artifact(r, "model", {"yolo26/yolo26m.pt": b"weights"})  # zoo layout: the default model
+    artifact(r, "models/a/model", {"yolo26m.pt": b"weights"})  # flat
+    artifact(r, "models/b/model", {"best.pt": b"weights"})  # threat_detector's file name
+    artifact(r, "models/big/model", {MANIFEST: json.dumps({"model": "nemotron"}), "nemotron/config.json": "{}"})
+    return r
+
+
+@pytest.fixture
+def behaviour():
+    return FakeBehaviour()
+
+
+@pytest.fixture
+def client(root, behaviour):
+    # budget 2.5 GB: yolo26 (2000 MB declared, 2400 with the safety factor) fits alone; 14.7 GB never does
+    env = {"VRAM_BUDGET_GB": "2.5"}
+    settings = SageMakerSettings.from_env(env, zoo_path=REPO / "zoo.yaml", root=root, device="fake")
+    app = create_app(settings, device=FakeDevice(8 * 1024 * MB), registry=fake_registry(behaviour))
+    with TestClient(app) as c:
+        state = app.state.sagemaker
+
+        async def booted() -> None:
+            await asyncio.shield(state.boot_task)
+
+        c.portal.call(booted)
+        assert state.error is None, state.error
+        yield c
+        state.manager.check_invariants()
+        assert all(e.refcount == 0 for e in state.manager.entries.values()), "leaked lease"
+
+
+def test_ping_is_200_with_an_empty_body_once_the_default_model_is_loaded(client):
+    r = client.get("/ping")
+    assert r.status_code == 200 and r.content == b""
+    state = client.app.state.sagemaker
+    assert state.default_model == "yolo26"
+    assert state.manager.model_status("yolo26")["tier"] == "HOT"
+
+
+def test_invocations_accept_png_jpeg_and_base64_json(client, behaviour):
+    r = client.post("/invocations", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "yolo26" and body["zoo_model"] == "yolo26" and len(body["results"]) == 1
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, format="JPEG")
+    r = client.post("/invocations", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    r = client.post("/invocations", json={"images": [base64.b64encode(png_bytes()).decode()] * 3})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert behaviour.loads == {"yolo26": 1}  # one load, then hits
+
+
+def test_invocations_reject_bad_input_with_4xx(client):
+    assert client.post("/invocations", content=b"x", headers={"Content-Type": "text/csv"}).status_code == 415
+    r = client.post("/invocations", json={"image": "not base64 !!"})
+    assert r.status_code == 400 and r.json()["error_type"] == "invalid_image"
+    r = client.post("/invocations", content=png_bytes()[:40], headers={"Content-Type": "image/png"})
+    assert r.status_code == 400
+    assert client.post("/invocations", json={"nothing": 1}).status_code == 400
+    assert client.post("/invocations", content=b"", headers={"Content-Type": "image/png"}).status_code == 400
+
+
+def test_multi_model_load_list_get_invoke_unload(client):
+    r = client.post("/models", json={"model_name": "a", "url": str(client.app.state.sagemaker.settings.root / "models/a/model")})
+    assert r.status_code == 200, r.text
+    assert r.json()["modelName"] == "a" and r.json()["zooModel"] == "yolo26"
+    root = client.app.state.sagemaker.settings.root
+    # the same name again: 409, whatever the url
+    r = client.post("/models", json={"model_name": "a", "url": str(root / "models/b/model")})
+    assert r.status_code == 409
+    r = client.post("/models", json={"model_name": "b", "url": str(root / "models/b/model")},
+                    headers={"X-Amzn-SageMaker-Target-Model": "threat.tar.gz"})
+    assert r.status_code == 200 and r.json()["zooModel"] == "threat_detector"
+    assert client.get("/models/b").json()["modelUrl"] == str(root / "models/b/model")
+    r = client.post("/models/b/invoke", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["model"] == "b"
+    assert client.delete("/models/b").status_code == 200
+    for method, path in (("GET", "/models/b"), ("DELETE", "/models/b"), ("POST", "/models/b/invoke")):
+        r = client.request(method, path, content=png_bytes(), headers={"Content-Type": "image/png"})
+        assert r.status_code == 404, (method, path)
+    assert "b" not in client.app.state.sagemaker.manager.entries
+
+
+def test_list_models_paginates(client):
+    root = client.app.state.sagemaker.settings.root
+    for name in ("a", "b"):
+        sub = "a" if name == "a" else "b"
+        assert client.post("/models", json={"model_name": name, "url": str(root / f"models/{sub}/model")}).status_code == 200
+    everything = client.get("/models").json()
+    assert [m["modelName"] for m in everything["models"]] == ["yolo26", "a", "b"]
+    assert "nextPageToken" not in everything
+    first = client.get("/models", params={"page_size": 2}).json()
+    assert [m["modelName"] for m in first["models"]] == ["yolo26", "a"]
+    second = client.get("/models", params={"page_size": 2, "next_page_token": first["nextPageToken"]}).json()
+    assert [m["modelName"] for m in second["models"]] == ["b"] and "nextPageToken" not in second
+    assert client.get("/models", params={"next_page_token": "garbage"}).status_code == 400
+
+
+def test_loading_past_the_budget_evicts_and_sagemaker_still_sees_both(client, behaviour):
+    root = client.app.state.sagemaker.settings.root
+    manager = client.app.state.sagemaker.manager
+    assert client.post("/models", json={"model_name": "a", "url": str(root / "models/a/model")}).status_code == 200
+    # yolo26 and a are both 2000 MB on a 2.5 GB budget: loading a evicted the default model to WARM
+    assert manager.model_status("a")["tier"] == "HOT"
+    assert manager.model_status("yolo26")["tier"] == "WARM"
+    assert {m["modelName"] for m in client.get("/models").json()["models"]} == {"yolo26", "a"}
+    # invoking the evicted one restores it from the host tier (no disk load) and evicts a in turn
+    r = client.post("/invocations", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200
+    assert behaviour.restores.get("yolo26") == 1 and behaviour.loads["yolo26"] == 1
+    # a made room in turn (COLD here: the 2 GB host tier held yolo26 while it was being restored)
+    assert manager.model_status("a")["tier"] in ("WARM", "COLD")
+    assert client.get("/models/a").status_code == 200  # still loaded as far as SageMaker is concerned
+    r = client.post("/models/a/invoke", content=png_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and manager.model_status("a")["tier"] == "HOT"
+
+
+def test_507_when_the_budget_cannot_hold_the_model_and_nothing_is_left_registered(client):
+    root = client.app.state.sagemaker.settings.root
+    r = client.post("/models", json={"model_name": "big", "url": str(root / "models/big/model")})
+    assert r.status_code == 507, r.text
+    assert r.json()["error_type"] == "insufficient_vram"
+    assert client.get("/models/big").status_code == 404
+    assert "big" not in client.app.state.sagemaker.manager.entries
+    # SageMaker may retry the same name after unloading others: still 507, never 409
+    assert client.post("/models", json={"model_name": "big", "url": str(root / "models/big/model")}).status_code == 507
+
+
+def test_load_rejects_artifacts_outside_the_root_or_without_a_zoo_model(client, tmp_path):
+    root = client.app.state.sagemaker.settings.root
+    outside = artifact(tmp_path, "elsewhere", {"yolo26m.pt": b"w"})
+    r = client.post("/models", json={"model_name": "x", "url": str(outside)})
+    assert r.status_code == 400 and r.json()["error_type"] == "unsafe_path"
+    empty = artifact(root, "models/empty/model", {"README": "nothing here"})
+    r = client.post("/models", json={"model_name": "x", "url": str(empty)})
+    assert r.status_code == 400 and "no zoo model" in r.json()["message"]
+    assert client.post("/models", json={"url": str(empty)}).status_code == 422
+    assert "x" not in client.app.state.sagemaker.manager.entries
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def test_resolve_artifact_by_manifest_hint_and_files(zoo, tmp_path):
+    root = tmp_path
+    art = artifact(root, "models/m/model", {"yolo26m.pt": b"w"})
+    r = resolve_artifact(zoo, root, art)
+    assert (r.zoo_model, r.how, r.spec.source) == ("yolo26", "files", {"pt": "models/m/model/yolo26m.pt"})
+    assert r.spec.env_path is None
+    # a hint wins over the files; a flat transformers folder needs one
+    hf = artifact(root, "models/h/model", {"config.json": "{}"})
+    r = resolve_artifact(zoo, root, hf, (None, "pet.tar.gz"))
+    assert (r.zoo_model, r.how, r.spec.source) == ("pet_classifier", "hint", {"hf": "models/h/model"})
+    with pytest.raises(BadRequest):
+        resolve_artifact(zoo, root, hf)
+    # manifest with its own file layout and options
+    man = artifact(root, "models/k/model", {
+        MANIFEST: json.dumps({"model": "yolo26", "source": {"onnx": "w/det.onnx"}, "options": {"confidence": 0.2}}),
+        "w/det.onnx": b"onnx"})
+    r = resolve_artifact(zoo, root, man)
+    assert r.how == "manifest" and r.spec.source == {"onnx": "models/k/model/w/det.onnx"}
+    assert r.spec.options["confidence"] == 0.2 and r.spec.options["arch"] == "yolo26m.yaml"
+    bad = artifact(root, "models/z/model", {MANIFEST: json.dumps({"model": "yolo26", "source": {"pt": "../../x.pt"}})})
+    with pytest.raises(BadRequest):
+        resolve_artifact(zoo, root, bad)
+    with pytest.raises(UnsafePath):
+        resolve_artifact(zoo, root / "models", root / "model-elsewhere")
+
+
+def test_small_helpers():
+    assert hint_name("models/v2/yolo26.tar.gz") == "yolo26" and hint_name(None) is None
+    assert parse_custom_attributes("confidence=0.3; top_k=2,trace=abc;junk") == {
+        "confidence": 0.3, "top_k": 2, "trace": "abc"}
+    assert decode_token(encode_token(7)) == 7 and decode_token(None) == 0

@@ -3,10 +3,11 @@
 `ManagerSeam` is what the thermal controller drives. Two implementations:
 - `InProcessManager`: wraps an `OnDemandModelManager` living in the same process (tests, embedded).
 - `HttpManagerClient`: a service's manager over HTTP, the gateway's case:
-    POST /models/configure {name, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?}
-    POST /models/preload   {name}
-    POST /models/unload    {name, to: "warm"|"cold"}
+    POST /models/configure {model, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?}
+    POST /models/preload   {model}                -> {"models": [model status], ...}
+    POST /models/unload    {model, to: warm|cold} -> {"models": [model status], ...}
     GET  /models/status    (seed 003 schema + extras)
+  (serving/services/app.py). Writes carry `Authorization: Bearer <admin token>` when one is given.
   Error bodies {error_type, message} come back as the matching `ServingError` subclass.
 """
 
@@ -75,11 +76,11 @@ class HttpManagerClient:
     """A service's manager over HTTP (base_url like http://127.0.0.1:8094). The client is injected."""
 
     def __init__(self, base_url: str, client: httpx.AsyncClient, *, timeout_s: float = 120.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 admin_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.timeout_s = timeout_s
-        self.headers = headers or {}
+        self.headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
 
     async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.base_url + path
@@ -99,14 +100,19 @@ class HttpManagerClient:
         return r.json() if r.content else {}
 
     async def configure(self, name: str, **fields: Any) -> None:
-        body = {"name": name} | {k: v for k, v in fields.items() if v is not None}
+        body = {"model": name} | {k: v for k, v in fields.items() if v is not None}
         await self._call("POST", "/models/configure", body)
 
+    @staticmethod
+    def _first(body: dict[str, Any]) -> dict[str, Any]:
+        models = body.get("models")
+        return models[0] if isinstance(models, list) and models and isinstance(models[0], dict) else body
+
     async def preload(self, name: str) -> dict[str, Any]:
-        return await self._call("POST", "/models/preload", {"name": name})
+        return self._first(await self._call("POST", "/models/preload", {"model": name}))
 
     async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
-        return await self._call("POST", "/models/unload", {"name": name, "to": to})
+        return self._first(await self._call("POST", "/models/unload", {"model": name, "to": to.lower()}))
 
     async def status(self) -> dict[str, Any]:
         return await self._call("GET", "/models/status")

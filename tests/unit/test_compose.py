@@ -33,11 +33,6 @@ SOURCE_ORDER = ("engine", "onnx", "pt", "hf", "safetensors", "gguf")
 
 
 @pytest.fixture(scope="module")
-def zoo():
-    return load_zoo(ROOT / "zoo.yaml", env={})
-
-
-@pytest.fixture(scope="module")
 def compose():
     return yaml.safe_load(COMPOSE.read_text())
 

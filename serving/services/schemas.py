@@ -1,0 +1,376 @@
+"""Request and response models of the per-GPU services (seed 003 "API Reference" and result schemas).
+
+Requests: images are `str` (base64, the seed's JSON form) or `bytes` (raw body / multipart), decoded by
+serving/services/images.py. Requests forbid unknown fields (a typo is a 422, not a silent default).
+Responses allow extra fields: the seed shapes are the floor, adapters may add detail (tests validate
+every response against these models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ImageData = str | bytes
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Resp(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class BBox(BaseModel):
+    """Pixel box in the seed's form {"x1", "y1", "x2", "y2"} (a [x1, y1, x2, y2] list is accepted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @classmethod
+    def coerce(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)) and len(v) == 4:
+            return dict(zip(("x1", "y1", "x2", "y2"), v, strict=True))
+        return v
+
+
+def _bbox_field(v: Any) -> Any:
+    return BBox.coerce(v)
+
+
+# ---------------------------------------------------------------------------------------- detection (8095)
+class DetectRequest(_Req):
+    """POST /detect: one image."""
+
+    image: ImageData = Field(description="Base64 image (or raw bytes / multipart).")
+    confidence: float | None = Field(None, ge=0.0, le=1.0, description="Minimum confidence; default YOLO26_CONFIDENCE.")
+    classes: list[str] | None = Field(None, description="Keep only these classes (default: the seed SECURITY_CLASSES).")
+    all_classes: bool = Field(False, description="Return every class the model knows, not only SECURITY_CLASSES.")
+    max_detections: int | None = Field(None, ge=1, le=1000)
+
+
+class BatchDetectRequest(_Req):
+    """POST /detect/batch: several images, one result each, same order."""
+
+    images: list[ImageData] = Field(min_length=1, description="Base64 images.")
+    confidence: float | None = Field(None, ge=0.0, le=1.0)
+    classes: list[str] | None = None
+    all_classes: bool = False
+    max_detections: int | None = Field(None, ge=1, le=1000)
+
+
+class Detection(_Resp):
+    cls: str = Field(alias="class", description="Class name (person, car, ...).")
+    confidence: float = Field(ge=0.0, le=1.0)
+    bbox: BBox
+    class_id: int | None = None
+    detection_type: str | None = None
+
+
+class DetectResponse(_Resp):
+    detections: list[Detection]
+    count: int
+    image_width: int
+    image_height: int
+    model: str
+    inference_time_ms: float
+
+
+class BatchDetectResponse(_Resp):
+    results: list[DetectResponse]
+    count: int
+    inference_time_ms: float
+
+
+# ---------------------------------------------------------------------------------------- florence (8092)
+FLORENCE_PROMPTS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<DENSE_REGION_CAPTION>",
+                    "<OCR>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<OPEN_VOCABULARY_DETECTION>",
+                    "<REGION_PROPOSAL>")
+
+
+class ExtractRequest(_Req):
+    """POST /extract: a Florence-2 task prompt (seed "Supported Prompts")."""
+
+    image: ImageData
+    prompt: str = Field("<CAPTION>", description="One of " + ", ".join(FLORENCE_PROMPTS))
+    text_input: str | None = Field(None, max_length=500, description="Text for grounding / open-vocabulary prompts.")
+    max_new_tokens: int | None = Field(None, ge=1, le=1024)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        v = v.strip().upper()
+        if not (v.startswith("<") and v.endswith(">")):
+            v = f"<{v}>"
+        if v not in FLORENCE_PROMPTS:
+            raise ValueError(f"unsupported prompt; use one of {', '.join(FLORENCE_PROMPTS)}")
+        return v
+
+
+class FlorenceImageRequest(_Req):
+    """POST /ocr, /dense-caption."""
+
+    image: ImageData
+    max_new_tokens: int | None = Field(None, ge=1, le=1024)
+
+
+class OcrRequest(FlorenceImageRequest):
+    with_regions: bool = Field(False, description="Also return text regions (<OCR_WITH_REGION>).")
+
+
+class FlorenceDetectRequest(FlorenceImageRequest):
+    """POST /detect on Florence: <OD>, or open-vocabulary detection of `text_input`."""
+
+    text_input: str | None = Field(None, max_length=500)
+
+
+class ExtractResponse(_Resp):
+    prompt: str
+    result: Any
+    model: str
+    inference_time_ms: float
+
+
+class OcrResponse(_Resp):
+    text: str
+    regions: list[dict[str, Any]] | None = None
+    model: str
+    inference_time_ms: float
+
+
+class RegionLabel(_Resp):
+    label: str
+    bbox: BBox
+
+
+class FlorenceDetectResponse(_Resp):
+    detections: list[RegionLabel]
+    model: str
+    inference_time_ms: float
+
+
+class DenseCaptionResponse(_Resp):
+    regions: list[RegionLabel]
+    model: str
+    inference_time_ms: float
+
+
+# ---------------------------------------------------------------------------------------- clip (8093)
+class EmbedRequest(_Req):
+    """POST /embed: an image embedding (or a text embedding when `text` is given instead)."""
+
+    image: ImageData | None = None
+    text: str | None = Field(None, max_length=1000)
+
+
+class EmbedResponse(_Resp):
+    embedding: list[float]
+    embedding_dimension: int
+    model: str
+    inference_time_ms: float
+
+
+class AnomalyRequest(_Req):
+    image: ImageData
+    baseline_embedding: list[float] = Field(min_length=1, description="Embedding of the normal scene (from /embed).")
+    threshold: float | None = Field(None, ge=0.0, le=2.0, description="Anomaly when 1 - cosine exceeds this.")
+
+
+class AnomalyResponse(_Resp):
+    anomaly_score: float
+    similarity: float
+    is_anomaly: bool
+    model: str
+    inference_time_ms: float
+
+
+class ClassifyRequest(_Req):
+    image: ImageData
+    labels: list[str] = Field(min_length=1, max_length=256, description="Candidate labels (free prompts).")
+
+
+class ClassifyResponse(_Resp):
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    model: str
+    inference_time_ms: float
+
+
+class SimilarityRequest(_Req):
+    image: ImageData
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class SimilarityResponse(_Resp):
+    similarity: float
+    text: str
+    model: str
+    inference_time_ms: float
+
+
+class BatchSimilarityRequest(_Req):
+    """POST /batch-similarity: every image against every text."""
+
+    image: ImageData | None = None
+    images: list[ImageData] | None = None
+    texts: list[str] = Field(min_length=1, max_length=256)
+
+
+class SimilarityRow(_Resp):
+    similarities: dict[str, float]
+    best_match: str
+    best_score: float
+
+
+class BatchSimilarityResponse(_Resp):
+    results: list[SimilarityRow]
+    count: int
+    model: str
+    inference_time_ms: float
+
+
+# ---------------------------------------------------------------------------------------- enrichment (8094/8096)
+class EnrichRequest(_Req):
+    """POST /enrich: the seed's unified request (+ detection_id, class, models as the gateway sends them)."""
+
+    image: ImageData = Field(description="The crop, or the full frame when bbox is given.")
+    detection_type: str = Field("person", description="person|vehicle|animal|object or a detector class name.")
+    bbox: BBox | None = Field(None, description="Region of `image` to enrich.")
+    frames: list[ImageData] | None = Field(None, description="Frames for multi-frame models (action).")
+    options: dict[str, Any] = Field(default_factory=dict, description="action_recognition, include_depth, ...")
+    detection_id: str | None = Field(None, description="Key of the per-detection maps (default det_0).")
+    models: list[str] | None = Field(None, description="Run exactly these models (the gateway sends one).")
+    cls: str | None = Field(None, alias="class", description="Detector class name when detection_type was generalised.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
+
+
+class ClassifyImageRequest(_Req):
+    """The single-model enrichment routes: an image, optionally a bbox to crop first."""
+
+    image: ImageData
+    bbox: BBox | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
+
+
+class ObjectDistanceRequest(_Req):
+    image: ImageData = Field(description="The full frame.")
+    bbox: BBox = Field(description="The object whose distance is estimated.")
+    options: dict[str, Any] = Field(default_factory=dict)
+    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
+
+
+class ActionRequest(_Req):
+    frames: list[ImageData] = Field(min_length=1, description="Frames of the clip, oldest first.")
+    labels: list[str] | None = Field(None, description="Candidate actions (default: the model's set).")
+    bbox: BBox | None = Field(None, description="Crop every frame to this region first.")
+    options: dict[str, Any] = Field(default_factory=dict)
+    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
+
+
+class VehicleResult(_Resp):
+    vehicle_type: str
+    display_name: str
+    confidence: float
+    is_commercial: bool
+
+
+class PetResult(_Resp):
+    pet_type: str
+    breed: str | None = None
+    confidence: float
+    is_household_pet: bool
+
+
+class ClothingResult(_Resp):
+    clothing_type: str
+    color: str
+    style: str
+    confidence: float
+    is_suspicious: bool
+    is_service_uniform: bool
+
+
+class DepthResult(_Resp):
+    depth_map_base64: str | None = None
+    estimated_distance_m: float
+    relative_depth: float
+    proximity_label: str
+
+
+class Keypoint(_Resp):
+    name: str
+    x: float
+    y: float
+    confidence: float
+
+
+class PoseResult(_Resp):
+    keypoints: list[Keypoint]
+    posture: str
+    alerts: list[str]
+
+
+class ActionResult(_Resp):
+    action: str
+    confidence: float
+    action_scores: dict[str, float]
+
+
+class DamageResult(_Resp):
+    detections: list[dict[str, Any]]
+    damage_types: list[str]
+    has_high_security_damage: bool
+    total_damage_count: int
+    highest_confidence: float
+
+
+class ThreatDetectionResult(_Resp):
+    threat_type: str
+    confidence: float
+    severity: str
+    bbox: list[float] | dict[str, float] | None = None
+
+
+class AgeResult(_Resp):
+    age_range: str
+    confidence: float
+    raw_prediction: float
+
+
+class GenderResult(_Resp):
+    gender: str
+    confidence: float
+
+
+class PersonEmbedding(_Resp):
+    embedding: list[float]
+    embedding_dimension: int
+    model: str
+
+
+class EnrichmentResult(_Resp):
+    """Seed EnrichmentResult: per-detection maps plus one key per capability that ran."""
+
+    threat_detection: ThreatDetectionResult | None = None
+    age_classifications: dict[str, AgeResult] = Field(default_factory=dict)
+    gender_classifications: dict[str, GenderResult] = Field(default_factory=dict)
+    person_embeddings: dict[str, PersonEmbedding] = Field(default_factory=dict)
+    pose: PoseResult | None = None
+    clothing: ClothingResult | None = None
+    vehicle: VehicleResult | None = None
+    pet: PetResult | None = None
+    depth: DepthResult | None = None
+    action: ActionResult | None = None
+    vehicle_damage: DamageResult | None = None
+    inference_time_ms: float
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+    models: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,108 @@
+"""Helpers of the service integration tests: images (good and hostile), a loopback server, error checks."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from serving.services.app import BackgroundServer, create_app
+
+
+def image_bytes(w: int = 320, h: int = 240, fmt: str = "JPEG", color: tuple[int, int, int] = (120, 30, 200)) -> bytes:
+    img = Image.new("RGB", (w, h), color)
+    # a few shapes so models see structure
+    for i in range(0, w, 40):
+        for j in range(0, h, 40):
+            img.putpixel((i, j), (255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def jpeg_b64(w: int = 320, h: int = 240, color: tuple[int, int, int] = (120, 30, 200)) -> str:
+    return b64(image_bytes(w, h, "JPEG", color))
+
+
+def bomb_png(w: int = 60_000, h: int = 60_000) -> bytes:
+    """A PNG whose header claims w x h pixels while the file is a few hundred bytes (a decompression bomb):
+    a valid 1x1 PNG with IHDR width/height rewritten and its CRC recomputed."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", w, h)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def truncated_jpeg() -> bytes:
+    data = image_bytes(320, 240)
+    return data[: len(data) // 2]
+
+
+def assert_error(resp: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    assert resp.status_code == status, (resp.status_code, resp.text)
+    body = resp.json()
+    assert body["error_type"] == error_type, body
+    assert body["message"]
+    return body
+
+
+@contextlib.contextmanager
+def running_service(zoo: Any, service: str, **kwargs: Any) -> Iterator[tuple[httpx.Client, Any]]:
+    """create_app + uvicorn on a free loopback port; yields (client, app)."""
+    app = create_app(zoo, service, **kwargs)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client, app
+
+
+# seed 003 "Model Status Endpoint" (the floor; the manager adds extras)
+from pydantic import BaseModel  # noqa: E402
+
+
+class SeedLoaded(BaseModel):
+    name: str
+    vram_mb: float
+    priority: str
+    last_used: str | None
+
+
+class SeedRegistered(BaseModel):
+    name: str
+    vram_mb: float
+    priority: str
+    loaded: bool
+
+
+class SeedStatus(BaseModel):
+    vram_budget_mb: float
+    vram_used_mb: float
+    vram_available_mb: float
+    vram_utilization_percent: float
+    loaded_models: list[SeedLoaded]
+    registered_models: list[SeedRegistered]
+    pending_loads: list[str]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """Value of one Prometheus sample in exposition text, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None

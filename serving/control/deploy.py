@@ -100,10 +100,13 @@ def build_deployments(
         services = ep["services"]
         models = [m for s in services for m in zoo.services[s].models]
         max_instances = max([zoo.models[m].thermal.max_instances for m in models] + [max(1, ep["idle_instances"])])
+        # read by the SageMaker container (serving/sagemaker/app.py SageMakerSettings.from_env)
         env = {
-            "ZOO_SERVICES": ",".join(services),
             "ZOO_CONFIG": "/opt/ml/model/zoo.yaml",
-            "ZOO_MODELS_ROOT": "/opt/ml/model/models",
+            "ZOO_SERVICES": ",".join(services),
+            "ZOO_DEVICE": "cpu" if ep["cpu_only"] else "auto",
+            "VRAM_BUDGET_GB": f"{sum(zoo.services[s].vram_budget_gb for s in services):g}",
+            "ZOO_HOST_CACHE_GB": f"{sum(zoo.services[s].host_cache_gb for s in services):g}",
             **(environment or {}),
         }
         container: dict[str, Any] = {"Image": image, "Environment": env, "Mode": "SingleModel"}

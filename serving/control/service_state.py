@@ -6,6 +6,7 @@ A pure function of the service's required and optional models and which of them 
 
     not reachable                                   -> OFFLINE
     every model of the service disabled (all OFF)   -> DISABLED
+    no model available at all                       -> OFFLINE
     all required and all optional available         -> RUNNING
     all required available, some optional missing   -> DEGRADED
     some required missing, another model available,
@@ -68,6 +69,8 @@ def evaluate_service(
         return ServiceHealth(DISABLED, [], unavailable, sorted(req - avail), "every model is OFF")
     missing_req = sorted(req - avail)
     missing_opt = sorted(opt - avail)
+    if models and not avail:
+        return ServiceHealth(OFFLINE, [], unavailable, missing_req, "no model can serve")
     if not missing_req and not missing_opt:
         return ServiceHealth(RUNNING, sorted(avail), [], [])
     if not missing_req:

@@ -17,8 +17,8 @@ Rule table (additive on the highest base, clamped to 0-100; levels from `schemas
   pose alerts: crouching +15, lying_down +20, hands_raised +25, fighting_stance +30; running +10
   action: fighting +35, falling +20, running +10
   violence classifier positive +40
-  vehicle damage: high-security type +25, break-in pattern (glass_shatter + lamp_broken) +30,
-    >= 2 damage types +10, any damage at night +10; high-security damage at night -> floor 85
+  vehicle damage (seed patterns): high-security type +25, break-in pattern +30, likely incident +10,
+    elevated risk (damage at night) +10; critical alert (high-security damage at night) -> floor 85
   person close to the camera (proximity close / very_close) +5
   weapon detected -> floor 90 (critical), also applied on top of a parsed LLM score
 """
@@ -31,13 +31,15 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from serving.adapters.postprocess import damage
 from serving.router.schemas import Detection, RiskAssessment, level_of
 
 BASE_SCORE = {"person": 20, "vehicle": 10, "object": 5, "animal": 3}
 POSE_ALERT_POINTS = {"crouching": 15, "lying_down": 20, "hands_raised": 25, "fighting_stance": 30}
 ACTION_POINTS = {"fighting": 35, "falling": 20, "running": 10}
 WEAPON_TYPES = {"knife", "gun", "weapon", "pistol", "rifle", "firearm"}
-HIGH_SECURITY_DAMAGE = {"glass_shatter", "lamp_broken"}
+#: seed damage patterns (serving.adapters.postprocess.damage.patterns) -> points
+DAMAGE_PATTERN_POINTS = {"break-in pattern": 30, "likely incident": 10, "elevated risk": 10}
 WEAPON_FLOOR = 90
 NIGHT_DAMAGE_FLOOR = 85
 
@@ -60,7 +62,7 @@ def is_night(timestamp: str | None) -> bool:
         t = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
         return False
-    return t.hour >= 22 or t.hour < 6
+    return bool(damage.is_night(t))
 
 
 def _enr(d: Detection) -> dict[str, Any]:
@@ -128,23 +130,25 @@ def _violent(enr: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------ context strings
-def damage_context(dmg: dict[str, Any]) -> str:
-    """Seed 003 "Context String for LLM" of vehicle damage."""
+def _damage_types(dmg: dict[str, Any]) -> list[str]:
     dets = [d for d in dmg.get("detections") or [] if isinstance(d, dict)]
-    by_type: dict[str, list[float]] = {}
-    for d in dets:
-        by_type.setdefault(str(d.get("damage_type")), []).append(float(d.get("confidence", 0.0)))
-    if not by_type:
-        for t in dmg.get("damage_types") or []:
-            by_type.setdefault(str(t), [])
-    total = int(dmg.get("total_damage_count") or len(dets))
-    if not total and not by_type:
+    return list(dict.fromkeys([str(t) for t in dmg.get("damage_types") or []]
+                              + [str(d.get("damage_type")) for d in dets if d.get("damage_type")]))
+
+
+def damage_context(dmg: dict[str, Any]) -> str:
+    """Seed 003 "Context String for LLM" of vehicle damage (serving.adapters.postprocess.damage)."""
+    if isinstance(dmg.get("context"), str) and dmg["context"]:
+        return dmg["context"]
+    dets = [d for d in dmg.get("detections") or [] if isinstance(d, dict) and "damage_type" in d]
+    if dets:
+        return damage.context_string([{"damage_type": d["damage_type"], "confidence": d.get("confidence", 0.0)}
+                                      for d in dets])
+    types = _damage_types(dmg)
+    if not types:
         return ""
-    lines = [f"Vehicle Damage Detected ({total} instances):"]
-    for t, confs in by_type.items():
-        avg = f" (avg conf: {round(100 * sum(confs) / len(confs))}%)" if confs else ""
-        lines.append(f"- {t}: {len(confs) or 1} instance(s){avg}")
-    if dmg.get("has_high_security_damage") or HIGH_SECURITY_DAMAGE & set(by_type):
+    lines = [f"Vehicle Damage Detected: {', '.join(types)}"]
+    if damage.HIGH_SECURITY_DAMAGE & set(types):
         lines.append("**HIGH SECURITY ALERT**: Suspicious damage types detected")
     return "\n".join(lines)
 
@@ -340,24 +344,19 @@ def rule_based(
             score += 40
             reasons.append("violence classifier: violent scene")
         dmg = _damage(enr)
-        if dmg:
-            dtypes = {str(t) for t in dmg.get("damage_types") or []} | {
-                str(x.get("damage_type")) for x in dmg.get("detections") or [] if isinstance(x, dict)}
-            high = bool(dmg.get("has_high_security_damage")) or bool(HIGH_SECURITY_DAMAGE & dtypes)
+        dtypes = _damage_types(dmg) if dmg else []
+        if dtypes:
+            found = damage.patterns(dtypes, night)
+            high = bool(damage.HIGH_SECURITY_DAMAGE & set(dtypes))
             if high:
                 score += 25
                 reasons.append("high-security vehicle damage")
-            if HIGH_SECURITY_DAMAGE <= dtypes:
-                score += 30
-                reasons.append("break-in pattern (glass_shatter + lamp_broken)")
-            if len(dtypes) >= 2:
-                score += 10
-                reasons.append("multiple damage types: likely incident")
-            if dtypes and night:
-                score += 10
-                reasons.append("vehicle damage at night")
-                if high:
-                    floor = max(floor, NIGHT_DAMAGE_FLOOR)
+            for pattern, points in DAMAGE_PATTERN_POINTS.items():
+                if pattern in found:
+                    score += points
+                    reasons.append(f"vehicle damage: {pattern}")
+            if "critical alert" in found:
+                floor = max(floor, NIGHT_DAMAGE_FLOOR)
         depth = enr.get("depth")
         if d.detection_type == "person" and isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close"):
             score += 5

@@ -1,0 +1,292 @@
+"""CLI of the services: `zoo serve`, `zoo up`, `zoo status`, `zoo frame`.
+
+    zoo serve SERVICE [--zoo zoo.yaml] [--host 127.0.0.1] [--port N]
+    zoo up [--zoo zoo.yaml] [--services a,b,...] [--host 127.0.0.1] [--no-fixtures] [--ready-timeout S]
+    zoo status [--url http://127.0.0.1:8090] [--json]
+    zoo frame IMAGE [--url http://127.0.0.1:8090] [--camera-id ID] [--confidence C] [--json]
+    zoo frame --synthetic [...]          a generated test frame instead of a file
+
+Heavy imports (uvicorn, the app, PIL) stay inside the command functions.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8090"
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console()
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    _console().print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _load(zoo_path: Path, service: str | None = None):  # noqa: ANN202
+    from serving.config import load_zoo
+    from serving.errors import ConfigError
+
+    try:
+        return load_zoo(zoo_path, service=service)
+    except ConfigError as e:
+        _fail(e.message, 2)
+
+
+# ---------------------------------------------------------------------------------------- serve
+def serve(
+    service: str = typer.Argument(..., help="Service name from zoo.yaml (detection, llm, enrichment, gateway, ...)."),
+    zoo: Path = typer.Option(Path("zoo.yaml"), "--zoo", help="The zoo file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 to expose)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: zoo.yaml, or env PORT)."),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run one service with uvicorn."""
+    import logging
+
+    import uvicorn
+
+    from serving.services.app import create_app
+
+    z = _load(zoo, service)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(z, service)
+    uvicorn.run(app, host=host, port=port or z.services[service].port, log_level=log_level, access_log=False)
+
+
+# ---------------------------------------------------------------------------------------- up
+def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="zoo up", show_lines=False)
+    for col in ("service", "url", "pid", "device", "state", "models (tier)"):
+        t.add_column(col)
+    for name, p in launcher.procs.items():
+        h = p.health or {}
+        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device", "-"))
+        state = ready.get(name, "?")
+        state = h.get("state", state) if state == "ready" else state
+        models = ", ".join(f"{m}({tier})" for m, tier in (h.get("models") or {}).items()) or "-"
+        t.add_row(name, p.url, str(p.pid), dev, state, models)
+    return t
+
+
+def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None:
+    from serving.fixtures import build_fixtures, is_built
+
+    needed = [m for s in services for m in zoo.services[s].models]
+    missing = [m for m in needed if not is_built(zoo.models[m], Path(zoo.models_root))]
+    if not missing:
+        return
+    console.print(f"building {len(missing)} missing model fixture(s): {', '.join(missing)}")
+    for m in missing:
+        try:
+            build_fixtures(zoo, [m])
+            console.print(f"  [green]built[/] {m}")
+        except Exception as e:  # one family's builder failing must not stop the others
+            console.print(f"  [red]failed[/] {m}: {type(e).__name__}: {e}")
+
+
+def up(
+    zoo: Path = typer.Option(Path("zoo.yaml"), "--zoo", help="The zoo file."),
+    services: str | None = typer.Option(None, "--services", help="Comma-separated subset (the gateway is always started)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface the services bind."),
+    fixtures: bool = typer.Option(True, "--fixtures/--no-fixtures", help="Build missing model fixtures first."),
+    ready_timeout: float = typer.Option(600.0, "--ready-timeout", help="Seconds to wait for every /health."),
+    log_dir: Path = typer.Option(Path(".zoo-run/logs"), "--log-dir", help="One log file per service."),
+) -> None:
+    """Start every service and the gateway as local processes; Ctrl-C / SIGTERM stops them all."""
+    from serving.router.fanout import service_urls
+    from serving.services.launcher import Launcher
+
+    console = _console()
+    z = _load(zoo)
+    names = list(z.services)
+    if services:
+        wanted = [s.strip() for s in services.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in z.services]
+        if unknown:
+            _fail(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(z.services)}", 2)
+        names = [n for n in names if n in wanted or z.services[n].kind == "gateway"]
+    if fixtures:
+        _build_missing_fixtures(z, names, console)
+    urls = service_urls(z, env={}, host="127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    launcher = Launcher(zoo_path=zoo.resolve(), services={n: urls[n] for n in names}, host=host, log_dir=log_dir,
+                        on_event=lambda n, msg: console.print(f"[dim]{n}: {msg}[/]"))
+    code = 0
+    try:
+        launcher.start()
+        ready = launcher.wait_ready(ready_timeout, stop)
+        launcher.refresh_health()
+        console.print(_services_table(launcher, ready))
+        not_ready = {n: r for n, r in ready.items() if r != "ready"}
+        if stop.is_set():
+            console.print("interrupted while starting")
+        elif not_ready:
+            console.print(f"[yellow]zoo up: {len(not_ready)} service(s) not ready:[/] {not_ready}")
+        else:
+            gw = next((urls[n] for n in names if z.services[n].kind == "gateway"), None)
+            console.print(f"[bold green]zoo up: all {len(names)} services ready[/]; gateway {gw}; logs in {log_dir}/; "
+                          "Ctrl-C to stop")
+        reason = launcher.supervise(stop)
+        if reason:
+            console.print(f"[bold red]stopping:[/] {reason}")
+            code = 1
+    except RuntimeError as e:  # a child exited while starting
+        console.print(f"[bold red]start failed:[/] {e}")
+        code = 1
+    finally:
+        console.print("stopping the zoo ...")
+        codes = launcher.stop()
+        console.print(f"zoo stopped (exit codes {codes})")
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------- status
+def status(
+    url: str = typer.Option(DEFAULT_GATEWAY, "--url", help="The gateway."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """Every service's models, tiers and VRAM, through the gateway's /zoo/status."""
+    import httpx
+    from rich.table import Table
+
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/zoo/status", timeout=30.0)
+        r.raise_for_status()
+    except httpx.HTTPError as e:
+        _fail(f"cannot read {url}/zoo/status: {e}")
+    data = r.json()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    console = _console()
+    t = Table(title=f"zoo status ({url})")
+    for col in ("service", "state", "device", "model", "priority", "tier", "vram MB", "measured MB", "leases"):
+        t.add_column(col)
+    for name, s in data["services"].items():
+        h = s.get("health") or {}
+        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else "-"
+        state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
+        models = (s.get("models") or {}).get("registered_models") or []
+        loaded = {m["name"]: m for m in (s.get("models") or {}).get("loaded_models") or []}
+        if not models:
+            t.add_row(name, state, dev, "-", "", "", "", "", "", style="red" if not s.get("reachable") else None)
+        for i, m in enumerate(models):
+            t.add_row(name if i == 0 else "", state if i == 0 else "", dev if i == 0 else "", m["name"],
+                      str(m.get("priority", "")), str(m.get("tier", "HOT" if m.get("loaded") else "COLD")),
+                      f"{m.get('vram_mb', 0):g}", "-" if m.get("measured_vram_mb") is None else f"{m['measured_vram_mb']:g}",
+                      str(loaded.get(m["name"], {}).get("leases", 0)))
+        st = s.get("models") or {}
+        if st:
+            t.add_row("", "", "", f"[dim]budget {st.get('vram_budget_mb', 0):g} MB, used {st.get('vram_used_mb', 0):g} MB "
+                      f"({st.get('vram_utilization_percent', 0):g}%)[/]", "", "", "", "", "")
+    console.print(t)
+    summ = data.get("summary", {})
+    console.print(f"{summ.get('reachable', 0)}/{summ.get('services', 0)} services reachable; "
+                  f"VRAM used {summ.get('vram_used_mb', 0):g} of {summ.get('vram_budget_mb', 0):g} MB")
+
+
+# ---------------------------------------------------------------------------------------- frame
+def synthetic_frame(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """A generated JPEG test frame: a driveway-like scene with a person-like and a car-like shape."""
+    import io
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rnd = random.Random(seed)
+    img = Image.new("RGB", (width, height), (110, 130, 150))
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, height * 0.6, width, height], fill=(90, 90, 90))  # road
+    d.rectangle([width * 0.55, height * 0.5, width * 0.9, height * 0.75], fill=(160, 20, 30))  # car body
+    for cx in (0.62, 0.83):
+        d.ellipse([width * cx - 25, height * 0.7, width * cx + 25, height * 0.8], fill=(20, 20, 20))
+    d.ellipse([width * 0.2, height * 0.25, width * 0.26, height * 0.33], fill=(220, 180, 150))  # head
+    d.rectangle([width * 0.19, height * 0.33, width * 0.27, height * 0.55], fill=(30, 30, 60))  # body
+    d.rectangle([width * 0.19, height * 0.55, width * 0.27, height * 0.7], fill=(40, 40, 40))  # legs
+    for _ in range(200):
+        x, y = rnd.randrange(width), rnd.randrange(height)
+        d.point((x, y), fill=(rnd.randrange(256),) * 3)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def frame(
+    image: Path | None = typer.Argument(None, help="Image file (JPEG, PNG, WEBP, BMP)."),
+    url: str = typer.Option(DEFAULT_GATEWAY, "--url", help="The gateway."),
+    camera_id: str | None = typer.Option(None, "--camera-id"),
+    confidence: float | None = typer.Option(None, "--confidence", help="Detector confidence override."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Send a generated frame instead of a file."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the risk event JSON."),
+    timeout: float = typer.Option(300.0, "--timeout"),
+) -> None:
+    """Send a frame through POST /pipeline/frame and print the risk event."""
+    import httpx
+    from rich.panel import Panel
+
+    if synthetic:
+        data, ctype = synthetic_frame(), "image/jpeg"
+    elif image is None:
+        _fail("give an IMAGE file or --synthetic", 2)
+    else:
+        try:
+            data = image.read_bytes()
+        except OSError as e:
+            _fail(f"cannot read {image}: {e}", 2)
+        ctype = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}.get(image.suffix.lower(), "image/jpeg")
+    params: dict[str, Any] = {}
+    if camera_id:
+        params["camera_id"] = camera_id
+    if confidence is not None:
+        params["confidence"] = confidence
+    try:
+        r = httpx.post(f"{url.rstrip('/')}/pipeline/frame", content=data, params=params,
+                       headers={"Content-Type": ctype}, timeout=timeout)
+    except httpx.HTTPError as e:
+        _fail(f"cannot reach {url}: {e}")
+    try:
+        event = r.json()
+    except ValueError:
+        _fail(f"HTTP {r.status_code}: {r.text[:300]}")
+    if r.status_code >= 400:
+        _fail(f"HTTP {r.status_code} {event.get('error_type')}: {event.get('message')}")
+    if as_json:
+        print(json.dumps(event, indent=2))
+        return
+    console = _console()
+    colour = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "red"}.get(event.get("risk_level"), "white")
+    lines = [f"[bold {colour}]{str(event.get('risk_level')).upper()}[/] risk score {event.get('risk_score')} "
+             f"(scoring: {event.get('scoring')})", f"summary: {event.get('summary')}"]
+    lines += [f"  - {r_}" for r_ in event.get("reasons") or []]
+    lines.append(f"detections: {len(event.get('detections') or [])}; errors: {len(event.get('errors') or [])}; "
+                 f"timings ms: {event.get('timings_ms')}")
+    console.print(Panel("\n".join(lines), title=f"risk event {event.get('event_id')}"))
+    console.print_json(json.dumps(event))
+
+
+def register(app: typer.Typer) -> None:
+    """Add serve, up, status and frame to the `zoo` command."""
+    app.command("serve")(serve)
+    app.command("up")(up)
+    app.command("status")(status)
+    app.command("frame")(frame)
+

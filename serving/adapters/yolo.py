@@ -1,0 +1,437 @@
+"""The `yolo` family: ultralytics detect / pose / segment models (YOLO26, YOLO11, YOLOv8, YOLO-World).
+
+Formats, tried in this order, the first usable on the device wins (`self.format` records it):
+  1. `.engine` - TensorRT; only on a CUDA device and when `tensorrt` imports.
+  2. `.onnx`   - onnxruntime; on a CUDA device only when the CUDAExecutionProvider is present (ultralytics'
+                 ONNX backend then runs on it), on CPU with the CPUExecutionProvider.
+  3. `.pt`     - torch.
+A format that fails to load (e.g. an engine built for another GPU/TensorRT version) is recorded in
+`load_errors` and the next one is tried; out-of-memory is not a format problem and is raised as DeviceOOM.
+All three go through ultralytics `YOLO(path)` (its AutoBackend runs .onnx/.engine), so pre- and
+post-processing (letterbox, NMS, mask and keypoint scaling) are ultralytics' own for every format. The
+available backends are a constructor seam (`backends_available`) so tests can take onnxruntime away.
+
+Safety of `.pt`: an ultralytics checkpoint is a pickle of the whole model. It is only ever read with
+`torch.load(weights_only=True)` through ultralytics' own restricted loader (`torch_safe_load(...,
+safe_only=True)`), whose allow-list admits torch/ultralytics nn.Module classes, numpy dtypes and a few
+data classes; no other global can be constructed and no code runs. Limits: the allow-list is
+ultralytics' (any known layer class with arbitrary attribute values can be built, so a hostile file can
+still produce a wrong or huge model, not code execution); it needs torch >= 2.6 (checked, refused
+otherwise). The fixtures are saved with ultralytics' own `Model.save`, i.e. the same layout as the real
+checkpoints, so one loading path serves both. ultralytics is imported with YOLO_OFFLINE=1,
+YOLO_AUTOINSTALL=0 and ULTRALYTICS_SAFE_LOAD=1 (set unless already set) so it never touches the network
+or pip from a serving process.
+
+Tiers: `.pt` offload moves the fused nn.Module to host RAM (pinned on CUDA) and restore moves it back;
+`.onnx` offload drops the onnxruntime session and keeps the file's bytes in RAM, restore rebuilds the
+session from those bytes (no disk read); `.engine` offload drops the TensorRT engine and execution
+context, and restore deserialises the engine file again (ultralytics' TensorRT backend only reads from a
+path; the file normally sits in the page cache).
+
+YOLO-World: the fixed vocabulary stored in the checkpoint works everywhere (a `vocabulary` whose words
+are all known becomes a class filter). A new vocabulary needs ultralytics' CLIP text encoder (the `clip`
+package and its ViT-B/32 weights download); when it is missing the request is a 400 with that reason.
+
+predict(inputs, **options): inputs = images (PIL / array / bytes) or {"image": ..., "bbox": ...} crops;
+options: confidence (0..1), classes (names or ids), max_det, imgsz, vocabulary (YOLO-World), timestamp
+(datetime or ISO string; for the damage night rules, default the injected clock). One result per image:
+  {"detections": [{"class", "class_id", "confidence", "bbox": {"x1","y1","x2","y2"}}], "image_width",
+   "image_height"}
+  pose:    each detection + "keypoints" (17 COCO {"name","x","y","confidence"}), "posture", "alerts";
+           the image + "pose": the seed's {"keypoints","posture","alerts"} of the most confident person or None
+  segment: each detection + "has_mask", "mask_area" (pixels at the input image's resolution)
+  capability vehicle_damage: + the seed's damage schema (postprocess.damage.summarize)
+  capability threat:         + "threat": the seed's ThreatDetectionResult (postprocess.threat.assess)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from serving.adapters.base import Adapter, LoadContext
+from serving.adapters.images import crop, to_rgb
+from serving.adapters.postprocess import damage, pose, threat
+from serving.errors import BadRequest, DeviceOOM, ModelLoadFailed
+
+FORMAT_ORDER: tuple[str, ...] = ("engine", "onnx", "pt")
+_ULTRALYTICS_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "YOLO_VERBOSE": "0", "ULTRALYTICS_SAFE_LOAD": "1"}
+
+
+def import_ultralytics() -> Any:
+    """Import ultralytics with the offline / no-autoinstall / safe-load switches of this project."""
+    for k, v in _ULTRALYTICS_ENV.items():
+        os.environ.setdefault(k, v)
+    import ultralytics
+
+    return ultralytics
+
+
+def probe_backends(device_kind: str) -> frozenset[str]:
+    """Formats this process can run on a device of this kind (`pt` always)."""
+    found = {"pt"}
+    try:
+        import onnxruntime as ort
+
+        if device_kind != "cuda" or "CUDAExecutionProvider" in ort.get_available_providers():
+            found.add("onnx")
+    except ImportError:
+        pass
+    if device_kind == "cuda":  # pragma: no cover - needs a GPU
+        try:
+            import tensorrt  # noqa: F401
+
+            found.add("engine")
+        except ImportError:
+            pass
+    return frozenset(found)
+
+
+def format_candidates(paths: Mapping[str, Path], device_kind: str, backends: Collection[str]) -> list[str]:
+    """Formats to try, in FORMAT_ORDER: present on disk, runnable here, engines only on CUDA."""
+    return [f for f in FORMAT_ORDER if f in paths and f in backends and (f != "engine" or device_kind == "cuda")]
+
+
+_SAFE_YOLO: Any = None
+
+
+def safe_yolo(path: Path, task: str | None = None) -> Any:
+    """ultralytics `YOLO(path)`, except that a `.pt` is only unpickled with weights_only=True."""
+    global _SAFE_YOLO
+    if _SAFE_YOLO is None:
+        import_ultralytics()
+        import torch
+        from ultralytics import YOLO
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+        from ultralytics.nn import tasks
+
+        class SafeYOLO(YOLO):
+            def _load(self, weights: str, task: str | None = None) -> None:
+                if Path(weights).suffix.lower() != ".pt":
+                    return super()._load(weights, task)
+                if not tasks._SafeLoad.SUPPORTED:
+                    raise ModelLoadFailed("restricted .pt loading needs torch >= 2.6; refusing to unpickle")
+                ckpt, _ = tasks.torch_safe_load(weights, safe_only=True)
+                model = ckpt.get("ema") or ckpt.get("model")
+                if not isinstance(model, torch.nn.Module):
+                    raise ModelLoadFailed(f"{weights} is not an ultralytics checkpoint (no model inside)")
+                model = model.float().eval()
+                model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
+                model.pt_path = str(weights)
+                model.task = getattr(model, "task", None) or tasks.guess_model_task(model)
+                if not hasattr(model, "stride"):
+                    model.stride = torch.tensor([32.0])
+                self.model, self.ckpt, self.task = model, ckpt, model.task
+                self.overrides = self.model.args = self._reset_ckpt_args(model.args)
+                self.overrides.update(model=str(weights), task=self.task)
+                self.ckpt_path = self.model_name = str(weights)
+
+        _SAFE_YOLO = SafeYOLO
+    return _SAFE_YOLO(str(path), task=task)
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise BadRequest(f"timestamp {value!r} is not an ISO 8601 date-time") from None
+
+
+def _add_pose(result: dict[str, Any], r: Any, adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
+    kps = r.keypoints.data.cpu().tolist() if r.keypoints is not None else []
+    for det, points in zip(result["detections"], kps):
+        det.update(pose.analyze_pose(points))
+    best = max(result["detections"], key=lambda d: d["confidence"], default=None)
+    result["pose"] = {k: best[k] for k in ("keypoints", "posture", "alerts")} if best and "keypoints" in best else None
+
+
+def _add_masks(result: dict[str, Any], r: Any, adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
+    areas = (r.masks.data > 0.5).flatten(1).sum(1).cpu().tolist() if r.masks is not None else []
+    for i, det in enumerate(result["detections"]):
+        area = int(areas[i]) if i < len(areas) else 0
+        det.update(has_mask=area > 0, mask_area=area)
+
+
+def _add_damage(result: dict[str, Any], adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
+    at = _parse_time(options.get("timestamp")) or adapter.clock()
+    dets = [{**d, "damage_type": d["class"]} for d in result["detections"]]
+    result.update(damage.summarize(dets, at))
+
+
+def _add_threat(result: dict[str, Any], adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
+    result["threat"] = threat.assess(result["detections"])
+
+
+#: task -> extra per-image fields from the raw ultralytics result
+TASK_EXTRAS: dict[str, Callable[..., None]] = {"pose": _add_pose, "segment": _add_masks}
+#: capability -> summary added to each image result (the seed's schema of that capability)
+CAPABILITY_SUMMARIES: dict[str, Callable[..., None]] = {"vehicle_damage": _add_damage, "threat": _add_threat}
+
+
+class YoloAdapter(Adapter):
+    """One ultralytics model on one device, in the first usable format (see the module docstring)."""
+
+    family = "yolo"
+
+    def __init__(
+        self,
+        ctx: LoadContext,
+        *,
+        backends_available: Collection[str] | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self._backends = frozenset(backends_available) if backends_available is not None else None
+        self.clock = clock or dt.datetime.now
+        self.yolo: Any = None
+        self.tier = "COLD"
+        self.load_errors: dict[str, str] = {}
+        self.imgsz: Any = ctx.spec.options.get("imgsz")
+        self.confidence = float(ctx.spec.options.get("confidence", 0.25))
+        self._blob: bytes | None = None  # .onnx bytes kept for a disk-free restore
+        self._providers: list[Any] = []
+        self._lock = threading.Lock()
+
+    # --- life cycle ----------------------------------------------------------------------------
+    def load(self) -> None:
+        kind = self.ctx.device.kind
+        backends = self._backends if self._backends is not None else probe_backends(kind)
+        candidates = format_candidates(self.ctx.paths, kind, backends)
+        if not candidates:
+            raise ModelLoadFailed(
+                f"{self.ctx.name}: no usable format (files: {sorted(self.ctx.paths) or 'none'}, "
+                f"backends: {sorted(backends)}, device: {kind}); run `zoo fixtures` or `zoo pull`"
+            )
+        self.load_errors = {}
+        for fmt in candidates:
+            try:
+                self._load_format(fmt, self.ctx.paths[fmt])
+                self.format, self.tier = fmt, "HOT"
+                return
+            except Exception as e:
+                self.unload()
+                if self.ctx.device.is_oom(e):
+                    raise DeviceOOM(f"{self.ctx.name}: out of memory loading {fmt}: {e}") from e
+                self.load_errors[fmt] = f"{type(e).__name__}: {e}"
+        raise ModelLoadFailed(f"{self.ctx.name}: every format failed to load: {self.load_errors}")
+
+    def _load_format(self, fmt: str, path: Path) -> None:
+        if fmt == "onnx":
+            self._blob = path.read_bytes()
+        self.yolo = safe_yolo(path, task=self.ctx.spec.task)
+        self._run([to_rgb(_blank(64))], conf=1.0, imgsz=64)  # builds the predictor (AutoBackend) on the device
+        be = self._backend()
+        meta_imgsz = (be.metadata or {}).get("imgsz") or self.yolo.overrides.get("imgsz")
+        self.imgsz = self.imgsz or meta_imgsz or 640
+        if fmt == "pt":  # one module: the predictor's fused copy; the unfused original is dropped
+            self.yolo.model = be.model
+        if fmt == "onnx":
+            sess = be.session
+            opts = sess.get_provider_options()
+            self._providers = [(p, opts.get(p, {})) for p in sess.get_providers()]
+        self.dtype = "float16" if getattr(be, "fp16", False) else "float32"
+
+    def warmup(self) -> None:
+        self._run([to_rgb(_blank(max(_as_hw(self.imgsz))))], conf=1.0)
+
+    def offload(self) -> None:
+        be = self._backend()
+        if self.format == "pt":
+            from serving.adapters.torch_base import move_module
+
+            be.model = move_module(be.model, "cpu", pin=self.ctx.device.pin_memory)
+            self.yolo.model = be.model
+            be.device = next(be.model.parameters()).device
+        elif self.format == "onnx":
+            be.session = None
+            if getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA only
+                be.io, be.bindings = None, []
+        else:  # pragma: no cover - TensorRT needs a GPU
+            self.yolo.predictor = None
+        self.tier = "WARM"
+
+    def restore(self) -> None:
+        if self.format == "pt":
+            from serving.adapters.torch_base import move_module
+
+            be = self._backend()
+            be.model = move_module(be.model, self.ctx.device.torch_device)
+            self.yolo.model = be.model
+            be.device = next(be.model.parameters()).device
+        elif self.format == "onnx":
+            import onnxruntime as ort
+
+            be = self._backend()
+            be.session = ort.InferenceSession(self._blob, be.session_options, providers=self._providers)
+            if getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA only
+                _bind_onnx_outputs(be)
+        else:  # pragma: no cover - TensorRT needs a GPU
+            self._run([to_rgb(_blank(64))], conf=1.0)
+        self.tier = "HOT"
+
+    def unload(self) -> None:
+        self.yolo, self._blob, self._providers = None, None, []
+        self.tier = "COLD"
+
+    def param_bytes(self) -> int:
+        if self.yolo is None:
+            return 0
+        if self.format == "pt":
+            from serving.adapters.torch_base import module_bytes
+
+            return module_bytes(self._backend().model)
+        if self.format == "onnx":
+            return len(self._blob or b"")
+        return self.ctx.paths["engine"].stat().st_size  # pragma: no cover - TensorRT needs a GPU
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta.update(task=self.ctx.spec.task, imgsz=self.imgsz, load_errors=dict(self.load_errors))
+        if self.yolo is not None and self.yolo.predictor is not None:
+            meta["classes"] = list(self.names.values())
+        return meta
+
+    # --- inference -----------------------------------------------------------------------------
+    @property
+    def names(self) -> dict[int, str]:
+        names = self._backend().names
+        return dict(enumerate(names)) if isinstance(names, list) else dict(names)
+
+    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+        if self.tier != "HOT":
+            raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded on the device")
+        images = [crop(x["image"], x["bbox"]) if isinstance(x, Mapping) and x.get("bbox") is not None
+                  else to_rgb(x["image"] if isinstance(x, Mapping) else x) for x in inputs]  # fmt: skip
+        if not images:
+            return []
+        conf = options.get("confidence", self.confidence)
+        try:
+            conf = float(conf)
+        except (TypeError, ValueError):
+            raise BadRequest(f"confidence {conf!r} is not a number") from None
+        if not 0.0 <= conf <= 1.0:
+            raise BadRequest(f"confidence must be within 0..1, got {conf}")
+        with self._lock:
+            if options.get("vocabulary"):
+                classes = self._vocabulary(list(options["vocabulary"]))
+            else:
+                classes = self._class_ids(options.get("classes"))
+            raw = self._run(images, conf=conf, classes=classes, imgsz=options.get("imgsz") or self.imgsz,
+                            max_det=int(options.get("max_det", 300)))  # fmt: skip
+        out = []
+        for r in raw:
+            result = self._detections(r)
+            if extra := TASK_EXTRAS.get(self.ctx.spec.task):
+                extra(result, r, self, options)
+            for cap in self.ctx.spec.capabilities:
+                if summary := CAPABILITY_SUMMARIES.get(cap):
+                    summary(result, self, options)
+            out.append(result)
+        return out
+
+    def _run(self, images: list[Any], **kwargs: Any) -> list[Any]:
+        kwargs.setdefault("imgsz", self.imgsz)
+        step = self._max_batch() or len(images)
+        results: list[Any] = []
+        for i in range(0, len(images), step):
+            chunk = images[i : i + step]
+            results += self.yolo.predict(
+                chunk, device=self.ctx.device.torch_device, verbose=False, batch=len(chunk),
+                retina_masks=self.ctx.spec.task == "segment", **kwargs,
+            )  # fmt: skip
+        return results
+
+    def _max_batch(self) -> int | None:
+        """Static-shape exports (a fixed batch in .onnx/.engine) run in chunks of that batch."""
+        if self.yolo is None or self.yolo.predictor is None or self.format in ("", "pt"):
+            return None
+        be = self._backend()
+        return None if getattr(be, "dynamic", False) else int(getattr(be, "batch", 1) or 1)
+
+    def _backend(self) -> Any:
+        return self.yolo.predictor.model.backend
+
+    def _class_ids(self, classes: Any) -> list[int] | None:
+        if not classes:
+            return None
+        if isinstance(classes, (str, int)):
+            classes = [classes]
+        by_name = {n.lower(): i for i, n in self.names.items()}
+        ids = []
+        for c in classes:
+            if isinstance(c, int) and c in self.names:
+                ids.append(c)
+            elif isinstance(c, str) and c.lower() in by_name:
+                ids.append(by_name[c.lower()])
+            else:
+                raise BadRequest(f"unknown class {c!r} for {self.ctx.name}; known: {sorted(by_name)}")
+        return ids
+
+    def _vocabulary(self, words: list[str]) -> list[int] | None:
+        """YOLO-World: known words filter the fixed vocabulary; new words need the CLIP text encoder."""
+        known = {n.lower() for n in self.names.values()}
+        if all(str(w).lower() in known for w in words):
+            return self._class_ids(words)
+        if not hasattr(self.yolo, "set_classes") or self.format != "pt":
+            raise BadRequest(f"{self.ctx.name} has a fixed vocabulary; unknown words: "
+                             f"{sorted(set(map(str, words)) - known)}")  # fmt: skip
+        try:
+            self.yolo.set_classes([str(w) for w in words])
+        except Exception as e:  # CLIP package or weights missing (offline): say so
+            raise BadRequest(f"{self.ctx.name}: a new vocabulary needs the CLIP text encoder, unavailable here "
+                             f"({type(e).__name__}: {e}); use words of the fixed vocabulary") from None  # fmt: skip
+        self._rebuild_predictor()  # pragma: no cover - needs the CLIP text encoder
+        return None  # pragma: no cover
+
+    def _rebuild_predictor(self) -> None:  # pragma: no cover - after a YOLO-World vocabulary change
+        """set_classes dropped the predictor: build it again and share its module."""
+        self._run([to_rgb(_blank(64))], conf=1.0)
+        self.yolo.model = self._backend().model
+
+    def _detections(self, r: Any) -> dict[str, Any]:
+        h, w = r.orig_shape
+        names = r.names
+        dets = []
+        if r.boxes is not None and len(r.boxes):
+            xyxy = r.boxes.xyxy.cpu().tolist()
+            confs = r.boxes.conf.cpu().tolist()
+            cls = r.boxes.cls.cpu().tolist()
+            for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls):
+                dets.append({
+                    "class": str(names[int(k)]), "class_id": int(k), "confidence": float(c),
+                    "bbox": {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)},
+                })  # fmt: skip
+        return {"detections": dets, "image_width": int(w), "image_height": int(h)}
+
+
+def _blank(size: int) -> Any:
+    import numpy as np
+
+    return np.zeros((size, size, 3), dtype=np.uint8)
+
+
+def _as_hw(imgsz: Any) -> tuple[int, int]:
+    if isinstance(imgsz, (list, tuple)):
+        return (int(imgsz[0]), int(imgsz[-1]))
+    return (int(imgsz), int(imgsz))
+
+
+def _bind_onnx_outputs(be: Any) -> None:  # pragma: no cover - CUDA only
+    """Re-create ultralytics' CUDA IO binding for a rebuilt onnxruntime session."""
+    import torch
+    from ultralytics.nn.backends.onnx import _ORT_DTYPES
+
+    be.io = be.session.io_binding()
+    be.bindings = []
+    for output in be.session.get_outputs():
+        torch_dtype, np_dtype = _ORT_DTYPES.get(output.type, (torch.float32, None))
+        y = torch.empty(output.shape, dtype=torch_dtype).to(be.device)
+        be.io.bind_output(name=output.name, device_type=be.device.type, device_id=be.device.index or 0,
+                          element_type=np_dtype, shape=tuple(y.shape), buffer_ptr=y.data_ptr())  # fmt: skip
+        be.bindings.append(y)

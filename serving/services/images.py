@@ -55,6 +55,18 @@ IMAGE_FIELDS = ("image", "images", "frames", "baseline_image")
 
 
 # ---------------------------------------------------------------------------------------- bytes -> image
+def _pil_open() -> Any:
+    """PIL's own `Image.open`. ultralytics replaces it process-wide with a wrapper that, on an unidentified
+    image, tries to install and import a HEIF plugin (pi-heif): an undecodable upload must stay a 400,
+    never a pip call or a 500, so hostile bytes go to the original function."""
+    opener = Image.open
+    if getattr(opener, "__module__", "PIL.Image") != "PIL.Image":
+        original = getattr(opener, "__globals__", {}).get("_image_open")
+        if callable(original) and getattr(original, "__module__", "") == "PIL.Image":
+            return original
+    return opener
+
+
 def b64_to_bytes(value: str, what: str = "image") -> bytes:
     """Decode standard base64 (optional data-URL prefix, whitespace and missing padding tolerated)."""
     s = _DATA_URL.sub("", value.strip(), count=1)
@@ -76,7 +88,7 @@ def decode_image(value: str | bytes, limits: Limits, what: str = "image") -> Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=None)
+            img = _pil_open()(io.BytesIO(data), formats=None)
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"{what}: {e}", details={"max_pixels": limits.max_pixels}) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -28,13 +28,14 @@ import importlib.metadata
 import inspect
 import json
 import struct
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.errors import BadRequest, InvalidImage, NotFound, ServingError
+from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, ServingError, UnsupportedMediaType
 from serving.services.common import check_admin, require_manager, require_model
 from serving.services.errors import error_response
 from serving.services.images import array_to_image, decode_image
@@ -342,7 +343,7 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
     manager = require_manager(ctx)
     require_model(ctx, name)
     spec = manager.entries[name].spec
-    body = await request.body()
+    body = _decompress(await request.body(), request.headers.get("content-encoding", ""), ctx.limits.max_body_bytes)
     hlen = request.headers.get(HEADER_LEN)
     if hlen is not None:
         try:
@@ -392,6 +393,23 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
         arr = np.asarray([np.asarray(e, dtype=np.float32).reshape(-1) for e in embs], dtype=np.float32)
         outputs["EMBEDDING"] = ("FP32", list(arr.shape), arr)
     return encode_response(name, req, outputs)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """tritonclient's request_compression_algorithm (gzip / deflate), inflated to at most `limit` bytes."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"content-encoding {enc!r} is not supported; use gzip, deflate or none")
+    d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(f"request body is not valid {enc}: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request exceeds the limit of {limit} bytes")
+    return out
 
 
 def encode_response(name: str, req: dict[str, Any], outputs: dict[str, tuple[str, list[int], Any]]) -> Response:

@@ -123,16 +123,22 @@ def register(app: typer.Typer) -> None:
         destroy: bool = typer.Option(False, "--destroy", help="delete the plan's endpoints instead (with --apply)"),
     ) -> None:
         """Turn the plan into SageMaker requests; dry-run prints them, --apply sends them."""
-        from serving.control.deploy import DEFAULT_IMAGE, DEFAULT_ROLE, Deployer, build_deployments
+        from serving.control.deploy import DEFAULT_IMAGE, DEFAULT_ROLE, Deployer, build_deployments, check_deployments
         from serving.control.plan import plan_zoo
 
         z = _zoo(zoo)
         deps = build_deployments(z, plan_zoo(z), image=image or DEFAULT_IMAGE, role_arn=role_arn or DEFAULT_ROLE,
                                  prefix=prefix, model_data_url=model_data_url)
+        problems = check_deployments(deps)
+        if problems:  # every request is checked against botocore's AWS API model before anything is sent
+            typer.echo("requests not valid for the AWS API:\n  " + "\n  ".join(problems), err=True)
+            raise typer.Exit(1)
         if dry_run:
             out = [{"endpoint": d.endpoint_name, "shape": d.shape, "requests": [r.to_dict() for r in d.requests]}
                    for d in deps]
-            typer.echo(json.dumps({"region": region, "dry_run": True, "destroy": destroy, "deployments": out}, indent=2))
+            typer.echo(json.dumps({"region": region, "dry_run": True, "destroy": destroy, "validated_against": "botocore "
+                                   "service models (sagemaker, application-autoscaling, cloudwatch)",
+                                   "deployments": out}, indent=2))
             return
         if not image or not role_arn:
             raise typer.BadParameter("--apply needs --image (ECR URI) and --role-arn (SageMaker execution role)")

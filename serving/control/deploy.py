@@ -202,6 +202,80 @@ def _autoscaling(resource_id: str, dimension: str, lo: int, hi: int, endpoint: s
     return reqs
 
 
+# --------------------------------------------------------------------------- checking
+def _service_model(client: str) -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model(client)
+
+
+def check_request(req: AwsRequest) -> list[str]:
+    """Problems of a request against the AWS API model, beyond what botocore's client validates
+    (required members, types, min): enums, patterns and max bounds too. [] when valid."""
+    model = _service_model(req.client)
+    op_name = "".join(p.capitalize() for p in req.operation.split("_"))
+    op = model.operation_model(op_name)
+    problems: list[str] = []
+    _check(op.input_shape, req.params, req.operation, problems)
+    return problems
+
+
+def _check(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    meta = shape.metadata
+    t = shape.type_name
+    if t == "structure":
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object")
+            return
+        for req_name in shape.required_members:
+            if req_name not in value:
+                problems.append(f"{where}.{req_name}: required")
+        for k, v in value.items():
+            if k not in shape.members:
+                problems.append(f"{where}.{k}: unknown member")
+            else:
+                _check(shape.members[k], v, f"{where}.{k}", problems)
+    elif t == "list":
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list")
+            return
+        if "min" in meta and len(value) < meta["min"] or "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{where}: {len(value)} items outside [{meta.get('min')}, {meta.get('max')}]")
+        for i, v in enumerate(value):
+            _check(shape.member, v, f"{where}[{i}]", problems)
+    elif t == "map":
+        for k, v in (value or {}).items():
+            _check(shape.key, k, f"{where}<key>", problems)
+            _check(shape.value, v, f"{where}.{k}", problems)
+    elif t == "string":
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string")
+            return
+        if "enum" in meta and value not in meta["enum"]:
+            problems.append(f"{where}: {value!r} is not one of the API's values")
+        if "min" in meta and len(value) < meta["min"] or "max" in meta and len(value) > meta["max"]:
+            problems.append(f"{where}: length {len(value)} outside [{meta.get('min')}, {meta.get('max')}]")
+        if "pattern" in meta:
+            try:
+                ok = re.fullmatch(meta["pattern"], value, flags=re.DOTALL) is not None
+            except re.error:  # a Java-only construct: botocore and AWS check it server-side
+                ok = True
+            if not ok:
+                problems.append(f"{where}: {value!r} does not match {meta['pattern']!r}")
+    elif t in ("integer", "long", "float", "double"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{where}: expected a number")
+            return
+        if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
+            problems.append(f"{where}: {value} outside [{meta.get('min')}, {meta.get('max')}]")
+    elif t == "boolean" and not isinstance(value, bool):
+        problems.append(f"{where}: expected a boolean")
+
+
+def check_deployments(deployments: list[EndpointDeployment]) -> list[str]:
+    return [p for d in deployments for r in d.requests for p in check_request(r)]
+
+
 # --------------------------------------------------------------------------- sending
 def _exists(exc: Exception) -> bool:
     msg = str(exc)

@@ -1,0 +1,76 @@
+"""`depth_anything`: Depth Anything V2 (DepthAnythingForDepthEstimation + DPT image processor), relative
+depth -> the seed's {depth_map_base64, estimated_distance_m, relative_depth, proximity_label}.
+
+predict(inputs, include_map=True, max_distance_m=10.0):
+    inputs: images, or {"image": frame, "bbox": {x1, y1, x2, y2}} for the distance of one object
+            (seed /object-distance); without a bbox the centre of the frame is measured (/depth-estimate).
+    returns per item: the seed depth object (+ "bbox" when one was given); `depth_map_base64` is an 8-bit
+    PNG at the input resolution (near = bright), or None with include_map=False.
+The rules (normalisation, distance scale, proximity bands) live in `postprocess.depth`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype, split_item
+from serving.adapters.images import bbox_tuple, to_rgb
+from serving.adapters.postprocess import depth as depth_rules
+from serving.adapters.torch_base import TorchModuleAdapter
+from serving.errors import BadRequest, InvalidBBox
+
+
+class DepthAnythingAdapter(TorchModuleAdapter):
+    """Monocular relative depth."""
+
+    family = "depth_anything"
+
+    def _load_module(self) -> Any:
+        from transformers import AutoImageProcessor, DepthAnythingForDepthEstimation
+
+        folder = hf_folder(self.ctx)
+        self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
+        return DepthAnythingForDepthEstimation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+
+    def warmup(self) -> None:
+        from PIL import Image
+
+        self.predict([Image.new("RGB", (64, 48), (127, 127, 127))], include_map=False)
+
+    def disparity(self, images: list[Any]) -> list[Any]:
+        """Per image, the model's relative inverse depth resized to the image, as a float32 numpy array."""
+        import torch
+
+        batch = self.processor(images=images, return_tensors="pt")
+        pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
+        with torch.inference_mode():
+            outputs = self.model(pixel_values=pixel_values)
+        outputs.predicted_depth = outputs.predicted_depth.float()
+        sizes = [(img.height, img.width) for img in images]
+        post = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
+        return [r["predicted_depth"].detach().cpu().numpy() for r in post]
+
+    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+        if not inputs:
+            return []
+        opts = {**(self.ctx.spec.options or {}), **options}
+        max_distance = float(opts.get("max_distance_m", depth_rules.DEFAULT_MAX_DISTANCE_M))
+        if not max_distance > 0:
+            raise BadRequest("max_distance_m must be > 0")
+        include_map = bool(opts.get("include_map", True))
+        images, bboxes = [], []
+        for item in inputs:
+            payload, extras = split_item(item)
+            img = to_rgb(payload)
+            bbox = extras.get("bbox")
+            if bbox is not None:
+                x1, y1, x2, y2 = bbox_tuple(bbox)
+                if x1 >= img.width or y1 >= img.height or x2 <= 0 or y2 <= 0:
+                    raise InvalidBBox(f"bbox {bbox!r} lies outside the {img.width}x{img.height} image")
+                bbox = (x1, y1, x2, y2)
+            images.append(img)
+            bboxes.append(bbox)
+        return [
+            depth_rules.depth_result(d, bbox, max_distance_m=max_distance, include_map=include_map)
+            for d, bbox in zip(self.disparity(images), bboxes)
+        ]

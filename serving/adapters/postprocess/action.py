@@ -1,0 +1,60 @@
+"""Action recognition (X-CLIP) -> seed 003 {action, confidence, action_scores}.
+
+The video-text logits over the label set are normalised with a softmax (the actions are alternatives),
+sorted from most to least likely and rounded; `action_scores` keeps the `top_k` best so the LLM context
+stays short. `is_suspicious` flags the actions a security analyst cares about.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+#: the seed's actions first, then the other behaviours worth telling apart at a door or driveway
+SECURITY_ACTIONS: list[str] = [
+    "walking", "running", "fighting", "falling", "loitering", "standing", "sitting", "crouching",
+    "climbing", "breaking in", "vandalizing", "carrying a package", "delivering a package",
+    "looking into a window", "riding a bicycle",
+]
+SUSPICIOUS_ACTIONS = frozenset({"fighting", "falling", "loitering", "climbing", "breaking in", "vandalizing",
+                                "looking into a window", "crouching"})
+DEFAULT_TOP_K = 5
+
+
+def prompt_for(action: str) -> str:
+    """Text fed to X-CLIP for an action label."""
+    return f"a person {action}"
+
+
+def softmax(logits: Sequence[float]) -> list[float]:
+    if not logits:
+        return []
+    m = max(logits)
+    exps = [math.exp(x - m) for x in logits]
+    s = sum(exps)
+    return [e / s for e in exps]
+
+
+def normalise_scores(scores: Mapping[str, float], top_k: int | None = DEFAULT_TOP_K, digits: int = 4) -> dict[str, float]:
+    """Probabilities -> rescaled to sum to 1, sorted descending, the best `top_k`, rounded."""
+    total = sum(max(0.0, float(v)) for v in scores.values())
+    if total <= 0:
+        return {}
+    items = sorted(((k, max(0.0, float(v)) / total) for k, v in scores.items()), key=lambda kv: -kv[1])
+    if top_k is not None:
+        items = items[:top_k]
+    return {k: round(v, digits) for k, v in items}
+
+
+def action_result(labels: Sequence[str], logits: Sequence[float], top_k: int | None = DEFAULT_TOP_K) -> dict[str, object]:
+    """{action, confidence, action_scores, is_suspicious} from one clip's logits over `labels`."""
+    if len(labels) != len(logits) or not labels:
+        raise ValueError("labels and logits must be non-empty and of the same length")
+    probs = dict(zip(labels, softmax([float(x) for x in logits])))
+    best = max(probs, key=lambda k: probs[k])
+    return {
+        "action": best,
+        "confidence": round(probs[best], 4),
+        "action_scores": normalise_scores(probs, top_k=top_k),
+        "is_suspicious": best in SUSPICIOUS_ACTIONS,
+    }

@@ -1,0 +1,69 @@
+"""`segformer`: SegFormer semantic segmentation of a person crop into clothes classes
+(mattmdjaga/segformer_b2_clothes: 18 classes) -> per-class pixel fractions and the garments present.
+
+predict(inputs, min_fraction=0.01):
+    inputs: person crops, or {"image": frame, "bbox": {x1, y1, x2, y2}}.
+    returns per item: {"class_fractions": {class: fraction of pixels}, "items": [garments, largest first],
+                       "dominant_item", "person_fraction"} (rules in `postprocess.clothing`).
+The label map is upsampled to the input resolution by the processor's post-processing before counting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, id2label, load_images, model_dtype
+from serving.adapters.postprocess import clothing
+from serving.adapters.torch_base import TorchModuleAdapter
+
+
+class SegformerAdapter(TorchModuleAdapter):
+    """Clothes segmentation."""
+
+    family = "segformer"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.labels: list[str] = []
+
+    def _load_module(self) -> Any:
+        from transformers import AutoImageProcessor, SegformerForSemanticSegmentation
+
+        folder = hf_folder(self.ctx)
+        self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
+        model = SegformerForSemanticSegmentation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        self.labels = id2label(model)
+        return model
+
+    def warmup(self) -> None:
+        from PIL import Image
+
+        self.predict([Image.new("RGB", (48, 96), (127, 127, 127))])
+
+    def label_maps(self, images: list[Any]) -> list[Any]:
+        """Per image, the (H, W) class-index map at the image's resolution (torch, on the host)."""
+        import torch
+
+        batch = self.processor(images=images, return_tensors="pt")
+        pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
+        with torch.inference_mode():
+            outputs = self.model(pixel_values=pixel_values)
+        outputs.logits = outputs.logits.float()
+        sizes = [(img.height, img.width) for img in images]
+        return [m.cpu() for m in self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)]
+
+    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+        import torch
+
+        if not inputs:
+            return []
+        opts = {**(self.ctx.spec.options or {}), **options}
+        min_fraction = float(opts.get("min_fraction", clothing.DEFAULT_MIN_FRACTION))
+        out = []
+        for label_map in self.label_maps(load_images(inputs)):
+            counts = torch.bincount(label_map.flatten().long(), minlength=len(self.labels)).tolist()
+            out.append(clothing.segmentation_result(dict(zip(self.labels, counts)), min_fraction=min_fraction))
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "classes": len(self.labels)}

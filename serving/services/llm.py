@@ -41,7 +41,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
+class _Done:
+    """End of a token stream, carrying the generator's return value (usage, finish_reason)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _step(gen: Iterator[Any]) -> Any:
+    try:
+        return next(gen)
+    except StopIteration as stop:
+        return _Done(stop.value)
 
 
 # ------------------------------------------------------------------ OpenAI request schema
@@ -109,7 +120,7 @@ class TokenStream:
         self._closed = False
 
     async def next(self) -> Any:
-        self._pending = asyncio.ensure_future(self.manager.run(next, self.gen, _DONE))
+        self._pending = asyncio.ensure_future(self.manager.run(_step, self.gen))
         return await asyncio.shield(self._pending)
 
     async def aclose(self) -> None:
@@ -243,7 +254,7 @@ class LLMBackend:
                                 details={"upstream_status": resp.status_code})
 
         async def body_iter() -> AsyncIterator[bytes]:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.aiter_bytes():
                 yield chunk
 
         return LeasedStream(body_iter(), stack)
@@ -279,7 +290,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         if backend.upstream:
             body = req.model_dump(exclude_none=True)
             return await (backend.upstream_stream(body) if req.stream else backend.upstream_chat(body))
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         opts = backend.gen_options(req)
         cid, created = _completion_id(), int(time.time())
         if not req.stream:
@@ -305,8 +316,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             gen = adapter.stream(messages, **opts)
             tokens = TokenStream(manager, gen)
             stack.push_async_callback(tokens.aclose)
-        except BaseException:
-            await stack.aclose()
+            # the first step runs validation (prompt length, options): errors stay proper HTTP errors
+            first = await tokens.next()
+        except BaseException as exc:  # let the lease see it (an OOM becomes 503 inference_oom)
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
             raise
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -316,10 +329,13 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         async def body() -> AsyncIterator[bytes]:
             yield _sse(chunk({"role": "assistant", "content": ""}))
             finish, usage, n = "stop", {}, 0
+            item = first
             try:
                 while True:
-                    item = await tokens.next()
-                    if item is _DONE:
+                    if isinstance(item, _Done):
+                        meta = item.value if isinstance(item.value, dict) else {}
+                        finish = meta.get("finish_reason") or finish
+                        usage.update({k: int(meta[k]) for k in ("prompt_tokens", "completion_tokens") if k in meta})
                         break
                     text, meta = _piece_text(item)
                     if meta.get("finish_reason"):
@@ -330,6 +346,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                     if text:
                         n += 1
                         yield _sse(chunk({"content": text}))
+                    item = await tokens.next()
             except Exception as e:  # the status line is gone: report in-band, as OpenAI servers do
                 log.exception("stream of %s failed", name)
                 yield _sse({"error": {"message": str(e), "type": getattr(e, "error_type", "internal_error")}})

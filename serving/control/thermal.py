@@ -151,8 +151,10 @@ class ThermalController:
                 log.exception("thermal listener failed on %s", event)
 
     # ------------------------------------------------------------------ life cycle
-    async def start(self) -> None:
-        """Restore persisted targets (defaults for new models), apply them, start the ticker."""
+    async def start(self, *, wait: bool = False) -> None:
+        """Restore persisted targets (defaults for new models), start applying them, start the ticker.
+        The applies run in the background (a gateway must not wait for a large model's preload to
+        serve); `wait=True` returns once they are done (or failed and left for `tick` to retry)."""
         rows = self.store.load_thermal()
         for name, m in self.models.items():
             row = rows.get(name)
@@ -166,7 +168,8 @@ class ThermalController:
             self._persist(m)
         for name in self.models:
             self._ensure_apply(name)
-        await self.wait_idle()
+        if wait:
+            await self.wait_idle()
         if self.tick_interval_s and self._ticker is None:
             self._ticker = asyncio.create_task(self._tick_forever(), name="thermal-ticker")
 

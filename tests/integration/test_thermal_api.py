@@ -87,7 +87,7 @@ async def stack() -> AsyncIterator[tuple[Stack, httpx.AsyncClient, str, str]]:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            await s.controller.start()
+            await s.controller.start(wait=True)
             yield
             await s.controller.stop()
 

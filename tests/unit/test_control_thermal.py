@@ -63,7 +63,7 @@ class Rig:
 
 async def test_cold_model_leaves_the_device_exactly_after_keep_alive():
     rig = Rig({"a": {"vram_mb": 300}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     assert rig.ctl.get("a").current_state == COLD
     await rig.use("a")
     assert rig.tier("a") == "HOT"
@@ -84,7 +84,7 @@ async def test_hot_model_survives_any_sequence_of_on_demand_loads():
     rig = Rig({"h": {"vram_mb": 400, "priority": "LOW", "thermal": {"default_state": "HOT"}},
                "x": {"vram_mb": 400, "priority": "CRITICAL"}, "y": {"vram_mb": 400}, "z": {"vram_mb": 300}},
               budget_mb=1000)
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     v = rig.ctl.view("h")
     assert v["current_state"] == HOT and v["target_state"] == HOT and not v["is_transitioning"]
     assert rig.tier("h") == "HOT" and rig.manager.entry("h").pinned
@@ -103,7 +103,7 @@ async def test_hot_model_survives_any_sequence_of_on_demand_loads():
 
 async def test_off_gets_model_disabled_503_and_leaves_the_device():
     rig = Rig({"a": {"vram_mb": 300}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     await rig.use("a")
     rig.ctl.set_target("a", ThermalState.OFF)
     await rig.ctl.wait_idle()
@@ -122,7 +122,7 @@ async def test_off_gets_model_disabled_503_and_leaves_the_device():
 
 async def test_warm_is_preloaded_and_never_drops_below_the_warm_tier():
     rig = Rig({"w": {"vram_mb": 300, "thermal": {"default_state": "WARM"}}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     assert rig.tier("w") == "HOT"  # preloaded while there is room
     for _ in range(10):
         rig.clock.advance(KEEP_ALIVE)
@@ -135,7 +135,7 @@ async def test_warm_is_preloaded_and_never_drops_below_the_warm_tier():
 
 async def test_hot_to_cold_unpins_and_the_sweeper_scales_it_to_zero():
     rig = Rig({"h": {"vram_mb": 300, "thermal": {"default_state": "HOT"}}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     rig.clock.advance(10 * KEEP_ALIVE)
     await rig.manager.sweep()
     assert rig.tier("h") == "HOT"  # pinned: the sweeper leaves it
@@ -175,7 +175,7 @@ async def test_automatic_promotes_under_load_and_demotes_when_idle_without_flapp
     rig = Rig({"a": {"vram_mb": 300, "thermal": {"default_state": "AUTOMATIC"}}}, policy=policy)
     changes: list[tuple[str, str]] = []
     rig.ctl.add_listener(lambda ev, f: changes.append((f["from_state"], f["to_state"])) if ev == "state_change" else None)
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     assert rig.ctl.view("a")["current_state"] == COLD and rig.ctl.view("a")["target_state"] == "AUTOMATIC"
     # 40 requests a minute: HOT and pinned
     for _ in range(40):
@@ -209,7 +209,7 @@ async def test_targets_survive_a_restart(tmp_path):
     models = {"a": {"vram_mb": 300}, "b": {"vram_mb": 300}, "c": {"vram_mb": 200}}
     clock = FakeClock()
     rig = Rig(models, store=ControlStore(url), clock=clock)
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     rig.ctl.set_target("a", "HOT", updated_by="admin")
     rig.ctl.set_target("b", "OFF")
     rig.ctl.record_usage("c", "classify", 5.0)
@@ -220,7 +220,7 @@ async def test_targets_survive_a_restart(tmp_path):
     clock.advance(3600)
     rig2 = Rig(models, store=ControlStore(url), clock=clock)  # a new process: fresh manager and controller
     assert rig2.tier("a") == "COLD"
-    await rig2.ctl.start()
+    await rig2.ctl.start(wait=True)
     assert rig2.ctl.view("a")["target_state"] == HOT and rig2.tier("a") == "HOT" and rig2.manager.entry("a").pinned
     assert rig2.ctl.view("a")["updated_by"] == "admin"
     assert rig2.ctl.view("b")["current_state"] == OFF and rig2.manager.entry("b").disabled
@@ -257,7 +257,7 @@ async def test_unreachable_service_keeps_the_transition_open_and_retries():
     down = Down()
     down.inner = InProcessManager(rig.manager)
     ctl = ThermalController(rig.zoo, {"svc": down}, rig.store, clock=rig.clock, retry_s=30)
-    await ctl.start()
+    await ctl.start(wait=True)
     v = ctl.view("h")
     assert v["is_transitioning"] and "upstream_error" in v["error_message"] and rig.tier("h") == "COLD"
     down.up = True
@@ -272,7 +272,7 @@ async def test_unreachable_service_keeps_the_transition_open_and_retries():
 
 async def test_request_warm_preloads_without_changing_the_target():
     rig = Rig({"a": {"vram_mb": 300}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     rig.ctl.request_warm("a")
     await rig.ctl.wait_idle()
     assert rig.tier("a") == "HOT" and rig.ctl.view("a")["target_state"] == COLD
@@ -285,7 +285,7 @@ async def test_request_warm_preloads_without_changing_the_target():
 
 async def test_latest_target_wins_when_set_twice_quickly():
     rig = Rig({"a": {"vram_mb": 300}})
-    await rig.ctl.start()
+    await rig.ctl.start(wait=True)
     rig.ctl.set_target("a", "HOT")
     rig.ctl.set_target("a", "OFF")
     await asyncio.wait_for(rig.ctl.wait_idle(), 5)

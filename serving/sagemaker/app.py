@@ -4,12 +4,11 @@ Contract (SageMaker "Custom Inference Code with Hosting Services" and "Custom Co
 Multi-Model Endpoints"):
 
     GET    /ping                      200 with an empty body when ready; 503 (JSON reason) while the
-                                      default model loads or after it failed. Never blocks: SageMaker's
-                                      request timeout is 2 s and it gives the container 4 min to pass.
-    POST   /invocations               the default model (below): image/jpeg, image/png (raw bytes,
-                                      options in X-Amzn-SageMaker-Custom-Attributes "confidence=0.3")
-                                      or application/json {"image": "<base64>"} | {"images": [...]} |
-                                      {"inputs": [...]}, other keys (and "options": {...}) are options
+                                      models to preload load or after that failed. Never blocks:
+                                      SageMaker's request timeout is 2 s, the container has 4 min to pass.
+    POST   /invocations               the default model, or the one named by the option `model`;
+                                      bodies in serving/sagemaker/payloads.py (image/jpeg, image/png,
+                                      application/json with base64 images)
     POST   /models                    {"model_name", "url"}: register + preload; 409 already loaded,
                                       507 when the VRAM budget cannot hold it, 400 for an artifact
                                       holding no zoo model
@@ -19,23 +18,26 @@ Multi-Model Endpoints"):
     POST   /models/{name}/invoke      as /invocations, for that model; 404 when not loaded
 
 Port: SAGEMAKER_BIND_TO_PORT, else 8080. Root: SAGEMAKER_ROOT (default /opt/ml), holding `model/`
-(the single-model artifact) and `models/` (multi-model artifacts); the manager's models_root is the root,
-so every artifact path stays inside it.
+(the endpoint's artifact) and `models/` (multi-model artifacts); the manager's models_root is the root,
+so every artifact path stays inside it. Zoo file: ZOO_CONFIG (`zoo deploy` ships it in the artifact,
+/opt/ml/model/zoo.yaml), else ZOO_IMAGE_CONFIG (the image's /app/zoo.yaml).
 
-Model mapping (serving/sagemaker/artifacts.py): the default model of /invocations is the artifact in
-{root}/model, identified by its `zoo-model.json` manifest, by env SAGEMAKER_MODEL (a zoo.yaml name or
-alias) or by the zoo files it holds; it is registered under its zoo name. A multi-model `model_name`
-is opaque: it maps to the zoo model its artifact holds (manifest, then the TargetModel header or the
-name as a hint, then the files). All models share one MultiModelManager and one VRAM budget
-(VRAM_BUDGET_GB, else the budget of the zoo service that owns the default model, else the device's
-memory); see serving/sagemaker/models.py for how SageMaker's loading and our eviction cooperate.
+Which models (serving/sagemaker/artifacts.py):
+- ZOO_SERVICES=detection,... (set by `zoo deploy`): every model of those services, files in the zoo
+  layout of the artifact; `always` models and the default load at start. Default: SAGEMAKER_MODEL, else
+  the first required model of the services, else their first model.
+- else an artifact in {root}/model: the one zoo model it holds (manifest `zoo-model.json`,
+  SAGEMAKER_MODEL as a hint, or its files), registered under its zoo name, loaded at start.
+- else none: a multi-model endpoint, whose opaque `model_name`s map to the zoo model each artifact holds.
+All share one MultiModelManager and one VRAM budget (VRAM_BUDGET_GB, else the budgets of the zoo
+services involved, else the device's memory); serving/sagemaker/models.py says how SageMaker's loading
+and our eviction cooperate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,37 +52,35 @@ from pydantic import BaseModel, Field
 from serving.adapters.registry import AdapterRegistry
 from serving.config import GB, MB, ServiceSpec, ZooConfig, load_zoo
 from serving.errors import (
-    BadRequest,
     ConfigError,
     Conflict,
     NotFound,
     ServiceUnavailable,
     ServingError,
-    UnsupportedMediaType,
 )
-from serving.sagemaker.artifacts import resolve_artifact
+from serving.sagemaker.artifacts import ResolvedArtifact, resolve_artifact, service_models, zoo_name_for
 from serving.sagemaker.models import ModelTable, MultiModelManager, Registered
 from serving.services.app import BodyLimitMiddleware
 from serving.services.common import Limits, Stopwatch
 from serving.services.errors import install_error_handlers
-from serving.services.images import RAW_IMAGE_TYPES, decode_image, decode_images
+from serving.sagemaker.payloads import read_payload
 from serving.vram.devices import Device, device_from_spec
 from serving.vram.footprints import FootprintStore
 
 log = logging.getLogger(__name__)
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
-CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
-RESERVED_JSON_KEYS = ("image", "images", "inputs", "options")
 
 
 @dataclass
 class SageMakerSettings:
     """What `zoo sagemaker serve` needs; `from_env` reads the variables SageMaker and the image set."""
 
-    zoo_path: Path = Path("zoo.yaml")
+    zoo_path: Path = Path("zoo.yaml")  # ZOO_CONFIG
+    image_zoo_path: Path | None = None  # ZOO_IMAGE_CONFIG: used when zoo_path does not exist
     root: Path = Path("/opt/ml")  # SAGEMAKER_ROOT: holds model/ and models/
     model: str | None = None  # SAGEMAKER_MODEL: zoo model of /invocations
+    services: list[str] = field(default_factory=list)  # ZOO_SERVICES
     device: str = "auto"  # ZOO_DEVICE
     budget_gb: float | None = None  # VRAM_BUDGET_GB
     host_cache_gb: float | None = None  # ZOO_HOST_CACHE_GB
@@ -100,6 +100,8 @@ class SageMakerSettings:
 
         s = cls(
             zoo_path=Path(env.get("ZOO_CONFIG") or "zoo.yaml"),
+            image_zoo_path=Path(env["ZOO_IMAGE_CONFIG"]) if env.get("ZOO_IMAGE_CONFIG") else None,
+            services=[x.strip() for x in (env.get("ZOO_SERVICES") or "").split(",") if x.strip()],
             root=Path(env.get("SAGEMAKER_ROOT") or "/opt/ml"),
             model=env.get("SAGEMAKER_MODEL") or None,
             device=env.get("ZOO_DEVICE") or "auto",
@@ -111,6 +113,12 @@ class SageMakerSettings:
             if value is not None:
                 setattr(s, key, value)
         return s
+
+    def zoo_file(self) -> Path:
+        if not self.zoo_path.exists() and self.image_zoo_path and self.image_zoo_path.exists():
+            log.warning("zoo file %s not found; using the image's %s", self.zoo_path, self.image_zoo_path)
+            return self.image_zoo_path
+        return self.zoo_path
 
     @property
     def model_dir(self) -> Path:
@@ -151,8 +159,39 @@ class ContainerState:
 
 
 # ------------------------------------------------------------------------------------------- boot
-def _has_artifact(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+@dataclass
+class BootPlan:
+    """The models a container starts with, which one /invocations uses, which services they come from."""
+
+    models: list[tuple[Registered, ResolvedArtifact]]
+    default: str | None
+    preload: list[str]
+    owners: list[str]
+
+
+def plan_models(s: SageMakerSettings, zoo: ZooConfig) -> BootPlan:
+    """Decide the start-up models (see the module docstring); raises ConfigError/BadRequest."""
+    if s.services:
+        bases = [zoo.models_root, s.model_dir / "models", s.model_dir]
+        found = service_models(zoo, s.root, s.services, bases)
+        names = [r.zoo_model for r in found]
+        required = [m for sv in s.services for m in zoo.services[sv].required_models]
+        default = zoo_name_for(zoo, s.model) if s.model else (required or names or [None])[0]
+        if s.model and default not in names:
+            raise ConfigError(f"SAGEMAKER_MODEL={s.model} is not a model of ZOO_SERVICES={','.join(s.services)}")
+        # loaded at start: `always` and required models, and the default when SAGEMAKER_MODEL names it
+        preload = [n for n in names
+                   if zoo.models[n].residency == "always" or n in required or (s.model and n == default)]
+        models = [(Registered(r.zoo_model, str(r.path), r.zoo_model, r.how), r) for r in found]
+        return BootPlan(models, default, preload, list(s.services))
+    if s.model_dir.is_dir() and any(s.model_dir.iterdir()):
+        r = resolve_artifact(zoo, s.root, s.model_dir, (s.model,))
+        owner = zoo.service_of(r.zoo_model)
+        reg = Registered(r.zoo_model, str(s.model_dir), r.zoo_model, r.how)
+        return BootPlan([(reg, r)], reg.name, [reg.name], [owner] if owner else [])
+    if s.model:
+        raise ConfigError(f"SAGEMAKER_MODEL={s.model} but {s.model_dir} holds no model artifact")
+    return BootPlan([], None, [], [])
 
 
 async def boot(
@@ -162,33 +201,30 @@ async def boot(
     registry: AdapterRegistry | None = None,
     clock: Callable[[], float] | None = None,
 ) -> None:
-    """Resolve the default artifact, build the manager, preload the default model; set ready/error."""
+    """Plan the models, build the manager, preload; set `ready` or `error` (reported by /ping)."""
     s, zoo = state.settings, state.zoo
     try:
-        resolved = None
-        if _has_artifact(s.model_dir):
-            resolved = resolve_artifact(zoo, s.root, s.model_dir, (s.model,))
-        elif s.model:
-            raise ConfigError(f"SAGEMAKER_MODEL={s.model} but {s.model_dir} holds no model artifact")
-        owner = zoo.service_of(resolved.zoo_model) if resolved else None
-        svc = zoo.services[owner] if owner else ServiceSpec(kind="detection", port=8080)
+        plan = await asyncio.to_thread(plan_models, s, zoo)
+        owners = [zoo.services[o] for o in plan.owners]
+        svc = owners[0] if owners else ServiceSpec(kind="detection", port=8080)
         if device is None:
             device = await asyncio.to_thread(device_from_spec, s.device, 0)
         headroom = int(svc.headroom_mb * MB)
         if s.budget_gb is not None:
             budget = int(s.budget_gb * GB)
-        elif owner and svc.vram_budget_gb > 0:
-            budget = svc.vram_budget_bytes
+        elif sum(o.vram_budget_gb for o in owners) > 0:
+            budget = sum(o.vram_budget_bytes for o in owners)
         else:
             budget = max(device.total_bytes() - headroom, 0)
-        host_cache = int((s.host_cache_gb if s.host_cache_gb is not None else max(svc.host_cache_gb, 2.0)) * GB)
+        host_gb = s.host_cache_gb if s.host_cache_gb is not None else (
+            sum(o.host_cache_gb for o in owners) if owners else 2.0)
         manager = MultiModelManager(
             {},
             device=device,
             registry=registry or AdapterRegistry(),
             models_root=s.root,
             budget_bytes=budget,
-            host_cache_bytes=host_cache,
+            host_cache_bytes=int(host_gb * GB),
             policy=svc.policy,
             headroom_bytes=headroom,
             safety_factor=svc.safety_factor,
@@ -198,14 +234,15 @@ async def boot(
             footprints=FootprintStore(None),  # SageMaker names are opaque: footprints live per process
             **({"clock": clock} if clock else {}),
         )
-        await manager.start()
-        state.manager, state.table = manager, ModelTable(manager)
-        log.info("sagemaker container: device %s, budget %.0f MB, root %s", device.name, budget / MB, s.root)
-        if resolved is not None:
-            reg = Registered(resolved.zoo_model, str(s.model_dir), resolved.zoo_model, resolved.how)
-            await state.table.load(reg, resolved.spec)
-            state.default_model = reg.name
-            log.info("default model %s (%s) from %s", reg.name, resolved.how, s.model_dir)
+        table = ModelTable(manager)
+        for reg, resolved in plan.models:
+            table.register(reg, resolved.spec)
+        state.manager, state.table, state.default_model = manager, table, plan.default
+        log.info("sagemaker container: device %s, budget %.0f MB, root %s, models %s, default %s",
+                 device.name, budget / MB, s.root, list(table.models), plan.default)
+        await manager.start()  # `always` models (failures kept for status) and the idle sweeper
+        for name in plan.preload:
+            await manager.preload(name)
         state.ready = True
     except ServingError as e:
         state.error = e.message
@@ -215,68 +252,18 @@ async def boot(
         log.exception("sagemaker container failed to start")
 
 
-# ------------------------------------------------------------------------------------------- payloads
-def parse_custom_attributes(value: str | None) -> dict[str, Any]:
-    """`confidence=0.3;top_k=2` (also comma-separated) -> {"confidence": 0.3, "top_k": 2}."""
-    out: dict[str, Any] = {}
-    if not value:
-        return out
-    for part in value.replace(",", ";").split(";"):
-        key, sep, raw = part.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            continue
-        raw = raw.strip()
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
-async def read_payload(request: Request, limits: Limits) -> tuple[list[Any], dict[str, Any]]:
-    """The request's inputs (decoded images or raw JSON inputs) and its options."""
-    mtype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    options = parse_custom_attributes(request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
-    body = await request.body()
-    if not body:
-        raise BadRequest("the request body is empty: send an image or a JSON object")
-    if mtype in RAW_IMAGE_TYPES:
-        declared = RAW_IMAGE_TYPES[mtype]
-        if declared and declared not in limits.allowed_formats:
-            raise UnsupportedMediaType(f"content type {mtype} is not accepted")
-        return [await asyncio.to_thread(decode_image, body, limits)], options
-    if mtype == "application/json" or mtype.endswith("+json"):
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise BadRequest("request body must be a JSON object")
-        if not isinstance(data.get("options", {}), dict):
-            raise BadRequest('"options" must be a JSON object')
-        options |= {k: v for k, v in data.items() if k not in RESERVED_JSON_KEYS}
-        options |= data.get("options", {})
-        if isinstance(data.get("image"), str):
-            return [await asyncio.to_thread(decode_image, data["image"], limits)], options
-        if isinstance(data.get("images"), list) and data["images"]:
-            if not all(isinstance(v, str) for v in data["images"]):
-                raise BadRequest('"images" must be a list of base64 strings')
-            return await asyncio.to_thread(decode_images, data["images"], limits), options
-        if isinstance(data.get("inputs"), list) and data["inputs"]:
-            return list(data["inputs"]), options
-        raise BadRequest('JSON body needs "image" (base64), "images" (list of base64) or "inputs" (list)')
-    raise UnsupportedMediaType(
-        f"content type {mtype or '(none)'} is not accepted; send image/jpeg, image/png or application/json",
-        details={"content_type": mtype},
-    )
-
-
-async def invoke(state: ContainerState, name: str, request: Request) -> JSONResponse:
+async def invoke(state: ContainerState, name: str | None, request: Request) -> JSONResponse:
+    """Run one request on `name` (None: the payload's `model`, else the default model)."""
     table = state.require_table()
+    payload = await read_payload(request, state.limits)
+    name = name or payload.model or state.default_model
+    if name is None:
+        raise NotFound(
+            f"no model for /invocations: ship an artifact in {state.settings.model_dir}, set SAGEMAKER_MODEL, "
+            "name one with the option `model`, or on a multi-model endpoint call /models/{name}/invoke")
     reg = table.get(name)
     manager = table.manager
-    inputs, options = await read_payload(request, state.limits)
+    inputs, options = payload.inputs, payload.options
     spec = manager.entry(name).spec
     if "confidence" in spec.options:
         options.setdefault("confidence", spec.options["confidence"])
@@ -298,7 +285,7 @@ def create_app(
     clock: Callable[[], float] | None = None,
 ) -> FastAPI:
     """The container's app. The zoo file is read now (a bad one fails fast); models load after start."""
-    zoo = load_zoo(settings.zoo_path, env=settings.env)
+    zoo = load_zoo(settings.zoo_file(), env=settings.env)
     state = ContainerState(settings=settings, zoo=zoo, limits=Limits.from_env(settings.env))
 
     @contextlib.asynccontextmanager
@@ -332,13 +319,7 @@ def create_app(
 
     @app.post("/invocations")
     async def invocations(request: Request) -> JSONResponse:
-        state.require_table()
-        if state.default_model is None:
-            raise NotFound(
-                f"no model for /invocations: ship an artifact in {settings.model_dir} (and SAGEMAKER_MODEL) "
-                "or, on a multi-model endpoint, call /models/{name}/invoke"
-            )
-        return await invoke(state, state.default_model, request)
+        return await invoke(state, None, request)
 
     @app.post("/models")
     async def load_model(body: LoadModelRequest, request: Request) -> JSONResponse:

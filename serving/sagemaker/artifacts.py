@@ -13,6 +13,9 @@ found, in this order:
 3. the files: the one zoo model whose source files the artifact holds, in the zoo layout
    (`yolo26/yolo26m.pt`, as under models/) or flat (`yolo26m.pt` at the top).
 
+An endpoint that `zoo deploy` packs with whole services sets ZOO_SERVICES instead: every model of those
+services is registered, its files in the zoo layout of the artifact (`service_models`).
+
 A transformers folder can also sit flat at the top of the artifact (config.json there) when a manifest
 or a hint names the model. Every path stays inside the SageMaker root (resolve_inside): the returned
 spec's sources are relative to that root, which is the manager's models_root.
@@ -26,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from serving.config import ModelSpec, ZooConfig, check_relative_model_path, resolve_inside
-from serving.errors import BadRequest, UnknownModel
+from serving.errors import BadRequest, ConfigError, UnknownModel, UnsafePath
 
 MANIFEST = "zoo-model.json"
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -158,3 +161,29 @@ def resolve_artifact(
     if residency:
         update["residency"] = residency
     return ResolvedArtifact(zoo_model=name, spec=spec.model_copy(update=update), path=art, files=files, how=how)
+
+
+def service_models(zoo: ZooConfig, root: Path, services: list[str], bases: list[Path]) -> list[ResolvedArtifact]:
+    """Every model of `services` (env ZOO_SERVICES, as `zoo deploy` sets it), with its files looked up in
+    the zoo layout under the first of `bases` (zoo.models_root, {root}/model/models, {root}/model) that
+    holds any of them; a model with no file anywhere keeps the first base and fails when it is used."""
+    root_r = Path(root).resolve()
+    inside = []
+    for b in bases:
+        try:
+            inside.append(resolve_inside(root_r, b))
+        except UnsafePath:
+            continue
+    if not inside:
+        raise ConfigError(f"none of {[str(b) for b in bases]} lies inside the SageMaker root {root_r}")
+    out = []
+    for sname in services:
+        if sname not in zoo.services:
+            raise ConfigError(f"ZOO_SERVICES names {sname!r}, which is not a service of zoo.yaml ({', '.join(zoo.services)})")
+        for name in zoo.services[sname].models:
+            spec = zoo.models[name]
+            base = next((b for b in inside if any((b / rel).exists() for rel in spec.source.values())), inside[0])
+            files = {fmt: base / rel for fmt, rel in spec.source.items() if (base / rel).exists()}
+            source = {fmt: str((base / rel).relative_to(root_r)) for fmt, rel in spec.source.items()}
+            out.append(ResolvedArtifact(name, spec.model_copy(update={"source": source}), base, files, "service"))
+    return out

@@ -69,7 +69,7 @@ class Registered:
     name: str
     url: str
     zoo_model: str
-    how: str  # manifest | hint | files | env
+    how: str  # manifest | hint | files | service
 
     def describe(self, manager: OnDemandModelManager) -> dict[str, Any]:
         status = manager.model_status(self.name)
@@ -98,6 +98,13 @@ class ModelTable:
             return self.models[name]
         except KeyError:
             raise NotFound(f"model {name!r} is not loaded", details={"model": name}) from None
+
+    def register(self, reg: Registered, spec: ModelSpec) -> None:
+        """Register without loading (ZOO_SERVICES models: on demand, or at start when `always`)."""
+        if reg.name in self.models:
+            raise Conflict(f"model {reg.name!r} is already loaded", details={"model": reg.name})
+        self.manager.add_model(reg.name, spec)
+        self.models[reg.name] = reg
 
     async def load(self, reg: Registered, spec: ModelSpec) -> dict[str, Any]:
         """Register and preload; 409 if the name is known, 507 if the budget cannot hold it."""

@@ -164,12 +164,14 @@ def test_each_container_loads_the_zoo_it_is_meant_to(zoo, compose):
 
 
 def test_gateway_upstreams_and_readiness_ordering(zoo, compose):
+    from serving.router.fanout import service_urls
+
     gw = compose["services"]["ai-gateway"]
-    env = _env(gw)
     others = {s: spec for s, spec in zoo.services.items() if spec.kind != "gateway"}
+    # the URLs the gateway's router computes from its environment: each service by its container name
+    urls = service_urls(zoo, env=_env(gw))
     for sname, spec in others.items():
-        key = "ZOO_UPSTREAM_" + re.sub(r"[^A-Z0-9]", "_", sname.upper())
-        assert env[key] == f"http://{spec.container}:{spec.port}"
+        assert urls[sname] == f"http://{spec.container}:{spec.port}", sname
     assert gw["depends_on"] == {spec.container: {"condition": "service_healthy"} for spec in others.values()}
 
 

@@ -177,10 +177,18 @@ class Endpoint:
         return self.idle_instances == 0
 
 
+def default_thermal_state(spec: Any) -> ThermalState:
+    """A model's thermal state at first start: thermal.default_state when written in zoo.yaml; otherwise
+    HOT for `residency: always` models (loaded at start, kept) and COLD for on-demand ones."""
+    if "default_state" in spec.thermal.model_fields_set:
+        return spec.thermal.default_state
+    return ThermalState.HOT if spec.residency == "always" else spec.thermal.default_state
+
+
 def _state_of(zoo: ZooConfig, model: str, states: Mapping[str, ThermalState | str] | None) -> ThermalState:
     if states and model in states:
         return ThermalState(states[model])
-    return zoo.models[model].thermal.default_state
+    return default_thermal_state(zoo.models[model])
 
 
 def service_needs(

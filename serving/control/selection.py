@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.control.plan import default_thermal_state
 from serving.errors import BadRequest, NotFound, ServiceUnavailable
 
 THERMAL_RANK = {"HOT": 0, "WARM": 1, "COLD": 2}
@@ -147,7 +148,7 @@ def candidates_from(
     for name, spec in models.items():
         out.append(Candidate(
             name=name, task=spec.task, capabilities=frozenset(spec.capabilities),
-            thermal_state=thermal.get(name, spec.thermal.default_state.value),
+            thermal_state=thermal.get(name, default_thermal_state(spec).value),
             residency=residency.get(name, "COLD"), healthy=healthy.get(name, True),
             warmup_time_s=spec.thermal.warmup_time_s, fallback=spec.fallback))
     return out

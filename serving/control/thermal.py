@@ -33,6 +33,7 @@ from typing import Any
 
 from serving.config import ThermalState, ZooConfig
 from serving.control.managers import ManagerSeam
+from serving.control.plan import default_thermal_state
 from serving.control.selection import Selection, candidates_from
 from serving.control.selection import select as select_model
 from serving.control.store import ControlStore, ThermalRow
@@ -134,7 +135,7 @@ class ThermalController:
             service = zoo.service_of(name)
             if service is None or zoo.services[service].kind == "gateway":
                 continue
-            st = spec.thermal.default_state.value
+            st = default_thermal_state(spec).value
             self.models[name] = ModelThermal(name, service, st, COLD if st == AUTOMATIC else st,
                                              is_transitioning=True, last_state_change=now)
 
@@ -449,7 +450,7 @@ class ThermalController:
     # ------------------------------------------------------------------ metrics
     def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
         """GET /thermal/metrics: counts by state, transitions, errors, usage, idle cost of the current states."""
-        from serving.control.plan import plan_zoo
+        from serving.control.plan import plan_zoo  # noqa: PLC0415 - keeps the import graph flat
 
         by_current = {s.value: 0 for s in ThermalState}
         by_target = {s.value: 0 for s in ThermalState}

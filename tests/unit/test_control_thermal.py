@@ -292,3 +292,13 @@ async def test_latest_target_wins_when_set_twice_quickly():
     assert rig.ctl.view("a")["current_state"] == OFF and rig.manager.entry("a").disabled
     assert not rig.manager.entry("a").pinned and rig.tier("a") == "COLD"
     await rig.close()
+
+
+async def test_always_loaded_model_without_a_thermal_state_starts_hot():
+    rig = Rig({"core": {"vram_mb": 300, "residency": "always"},
+               "explicit": {"vram_mb": 200, "residency": "always", "thermal": {"default_state": "COLD"}},
+               "lazy": {"vram_mb": 100}})
+    await rig.ctl.start(wait=True)
+    assert [rig.ctl.view(n)["current_state"] for n in ("core", "explicit", "lazy")] == [HOT, COLD, COLD]
+    assert rig.manager.entry("core").pinned and rig.tier("core") == "HOT"
+    await rig.close()

@@ -155,7 +155,9 @@ def up(
     finally:
         console.print("stopping the zoo ...")
         codes = launcher.stop()
-        console.print(f"zoo stopped (exit codes {codes})")
+        how = {n: ("SIGTERM" if c == -signal.SIGTERM else "SIGKILL" if c == -signal.SIGKILL else f"exit {c}")
+               for n, c in codes.items()}
+        console.print(f"zoo stopped: {how}")
     raise typer.Exit(code)
 
 
@@ -179,25 +181,24 @@ def status(
         return
     console = _console()
     t = Table(title=f"zoo status ({url})")
-    for col in ("service", "state", "device", "model", "priority", "tier", "vram MB", "measured MB", "leases"):
+    for col in ("service", "state", "device", "VRAM used/budget MB", "model", "priority", "tier", "MB", "leases"):
         t.add_column(col)
     for name, s in data["services"].items():
         h = s.get("health") or {}
+        st = s.get("models") or {}
         dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else "-"
         state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
-        models = (s.get("models") or {}).get("registered_models") or []
-        loaded = {m["name"]: m for m in (s.get("models") or {}).get("loaded_models") or []}
+        vram = f"{st.get('vram_used_mb', 0):g}/{st.get('vram_budget_mb', 0):g}" if st else "-"
+        models = st.get("registered_models") or []
+        loaded = {m["name"]: m for m in st.get("loaded_models") or []}
         if not models:
-            t.add_row(name, state, dev, "-", "", "", "", "", "", style="red" if not s.get("reachable") else None)
+            t.add_row(name, state, dev, vram, "-", "", "", "", "", style="red" if not s.get("reachable") else None)
         for i, m in enumerate(models):
-            t.add_row(name if i == 0 else "", state if i == 0 else "", dev if i == 0 else "", m["name"],
-                      str(m.get("priority", "")), str(m.get("tier", "HOT" if m.get("loaded") else "COLD")),
-                      f"{m.get('vram_mb', 0):g}", "-" if m.get("measured_vram_mb") is None else f"{m['measured_vram_mb']:g}",
-                      str(loaded.get(m["name"], {}).get("leases", 0)))
-        st = s.get("models") or {}
-        if st:
-            t.add_row("", "", "", f"[dim]budget {st.get('vram_budget_mb', 0):g} MB, used {st.get('vram_used_mb', 0):g} MB "
-                      f"({st.get('vram_utilization_percent', 0):g}%)[/]", "", "", "", "", "")
+            first = i == 0
+            mb = m.get("measured_vram_mb") if m.get("measured_vram_mb") is not None else m.get("vram_mb", 0)
+            t.add_row(name if first else "", state if first else "", dev if first else "", vram if first else "",
+                      m["name"], str(m.get("priority", "")), str(m.get("tier", "HOT" if m.get("loaded") else "COLD")),
+                      f"{mb:g}", str(loaded.get(m["name"], {}).get("leases", 0)))
     console.print(t)
     summ = data.get("summary", {})
     console.print(f"{summ.get('reachable', 0)}/{summ.get('services', 0)} services reachable; "

@@ -7,6 +7,7 @@ Routes:
                            (serving/router/pipeline.py); images as base64 JSON, raw bytes or multipart
     GET  /zoo/status       every service's /health and /models/status, side by side
     GET  /zoo/services     the base URL the gateway uses for each service
+    GET  /zoo              the status page (HTML over /zoo/status)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
 Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and env
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import importlib
 import logging
 import os
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import ConfigError
@@ -69,6 +72,33 @@ def _env_float(name: str, default: float) -> float:
     if value <= 0:
         raise ConfigError(f"environment {name}={raw!r} must be > 0")
     return value
+
+
+def render_status_page(data: dict[str, Any]) -> str:
+    """HTML table of /zoo/status: one row per model, every value escaped."""
+    esc = html.escape
+    rows = []
+    for name, s in data["services"].items():
+        h = s.get("health") or {}
+        st = s.get("models") or {}
+        state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
+        models = st.get("registered_models") or [{}]
+        for i, m in enumerate(models):
+            head = (f"<td rowspan={len(models)}>{esc(name)}</td><td rowspan={len(models)}>{esc(str(state))}</td>"
+                    f"<td rowspan={len(models)}>{esc(str(st.get('vram_used_mb', '-')))} / "
+                    f"{esc(str(st.get('vram_budget_mb', '-')))} MB</td>") if i == 0 else ""
+            cells = [m.get("name", "-"), m.get("priority", ""), m.get("tier", ""), m.get("vram_mb", "")]
+            rows.append("<tr>" + head + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    summ = data.get("summary", {})
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=10>"
+        "<title>zoo status</title><style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "table{border-collapse:collapse}</style></head><body><h1>zoo status</h1>"
+        f"<p>{esc(str(summ.get('reachable')))}/{esc(str(summ.get('services')))} services reachable; VRAM used "
+        f"{esc(str(summ.get('vram_used_mb')))} of {esc(str(summ.get('vram_budget_mb')))} MB</p>"
+        "<table><tr><th>service</th><th>state</th><th>VRAM</th><th>model</th><th>priority</th><th>tier</th>"
+        "<th>MB</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
 
 
 def _mount_thermal(ctx: ServiceContext, router: APIRouter, client: httpx.AsyncClient, urls: dict[str, str]) -> bool:
@@ -190,6 +220,11 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                                         for m in (s["models"] or {}).get("loaded_models", [])),
             },
         }
+
+    @router.get("/zoo", response_class=HTMLResponse)
+    async def status_page() -> HTMLResponse:
+        """A human-readable status page over /zoo/status (no JavaScript, refreshes every 10 s)."""
+        return HTMLResponse(render_status_page(await zoo_status()))
 
     @router.get("/zoo/services")
     async def zoo_services() -> dict[str, Any]:

@@ -217,6 +217,13 @@ def test_zoo_status_aggregates_and_reports_unreachable(gateway):
     assert "enrichment_m" in data["summary"]["loaded_models"]
 
 
+def test_status_page(gateway):
+    with gateway(FakeZoo(down={"clip"})) as c:
+        r = c.get("/zoo")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<td>enrichment-light_m</td>" in r.text and "unreachable" in r.text
+
+
 def test_thermal_api_is_mounted(zoo, tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'control.db'}")
     fake = FakeZoo()

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from serving.config import ZooConfig
@@ -203,6 +204,7 @@ def _autoscaling(resource_id: str, dimension: str, lo: int, hi: int, endpoint: s
 
 
 # --------------------------------------------------------------------------- checking
+@lru_cache(maxsize=8)
 def _service_model(client: str) -> Any:
     import botocore.session
 
@@ -336,6 +338,19 @@ class Deployer:
         sm = self.clients["sagemaker"]
         done = []
         for dep in deployments:
+            for req in dep.requests:  # autoscaling and alarms first: they reference the endpoint
+                try:
+                    if req.operation == "register_scalable_target":
+                        self.clients[req.client].deregister_scalable_target(**{
+                            k: req.params[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")})
+                        done.append({"operation": "deregister_scalable_target", "endpoint": dep.endpoint_name})
+                    elif req.operation == "put_metric_alarm":
+                        self.clients[req.client].delete_alarms(AlarmNames=[req.params["AlarmName"]])
+                        done.append({"operation": "delete_alarms", "endpoint": dep.endpoint_name})
+                except Exception as e:
+                    if "not found" in str(e).lower() or "No scalable target" in str(e) or "does not exist" in str(e):
+                        continue
+                    raise
             calls: list[tuple[str, dict[str, Any]]] = []
             if dep.component_name:
                 calls.append(("delete_inference_component", {"InferenceComponentName": dep.component_name}))

@@ -37,7 +37,7 @@ from serving.control.plan import default_thermal_state
 from serving.control.selection import Selection, candidates_from
 from serving.control.selection import select as select_model
 from serving.control.store import ControlStore, ThermalRow
-from serving.errors import ModelDisabled, ServingError, UnknownModel
+from serving.errors import ModelDisabled, ServingError, UnknownModel, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -330,39 +330,41 @@ class ThermalController:
         seam = self.managers.get(m.service_id)
         spec = self.zoo.models[m.model_id]
         name = m.model_id
+        configured = done = False
         try:
             if seam is None:
                 raise ServingError(f"no manager for service {m.service_id!r}")
             if level == OFF:
                 await seam.configure(name, disabled=True, pinned=False, keep_warm=False, thermal_state=OFF)
-                m.disabled, m.pinned = True, False
+                configured, m.disabled, m.pinned = True, True, False
                 st = await seam.unload(name, to="cold")
             elif level == COLD:
                 await seam.configure(name, disabled=False, pinned=False, keep_warm=False,
                                      keep_alive_s=spec.keep_alive_s, thermal_state=COLD)
-                m.disabled, m.pinned = False, False
+                configured, m.disabled, m.pinned = True, False, False
                 st = None
             else:
                 await seam.configure(name, disabled=False, pinned=(level == HOT), keep_warm=True,
                                      keep_alive_s=spec.keep_alive_s, thermal_state=level)
-                m.disabled, m.pinned = False, level == HOT
+                configured, m.disabled, m.pinned = True, False, level == HOT
                 st = await seam.preload(name)
             if isinstance(st, dict) and "tier" in st:
                 m.residency = str(st["tier"])
             done = True
             m.error_message = None
+            self.reachable[m.service_id] = True
         except ServingError as exc:
-            done = False
+            if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                self.reachable[m.service_id] = False
             m.error_message = f"{exc.error_type}: {exc.message}"
             m.next_retry_at = self.clock() + self.retry_s
             self._emit("error", model=name, message=m.error_message)
         except Exception as exc:  # a bug in a seam must not kill the controller silently
             log.exception("applying %s to %s failed", level, name)
-            done = False
             m.error_message = f"internal_error: {exc}"
             m.next_retry_at = self.clock() + self.retry_s
-        if level != m.current_state and (done or level in (COLD, WARM, HOT)):
-            # the policy is in force once configured even if a preload must be retried
+        if level != m.current_state and (done or (configured and level != OFF)):
+            # the manager follows the new policy once configured, even if a preload is retried later
             prev, m.current_state = m.current_state, level
             m.last_state_change = self.clock()
             self._emit("state_change", model=name, from_state=prev, to_state=level)

@@ -203,7 +203,10 @@ def test_create_describe_delete_on_moto(device, state, shape):
             assert cfg["ServerlessConfig"]["MemorySizeInMB"] == 3072
         model = sm.describe_model(ModelName=deps[0].model_name)
         assert model["PrimaryContainer"]["Image"] == IMAGE
-        Deployer(cs).destroy(deps)
+        destroyed = [d["operation"] for d in Deployer(cs).destroy(deps)]
+        assert destroyed[-3:] == ["delete_endpoint", "delete_endpoint_config", "delete_model"]
+        assert ("deregister_scalable_target" in destroyed) == (shape == "always_on")
+        assert cs["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
         with pytest.raises(sm.exceptions.ClientError):
             sm.describe_endpoint(EndpointName=deps[0].endpoint_name)
         assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []

@@ -302,3 +302,30 @@ async def test_always_loaded_model_without_a_thermal_state_starts_hot():
     assert [rig.ctl.view(n)["current_state"] for n in ("core", "explicit", "lazy")] == [HOT, COLD, COLD]
     assert rig.manager.entry("core").pinned and rig.tier("core") == "HOT"
     await rig.close()
+
+
+async def test_selection_skips_models_of_unreachable_services():
+    from serving.errors import UpstreamError
+
+    class Unreachable:
+        async def configure(self, name, **kw):
+            raise UpstreamError("connection refused")
+
+        async def preload(self, name):
+            raise UpstreamError("connection refused")
+
+        async def unload(self, name, to="cold"):
+            raise UpstreamError("connection refused")
+
+        async def status(self):
+            raise UpstreamError("connection refused")
+
+    rig = Rig({"p": {"vram_mb": 100, "task": "pose", "capabilities": ["pose"]}})
+    ctl = ThermalController(rig.zoo, {"svc": Unreachable()}, rig.store, clock=rig.clock)
+    await ctl.start(wait=True)
+    v = ctl.view("p")
+    assert v["is_transitioning"] and v["current_state"] == COLD and "connection refused" in v["error_message"]
+    from serving.errors import ServiceUnavailable
+    with pytest.raises(ServiceUnavailable):
+        ctl.select(capabilities=["pose"])
+    await ctl.stop()

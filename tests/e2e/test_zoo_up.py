@@ -150,3 +150,26 @@ def test_zoo_up_frame_and_clean_shutdown(test_zoo, tmp_path):
     assert "zoo stopped" in text
     assert not [pid for pid in children if alive(pid)], "a service outlived zoo up"
     assert not [pid for pid in children if group_members(pid)], "a process group outlived zoo up"
+
+
+def test_launcher_restarts_a_crashing_child_then_gives_up(tmp_path):
+    """Supervision: a child that keeps dying is restarted with backoff, then the stack is stopped."""
+    from serving.services.launcher import Launcher
+
+    class Crashing(Launcher):
+        def command(self, name: str) -> list[str]:
+            return [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+
+    events: list[tuple[str, str]] = []
+    la = Crashing(zoo_path=tmp_path / "zoo.yaml", services={"svc": "http://127.0.0.1:9"}, log_dir=tmp_path / "logs",
+                  max_restarts=2, restart_backoff_s=0.01, on_event=lambda n, m: events.append((n, m)))
+    la.start()
+    with pytest.raises(RuntimeError, match="exited with code 3 while starting"):
+        la.wait_ready(timeout_s=30)
+    stop = threading.Event()
+    reason = la.supervise(stop, interval_s=0.02)
+    assert reason is not None and "svc died 3 times" in reason and "exit code 3" in reason
+    assert la.procs["svc"].restarts == 2
+    assert sum(1 for _, m in events if m.startswith("started pid")) == 3
+    assert "boom" in la.procs["svc"].log_tail()
+    assert la.stop() == {"svc": 3}

@@ -182,3 +182,30 @@ def test_one_warm_model_keeps_its_endpoint_running():
     running = [e for e in plan["endpoints"] if not e["scales_to_zero"]]
     assert len(running) == 1 and "enrichment-light" in running[0]["services"]
     assert plan["totals"]["idle_per_hour"] == running[0]["billed_per_hour"]
+
+
+def test_zoo_plan_and_deploy_dry_run_cli_on_zoo_yaml():
+    import json
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["plan", "--zoo", str(ROOT / "zoo.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan == plan_zoo(load_zoo(ROOT / "zoo.yaml"))
+    res = runner.invoke(app, ["plan", "--zoo", str(ROOT / "zoo.yaml"), "--all", "cold", "--json"])
+    assert json.loads(res.output)["totals"]["idle_per_hour"] == 0.0
+    res = runner.invoke(app, ["plan", "--zoo", str(ROOT / "zoo.yaml")])  # rich tables
+    assert res.exit_code == 0 and "Endpoints" in res.output and "idle $" in res.output
+    res = runner.invoke(app, ["plan", "--catalog", "--json"])
+    assert len(json.loads(res.output)) == 38
+    res = runner.invoke(app, ["deploy", "--zoo", str(ROOT / "zoo.yaml")], env={"ZOO_SAGEMAKER_IMAGE": ""})
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["dry_run"] and {d["shape"] for d in out["deployments"]} == {"always_on", "scale_to_zero"}
+    res = runner.invoke(app, ["deploy", "--zoo", str(ROOT / "zoo.yaml"), "--apply"],
+                        env={"ZOO_SAGEMAKER_IMAGE": "", "ZOO_SAGEMAKER_ROLE_ARN": ""})
+    assert res.exit_code != 0 and "--image" in res.output  # never sends with placeholder image/role

@@ -89,12 +89,12 @@ def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None
     if not missing:
         return
     console.print(f"building {len(missing)} missing model fixture(s): {', '.join(missing)}")
-    for m in missing:
-        try:
-            build_fixtures(zoo, [m])
-            console.print(f"  [green]built[/] {m}")
-        except Exception as e:  # one family's builder failing must not stop the others
-            console.print(f"  [red]failed[/] {m}: {type(e).__name__}: {e}")
+
+    def progress(name: str, result: str, seconds: float) -> None:
+        colour = "green" if result in ("built", "skipped") else "red"
+        console.print(f"  [{colour}]{result}[/] {name} ({seconds:.1f}s)")
+
+    build_fixtures(zoo, missing, progress=progress)  # a failed model is reported, the others still build
 
 
 def up(

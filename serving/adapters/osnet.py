@@ -182,6 +182,7 @@ class OsnetAdapter(TorchModuleAdapter):
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=True)
         except (SafetensorError, RuntimeError, OSError) as e:
             raise ModelLoadFailed(f"{self.ctx.name}: {path.name} is not OSNet-x0.25 weights: {e}") from None
+        self.format = "safetensors"
         return model
 
     def warmup(self) -> None:

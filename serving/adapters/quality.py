@@ -131,7 +131,7 @@ class ImageQualityAdapter(Adapter):
         if missing or consts["mean"].shape != (36,):
             raise ModelLoadFailed(f"{self.ctx.name}: {path.name} lacks BRISQUE constants {missing or ['mean(36)']}")
         self.constants = {k: consts[k].double() for k in CONSTANTS}
-        self.dtype, self.tier = "float64", "HOT"
+        self.format, self.dtype, self.tier = "safetensors", "float64", "HOT"
 
     def offload(self) -> None:  # the constants live on the host already: nothing moves
         self.tier = "WARM"

@@ -348,11 +348,14 @@ class YoloAdapter(Adapter):
         return results
 
     def _max_batch(self) -> int | None:
-        """Static-shape exports (a fixed batch in .onnx/.engine) run in chunks of that batch."""
+        """Exports run in chunks of their export batch: a static .onnx/.engine takes exactly that batch, and
+        a dynamic engine's optimisation profile stops at it (a dynamic .onnx takes any batch)."""
         if self.yolo is None or self.yolo.predictor is None or self.format in ("", "pt"):
             return None
         be = self._backend()
-        return None if getattr(be, "dynamic", False) else int(getattr(be, "batch", 1) or 1)
+        if self.format == "onnx" and getattr(be, "dynamic", False):
+            return None
+        return int(getattr(be, "batch", 1) or 1)
 
     def _backend(self) -> Any:
         return self.yolo.predictor.model.backend

@@ -67,6 +67,7 @@ def test_offload_restore_identical_and_footprint(rzoo):
     before = a.predict([person(5)])
     state = load_file(str(rzoo.models_root / rzoo.models["person_reid"].source["safetensors"]))
     assert a.param_bytes() == sum(t.numel() * t.element_size() for t in state.values()) > 0
+    assert a.metadata() == {"family": "osnet", "format": "safetensors", "dtype": "float32"}
     a.offload()
     assert a.tier == "WARM"
     with pytest.raises(ModelLoadFailed):

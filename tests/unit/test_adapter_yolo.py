@@ -257,3 +257,23 @@ def test_param_bytes(loaded, yzoo):
     expected = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
     assert pt.param_bytes() == expected > 0
     assert pt.metadata()["format"] == "pt" and pt.metadata()["classes"] == ["face"]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # ultralytics' export trace
+def test_static_batch_onnx_runs_in_chunks(yzoo, tmp_path, image):
+    """A hub .onnx is usually exported with a fixed (1, 3, 640, 640) input: batches run one image at a time
+    at the export size."""
+    from serving.adapters.yolo import safe_yolo
+
+    spec = yzoo.models["face_detector"]
+    pt = tmp_path / spec.source["pt"]
+    pt.parent.mkdir(parents=True)
+    shutil.copy(yzoo.models_root / spec.source["pt"], pt)
+    exported = Path(safe_yolo(pt).export(format="onnx", imgsz=256, dynamic=False, batch=1, verbose=False))
+    assert exported == tmp_path / spec.source["onnx"]
+    adapter = make(yzoo, "face_detector", root=tmp_path)
+    adapter.load()
+    assert adapter.format == "onnx" and adapter._max_batch() == 1 and list(adapter.imgsz) == [256, 256]
+    out = adapter.predict([image, image.resize((100, 300)), image], confidence=0.0)
+    assert [(o["image_width"], o["image_height"]) for o in out] == [(320, 240), (100, 300), (320, 240)]
+    assert out[0] == out[2] and out[0]["detections"]

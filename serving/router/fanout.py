@@ -20,7 +20,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,11 +152,13 @@ class EnrichmentRouter:
     injected: tests pass `httpx.MockTransport` or real loopback servers."""
 
     def __init__(self, zoo: ZooConfig, client: httpx.AsyncClient, urls: Mapping[str, str] | None = None,
-                 *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 observe: Callable[[CallResult], None] | None = None) -> None:
         self.zoo = zoo
         self.client = client
         self.urls = dict(urls or service_urls(zoo))
         self.timeout_s = timeout_s
+        self.observe = observe  # e.g. Prometheus counters of the gateway, called once per call
 
     async def _call(self, route: Route, payload: dict[str, Any], timeout_s: float) -> CallResult:
         url = f"{self.urls[route.service]}/enrich"
@@ -205,6 +207,9 @@ class EnrichmentRouter:
             payload["frames"] = req.frames
         timeout_s = req.timeout_s or self.timeout_s
         parts = list(await asyncio.gather(*(self._call(r, payload, timeout_s) for r in routes)))
+        if self.observe is not None:
+            for p in parts:
+                self.observe(p)
         failed = [p for p in parts if not p.ok]
         if parts and len(failed) == len(parts):
             client_errors = {(p.status_code, p.error_type) for p in failed if p.status_code and 400 <= p.status_code < 500

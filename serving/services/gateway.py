@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import ConfigError
-from serving.router.fanout import EnrichmentRouter, service_urls
+from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, EnrichRequest
 from serving.services.images import b64_to_bytes, check_bbox, decode_image, read_request
@@ -139,7 +139,18 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     status_timeout = _env_float("ZOO_STATUS_TIMEOUT_S", 5.0)
     client = httpx.AsyncClient(transport=ctx.http_transport,
                                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
-    enricher = EnrichmentRouter(ctx.zoo, client, urls, timeout_s=_env_float("ZOO_ENRICH_TIMEOUT_S", 30.0))
+    calls = ctx.metrics.counter("zoo_enrich_calls_total", "Enrichment fan-out calls by service, model and outcome",
+                                ("service", "model", "outcome"))
+    call_seconds = ctx.metrics.histogram("zoo_enrich_call_seconds", "Enrichment fan-out call latency", ("service",))
+    events = ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
+                                 ("level", "scoring"))
+
+    def observe(p: CallResult) -> None:
+        calls.labels(p.route.service, p.route.model, "ok" if p.ok else (p.error_type or "error")).inc()
+        call_seconds.labels(p.route.service).observe(p.time_ms / 1000.0)
+
+    enricher = EnrichmentRouter(ctx.zoo, client, urls, timeout_s=_env_float("ZOO_ENRICH_TIMEOUT_S", 30.0),
+                                observe=observe)
     pipeline = FramePipeline(
         ctx.zoo, client, enricher,
         detect_timeout_s=_env_float("ZOO_DETECT_TIMEOUT_S", 30.0),
@@ -173,8 +184,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         body = await read_request(request, FrameBody, ctx.limits)
         frame = decode_image(body.image, ctx.limits)
         raw = b64_to_bytes(body.image) if isinstance(body.image, str) else bytes(body.image)
-        return await pipeline.run(raw, frame, camera_id=body.camera_id, timestamp=body.timestamp,
-                                  options=body.options, confidence=body.confidence)
+        event = await pipeline.run(raw, frame, camera_id=body.camera_id, timestamp=body.timestamp,
+                                   options=body.options, confidence=body.confidence)
+        events.labels(str(event.get("risk_level")), str(event.get("scoring"))).inc()
+        return event
 
     async def _get(url: str) -> tuple[dict[str, Any] | None, str | None]:
         try:

@@ -107,6 +107,36 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+# ------------------------------------------------------------------ stop sequences
+class StopFilter:
+    """OpenAI `stop`: text is cut before the first stop sequence. Streaming holds back the few
+    characters that could be the start of a stop sequence split across pieces."""
+
+    def __init__(self, stops: list[str] | None) -> None:
+        self.stops = [x for x in (stops or []) if x]
+        self.hold = max((len(x) for x in self.stops), default=1) - 1
+        self.buf = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        if self.hit:
+            return ""
+        self.buf += piece
+        cut = min((i for i in (self.buf.find(x) for x in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buf, self.hit = self.buf[:cut], "", True
+            return out
+        keep = min(self.hold, len(self.buf))
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.hit else self.buf), ""
+        return out
+
+
 # ------------------------------------------------------------------ streaming under a lease
 class TokenStream:
     """Advances a blocking generator on the manager's runner, one item per step. A step already running
@@ -175,6 +205,9 @@ class LLMBackend:
         self.upstream_model = os.environ.get("LLM_UPSTREAM_MODEL") or opts.get("upstream_model")
         self.upstream_timeout_s = float(os.environ.get("LLM_UPSTREAM_TIMEOUT_S") or opts.get("upstream_timeout_s", 120))
         self.client: httpx.AsyncClient | None = None
+        if self.upstream and ctx.manager is not None and self.model:
+            # the local weights are not used while forwarding: never load them
+            ctx.manager.configure(self.model, disabled=True)
         if self.upstream:
             headers = {}
             if os.environ.get("LLM_UPSTREAM_API_KEY"):
@@ -204,11 +237,18 @@ class LLMBackend:
             opts["temperature"] = req.temperature
         if req.top_p is not None:
             opts["top_p"] = req.top_p
-        if req.stop:
-            opts["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
         if req.seed is not None:
             opts["seed"] = req.seed
         return opts
+
+    async def probe(self) -> tuple[bool, str | None]:
+        """Is the upstream answering? (GET /v1/models, which every OpenAI-compatible server has)."""
+        assert self.client is not None
+        try:
+            r = await self.client.get("/v1/models", timeout=3.0)
+        except httpx.HTTPError as e:
+            return False, f"upstream {self.upstream} unreachable: {e or type(e).__name__}"
+        return (r.status_code < 400), (None if r.status_code < 400 else f"upstream answered HTTP {r.status_code}")
 
     async def close(self) -> None:
         if self.client is not None:
@@ -268,12 +308,26 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["llm"])
 
     async def _health() -> dict[str, Any]:
-        return {"chat_model": backend.model, "upstream": backend.upstream}
+        out: dict[str, Any] = {"chat_model": backend.model, "upstream": backend.upstream}
+        if backend.upstream:  # the service is as healthy as the server it forwards to
+            ok, why = await backend.probe()
+            out.update(status="healthy" if ok else "unhealthy", state="RUNNING" if ok else "OFFLINE",
+                       reason="forwarding to the upstream LLM server" if ok else why, upstream_reachable=ok)
+        return out
 
     ctx.extras.setdefault("health", _health)
 
+    tokens_total = ctx.metrics.counter("zoo_llm_tokens_total", "Tokens processed by the LLM", ("kind",))
+    scoring_total = ctx.metrics.counter("zoo_risk_scoring_total", "Risk analyses by scoring and level",
+                                        ("scoring", "level"))
+
+    def count_tokens(prompt: int, completion: int) -> None:
+        tokens_total.labels("prompt").inc(prompt)
+        tokens_total.labels("completion").inc(completion)
+
     async def complete(messages: list[dict[str, str]], opts: dict[str, Any]) -> dict[str, Any]:
         (out,) = await predict(ctx, backend.model, [messages], **opts)
+        count_tokens(int(out.get("prompt_tokens", 0)), int(out.get("completion_tokens", 0)))
         return out
 
     @router.get("/v1/models")
@@ -293,8 +347,15 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         opts = backend.gen_options(req)
         cid, created = _completion_id(), int(time.time())
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4:
+            raise BadRequest("at most 4 stop sequences", details={"stop": stops})
         if not req.stream:
             out = await complete(messages, opts)
+            sf = StopFilter(stops)
+            text = sf.feed(out.get("text", "")) + sf.flush()
+            if sf.hit:
+                out = {**out, "text": text, "finish_reason": "stop"}
             usage = {"prompt_tokens": int(out.get("prompt_tokens", 0)),
                      "completion_tokens": int(out.get("completion_tokens", 0))}
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -305,10 +366,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                 "usage": usage,
             }
         return await _stream(name, messages, opts, cid, created,
-                             bool(req.stream_options and req.stream_options.include_usage))
+                             bool(req.stream_options and req.stream_options.include_usage), StopFilter(stops))
 
     async def _stream(name: str, messages: list[dict[str, str]], opts: dict[str, Any], cid: str, created: int,
-                      include_usage: bool) -> LeasedStream:
+                      include_usage: bool, stop: StopFilter) -> LeasedStream:
         manager = require_manager(ctx)
         stack = contextlib.AsyncExitStack()
         try:  # lease first, so a missing model or a full GPU is a proper 4xx/503, not a broken stream
@@ -343,15 +404,23 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                     for k in ("prompt_tokens", "completion_tokens"):
                         if k in meta:
                             usage[k] = int(meta[k])
+                    text = stop.feed(text)
                     if text:
                         n += 1
                         yield _sse(chunk({"content": text}))
+                    if stop.hit:  # the rest is generated (bounded by max_tokens) but not sent
+                        finish = "stop"
+                        break
                     item = await tokens.next()
+                rest = stop.flush()
+                if rest:
+                    yield _sse(chunk({"content": rest}))
             except Exception as e:  # the status line is gone: report in-band, as OpenAI servers do
                 log.exception("stream of %s failed", name)
                 yield _sse({"error": {"message": str(e), "type": getattr(e, "error_type", "internal_error")}})
                 return
             yield _sse(chunk({}, finish))
+            count_tokens(usage.get("prompt_tokens", 0), usage.get("completion_tokens", n))
             if include_usage:
                 u = {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", n)}
                 u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
@@ -381,6 +450,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             else:
                 out = await complete(messages, opts)
         assessment, why = risk.assess(dets, out.get("text", ""), timestamp=req.timestamp)
+        scoring_total.labels(assessment.scoring, assessment.risk_level).inc()
         body = assessment.model_dump() | {
             "model": backend.model,
             "upstream": backend.upstream,

@@ -103,6 +103,12 @@ def test_enrich_person_fans_out_to_heavy_and_light(gateway):
     assert out["threat_detection"]["threat_type"] == "none" and out["pose"]["posture"] == "crouching"
     hit = {(svc, b["models"][0]) for svc, path, b in fake.calls if path == "/enrich"}
     assert ("enrichment-light", "threat_detector") in hit and ("enrichment", "fashion_clip") in hit
+    with gateway(FakeZoo(down={"enrichment"})) as c:
+        c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "dog"})
+        c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "car"})
+        metrics = c.get("/metrics").text
+    assert 'zoo_enrich_calls_total{model="pet_classifier",outcome="ok",service="enrichment-light"} 1.0' in metrics
+    assert 'zoo_enrich_calls_total{model="vehicle_classifier",outcome="service_unavailable",service="enrichment"} 1.0' in metrics
 
 
 def test_enrich_raw_bytes_and_multipart(gateway):

@@ -69,6 +69,26 @@ def test_openai_streaming_matches_plain(client):
     assert usage.prompt_tokens == plain.usage.prompt_tokens
 
 
+def test_stop_sequences_cut_plain_and_stream_alike(client):
+    msgs = [{"role": "user", "content": "Describe the porch."}]
+    full = client.chat.completions.create(model="nemotron", messages=msgs, max_tokens=16, temperature=0)
+    text = full.choices[0].message.content
+    stop = text[4:6]  # two characters from inside the answer: everything from there on is cut
+    assert len(stop) == 2
+    cut = client.chat.completions.create(model="nemotron", messages=msgs, max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].message.content == text[: text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="nemotron", messages=msgs, max_tokens=16, temperature=0,
+                                                 stop=stop, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text[: text.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_metrics_count_tokens(llm):
+    text = httpx.get(llm[0] + "/metrics").text
+    assert 'zoo_llm_tokens_total{kind="completion"}' in text
+
+
 def test_openai_models_list(client):
     ids = [m.id for m in client.models.list()]
     assert ids[0] == "nemotron"
@@ -128,6 +148,8 @@ class FakeLlamaServer:
         self.requests: list[dict] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "nemotron-3-nano-30b-a3b-q4_k_m"}]})
         assert request.url.path == "/v1/chat/completions"
         body = json.loads(request.content)
         self.requests.append(body)
@@ -162,6 +184,10 @@ def test_upstream_forwarding(built_models, monkeypatch):
             model="nemotron", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
         assert text == answer
         ev = httpx.post(url + "/analyze", json={"detections": [_det("person")]}, timeout=60).json()
+        health = httpx.get(url + "/health").json()
+    # forwarding: the local weights are never loaded, health follows the upstream
+    assert health["status"] == "healthy" and health["state"] == "RUNNING" and health["upstream_reachable"] is True
+    assert health["models"] == {"nemotron": "COLD"}
     assert ev["scoring"] == "llm" and ev["risk_score"] == 68 and ev["risk_level"] == level_of(68) == "high"
     assert ev["reasons"] == ["loitering at night"] and ev["upstream"] == "http://llama.test:8080"
     assert all(req["model"] == "nemotron-3-nano-30b-a3b-q4_k_m" for req in upstream.requests)
@@ -184,3 +210,22 @@ def test_client_leaving_mid_stream_releases_the_lease(llm):
     while entry.refcount and time.monotonic() < deadline:  # generation finishes in its thread, then releases
         time.sleep(0.05)
     assert entry.refcount == 0
+
+
+def test_upstream_down_makes_the_service_unhealthy(built_models, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    zoo = built_models("nemotron")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    monkeypatch.setenv("LLM_UPSTREAM_URL", "http://llama.test:8080")
+    app = create_app(zoo, "llm", http_transport=httpx.MockTransport(refuse), admin_token=None)
+    with TestClient(app) as c:
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["state"] == "OFFLINE" and "unreachable" in h.json()["reason"]
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert_error(r, 502, "upstream_error")
+        r = c.post("/analyze", json={"detections": []})
+        assert_error(r, 502, "upstream_error")

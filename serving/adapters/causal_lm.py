@@ -84,7 +84,8 @@ class CausalLMAdapter(TorchModuleAdapter):
 
     def generate_kwargs(self, prompt_len: int, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = {**(self.ctx.spec.options or {}), **options}
-        max_new = int(opts.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        raw = opts.get("max_new_tokens")
+        max_new = int(DEFAULT_MAX_NEW_TOKENS if raw is None else raw)
         if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}")
         if prompt_len + max_new > self.context_window():

@@ -50,6 +50,7 @@ class CausalLMAdapter(TorchModuleAdapter):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoTokenizer.from_pretrained(folder, **SAFE_LOAD)
         if not getattr(self.processor, "chat_template", None):
             raise BadRequest(f"{self.ctx.name}: the tokenizer has no chat template")

@@ -67,6 +67,7 @@ class ClipAdapter(TorchModuleAdapter):
         from transformers import AutoModel, AutoProcessor
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
         self._text_cache = {}
         return AutoModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)

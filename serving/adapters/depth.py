@@ -29,6 +29,7 @@ class DepthAnythingAdapter(TorchModuleAdapter):
         from transformers import AutoImageProcessor, DepthAnythingForDepthEstimation
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
         return DepthAnythingForDepthEstimation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
 

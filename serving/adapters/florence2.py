@@ -38,6 +38,7 @@ class Florence2Adapter(TorchModuleAdapter):
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
         return Florence2ForConditionalGeneration.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
 

@@ -52,6 +52,7 @@ class ImageClassifierAdapter(TorchModuleAdapter):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
         model = AutoModelForImageClassification.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
         self.labels = id2label(model)

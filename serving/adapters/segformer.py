@@ -30,6 +30,7 @@ class SegformerAdapter(TorchModuleAdapter):
         from transformers import AutoImageProcessor, SegformerForSemanticSegmentation
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
         model = SegformerForSemanticSegmentation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
         self.labels = id2label(model)

@@ -33,6 +33,7 @@ class VitPoseAdapter(TorchModuleAdapter):
         from transformers import AutoImageProcessor, VitPoseForPoseEstimation
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
         return VitPoseForPoseEstimation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
 

@@ -41,6 +41,7 @@ class XClipAdapter(TorchModuleAdapter):
         from transformers import AutoProcessor, XCLIPModel
 
         folder = hf_folder(self.ctx)
+        self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
         return XCLIPModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
 

@@ -4,7 +4,8 @@ A `DynamicBatcher` owns one bounded queue and one worker task. `await batcher.su
 item with a future and waits for its result. The worker takes the first queued item, then keeps
 collecting until the batch holds `max_batch` items or `max_delay_s` has passed since that first item
 arrived — whichever comes first — and calls `run_batch(items) -> results` once for the whole batch
-(one result per item, same order). Up to `max_concurrent` batches run at once (1 by default: on a GPU
+(one result per item, same order). Adaptive (default): the delay is only spent when the previous batch
+held several items or more are already queued, so a lone client never waits for company. Up to `max_concurrent` batches run at once (1 by default: on a GPU
 one large batch beats two small ones).
 
 Invariants: every submitted item gets exactly one outcome (its result, the batch's exception, or
@@ -67,6 +68,7 @@ class DynamicBatcher(Generic[T, R]):
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_batch: Callable[[int, list[float]], None] | None = None,
         name: str = "batcher",
+        adaptive: bool = True,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_concurrent < 1 or max_delay_s < 0:
             raise ValueError("max_batch, max_queue, max_concurrent must be >= 1 and max_delay_s >= 0")
@@ -78,6 +80,8 @@ class DynamicBatcher(Generic[T, R]):
         self.sleep = sleep
         self.on_batch = on_batch
         self.name = name
+        self.adaptive = adaptive
+        self._last_size = 0
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending[T]] | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -128,7 +132,10 @@ class DynamicBatcher(Generic[T, R]):
         assert self._queue is not None
         first = await self._queue.get()
         batch = [first]
-        deadline = first.enqueued_at + self.max_delay_s
+        delay = self.max_delay_s
+        if self.adaptive and self._last_size <= 1 and self._queue.empty():
+            delay = 0.0  # no sign of concurrency: a lone request does not wait for company
+        deadline = first.enqueued_at + delay
         while len(batch) < self.max_batch:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -157,6 +164,7 @@ class DynamicBatcher(Generic[T, R]):
                 self._slots.release()
                 raise
             live = [p for p in batch if not p.future.done()]
+            self._last_size = len(batch)
             if not live:
                 self._slots.release()
                 continue

@@ -71,7 +71,7 @@ async def test_concurrent_requests_are_batched_up_to_max_batch():
 
 async def test_partial_batch_waits_for_max_delay_then_runs():
     ft, model = FakeTime(), FakeModel()
-    b = DynamicBatcher(model, max_batch=4, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep)
+    b = DynamicBatcher(model, max_batch=4, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep, adaptive=False)
     t1 = asyncio.create_task(b.submit(1))
     await settle()
     assert model.batches == [] and ft.sleeping == 1  # waiting for company
@@ -85,6 +85,25 @@ async def test_partial_batch_waits_for_max_delay_then_runs():
     await settle()
     assert model.batches == [[1, 2]]
     assert await t1 == 2 and await t2 == 4
+    await b.stop()
+
+
+async def test_adaptive_lone_request_does_not_wait_but_concurrency_does():
+    ft, model = FakeTime(), FakeModel()
+    b = DynamicBatcher(model, max_batch=4, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep)
+    assert await b.submit(1) == 2  # idle service, nothing queued: runs at once, no clock advance needed
+    assert model.batches == [[1]] and ft.sleeping == 0
+    pair = asyncio.gather(b.submit(2), b.submit(3))  # two at once: concurrency, so the batch waits for more
+    await settle()
+    assert ft.sleeping == 1
+    ft.advance(0.011)
+    assert await pair == [4, 6] and model.batches[-1] == [2, 3]
+    t = asyncio.create_task(b.submit(4))  # the last batch had company: wait for more
+    await settle()
+    assert ft.sleeping == 1 and model.batches[-1] == [2, 3]
+    ft.advance(0.011)
+    await settle()
+    assert await t == 8 and model.batches[-1] == [4]
     await b.stop()
 
 
@@ -145,7 +164,7 @@ async def test_full_queue_is_overloaded_with_retry_after():
 
 async def test_cancelled_waiter_is_dropped_from_its_batch():
     ft, model = FakeTime(), FakeModel()
-    b = DynamicBatcher(model, max_batch=4, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep)
+    b = DynamicBatcher(model, max_batch=4, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep, adaptive=False)
     t1 = asyncio.create_task(b.submit(1))
     t2 = asyncio.create_task(b.submit(2))
     await settle()
@@ -162,7 +181,7 @@ async def test_on_batch_hook_sees_sizes_and_waits():
     ft, model = FakeTime(), FakeModel()
     seen = []
     b = DynamicBatcher(model, max_batch=2, max_delay_s=0.010, clock=ft.clock, sleep=ft.sleep,
-                       on_batch=lambda n, waits: seen.append((n, waits)))
+                       on_batch=lambda n, waits: seen.append((n, waits)), adaptive=False)
     t = asyncio.create_task(b.submit(1))
     await settle()
     ft.advance(0.015)

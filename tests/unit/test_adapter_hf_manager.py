@@ -3,7 +3,6 @@ OnDemandModelManager on the CPU (leases, worker-thread inference, unload back to
 
 from __future__ import annotations
 
-import pytest
 from _hf_support import image
 
 HF_FAMILIES = {"hf_image_classifier", "clip", "florence2", "vitpose", "depth_anything", "xclip", "segformer", "causal_lm"}

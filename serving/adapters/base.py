@@ -8,7 +8,7 @@ life cycle, always from a worker thread (every method may block):
 
 `predict` is only called while HOT and under a lease. `param_bytes` reports the bytes of the weights
 (what a warm-tier copy costs in host RAM and what a CPU device "uses"). Adapters raise
-`serving.errors.DeviceOOM` (via `Device.translate_oom`) for out-of-memory, nothing else.
+`serving.errors.DeviceOOM` for out-of-memory (check with `Device.is_oom(exc)`), nothing else.
 """
 
 from __future__ import annotations

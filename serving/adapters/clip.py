@@ -27,6 +27,7 @@ from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
 
 DEFAULT_ANOMALY_THRESHOLD = 0.3
+MAX_TEXTS = 256
 
 
 class PromptSet:
@@ -103,8 +104,8 @@ class ClipAdapter(TorchModuleAdapter):
         key = tuple(texts)
         if key in self._text_cache:
             return self._text_cache[key]
-        if not texts or not all(isinstance(t, str) and t for t in texts):
-            raise BadRequest("texts must be a non-empty list of non-empty strings")
+        if not texts or len(texts) > MAX_TEXTS or not all(isinstance(t, str) and t for t in texts):
+            raise BadRequest(f"texts/labels must be 1..{MAX_TEXTS} non-empty strings")
         padding = "max_length" if self.arch == "siglip" else True
         tok = self.processor.tokenizer(list(texts), padding=padding, truncation=True, return_tensors="pt")
         kwargs = {"input_ids": tok["input_ids"].to(self.torch_device)}

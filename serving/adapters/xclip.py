@@ -23,6 +23,7 @@ from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
 
 MAX_FRAMES_IN = 256
+MAX_LABELS = 256
 
 
 def sample_indices(n_in: int, n_out: int) -> list[int]:
@@ -70,6 +71,8 @@ class XClipAdapter(TorchModuleAdapter):
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         labels = [str(x) for x in (opts.get("labels") or action_rules.SECURITY_ACTIONS)]
+        if len(labels) > MAX_LABELS or not all(labels):
+            raise BadRequest(f"labels must be 1..{MAX_LABELS} non-empty strings")
         top_k = opts.get("top_k", action_rules.DEFAULT_TOP_K)
         clips = [self.clip_frames(item) for item in inputs]
         prompts = [action_rules.prompt_for(label) for label in labels]

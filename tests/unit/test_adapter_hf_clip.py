@@ -60,6 +60,8 @@ def test_bad_requests(clip):
         clip.predict([image()], task="similarity")
     with pytest.raises(BadRequest):
         clip.predict([image()], task="classify")
+    with pytest.raises(BadRequest):
+        clip.predict([image()], task="similarity", texts=["x"] * 300)
 
 
 def test_fashion_siglip_clothing_schema(fashion):

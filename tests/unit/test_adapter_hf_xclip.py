@@ -46,3 +46,10 @@ def test_bad_clips(xclip):
 def test_lifecycle(xclip):
     clip = [image(seed=i) for i in range(8)]
     check_lifecycle(xclip, lambda: xclip.predict([clip]))
+
+
+def test_label_limits(xclip):
+    with pytest.raises(BadRequest):
+        xclip.predict([[image()]], labels=[f"action {i}" for i in range(300)])
+    with pytest.raises(BadRequest):
+        xclip.predict([[image()]], labels=["walking", ""])

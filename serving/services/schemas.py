@@ -107,9 +107,9 @@ class ExtractRequest(_Req):
         v = v.strip().upper()
         if not (v.startswith("<") and v.endswith(">")):
             v = f"<{v}>"
-        if v not in FLORENCE_PROMPTS:
+        if len(v) > 64:
             raise ValueError(f"unsupported prompt; use one of {', '.join(FLORENCE_PROMPTS)}")
-        return v
+        return v  # the adapter knows the processor's tasks and rejects others with a 400
 
 
 class FlorenceImageRequest(_Req):
@@ -136,9 +136,20 @@ class ExtractResponse(_Resp):
     inference_time_ms: float
 
 
+class RegionCaption(_Resp):
+    caption: str
+    bbox: BBox
+
+
+class OcrRegion(_Resp):
+    text: str
+    quad_box: list[float]
+    bbox: BBox
+
+
 class OcrResponse(_Resp):
     text: str
-    regions: list[dict[str, Any]] | None = None
+    regions: list[OcrRegion] | None = None
     model: str
     inference_time_ms: float
 
@@ -155,7 +166,7 @@ class FlorenceDetectResponse(_Resp):
 
 
 class DenseCaptionResponse(_Resp):
-    regions: list[RegionLabel]
+    regions: list[RegionCaption]
     model: str
     inference_time_ms: float
 

@@ -1,0 +1,302 @@
+"""Enrichment services (ai-enrichment heavy 8094, ai-enrichment-light 8096): the same routes on both,
+each answering only for the models it hosts (zoo.yaml `services.<name>.models`).
+
+POST /enrich (seed "Unified Enrichment Endpoint"): {image, detection_type, bbox?, frames?, options,
+detection_id?, models?, class?}. The models are `models` when given (the gateway sends one model per call;
+a model hosted elsewhere is a 404) or else `zoo.models_for_detection(class or detection_type, options,
+service=this)`. They run concurrently, each under its own lease, and the answer is the seed's
+EnrichmentResult: per-detection maps (`age_classifications`, `gender_classifications`,
+`person_embeddings`, keyed by detection_id) and one key per capability that ran (`threat_detection`,
+`pose`, `clothing`, `vehicle`, `pet`, `depth`, `action`, `vehicle_damage`, ...), plus `models` (status
+and time per model), `errors` (one entry per failed model: model, error_type, message, status_code) and
+`inference_time_ms`. When every model failed, the first failure is the HTTP answer (e.g. 503
+insufficient_vram with Retry-After), so a one-model call keeps its natural status.
+
+Single-model routes (image + optional bbox; the model is this service's model with the capability):
+/vehicle-classify (vehicle_type), /pet-classify (pet), /clothing-classify (clothing; + `segmentation`
+when options.include_segmentation and a segformer is hosted here), /depth-estimate (depth with the map),
+/object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize (action, frames),
+/vehicle-damage (vehicle_damage). A capability hosted by the other enrichment service is a 404 that
+names it; a model that cannot run now is the manager's 503.
+
+Inputs: the bbox is validated against the image (400 invalid_bbox when inverted or outside) and the
+crop is what most models see; scene models (weather, violence, quality) see the whole image, depth sees
+the whole frame and measures inside the bbox, action sees the frames (cropped to the bbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from PIL import Image
+
+from serving.config import detection_type_of
+from serving.errors import BadRequest, NotFound, ServingError, UnknownModel
+from serving.services.app import ServiceContext
+from serving.services.common import Stopwatch, predict
+from serving.services.images import check_bbox, crop, decode_image, decode_images, read_request
+from serving.services.schemas import ActionRequest, BBox, ClassifyImageRequest, EnrichRequest, ObjectDistanceRequest
+
+log = logging.getLogger(__name__)
+PER_DETECTION = ("age_classifications", "gender_classifications", "person_embeddings")
+_STRIP = ("image_width", "image_height")
+#: the pose object when no person was found in the crop
+NO_POSE = {"keypoints": [], "posture": "unknown", "alerts": [], "person_detected": False}
+
+
+@dataclass
+class Inputs:
+    """A decoded enrichment request: the frame, its crop, the validated bbox, frames, options."""
+
+    frame: Image.Image
+    crop: Image.Image
+    bbox: dict[str, float] | None
+    frames: list[Image.Image] | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capability:
+    """How one capability is fed, called and reported (`key` in the EnrichmentResult)."""
+
+    key: str
+    per_detection: bool = False
+    #: Inputs -> the one predict item
+    item: Callable[[Inputs], Any] = lambda x: x.crop
+    #: Inputs -> predict options
+    options: Callable[[Inputs], dict[str, Any]] = lambda x: {}
+    #: (adapter result, model spec family) -> the value reported under `key`
+    extract: Callable[[dict[str, Any], str], Any] = lambda r, fam: {k: v for k, v in r.items() if k not in _STRIP}
+
+
+def _frames(x: Inputs) -> list[Image.Image]:
+    if not x.frames:
+        raise BadRequest("action recognition needs 'frames' (several frames of the clip)")
+    if x.bbox is None:
+        return x.frames
+    return [crop(f, BBox(**x.bbox), "bbox (on a frame)") for f in x.frames]
+
+
+def _depth_item(x: Inputs) -> Any:
+    return {"image": x.frame, "bbox": x.bbox} if x.bbox is not None else x.frame
+
+
+def _pose_extract(r: dict[str, Any], family: str) -> Any:
+    if family == "yolo":  # YOLOv8n-pose: the most confident person of the crop
+        return r.get("pose") or dict(NO_POSE)
+    return {k: v for k, v in r.items() if k not in _STRIP}
+
+
+def _boxes(r: dict[str, Any], family: str) -> list[dict[str, Any]]:
+    return [{"confidence": d["confidence"], "bbox": d["bbox"], "class": d["class"]} for d in r.get("detections", [])]
+
+
+def _damage(r: dict[str, Any], family: str) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k not in _STRIP}
+
+
+#: capability (zoo.yaml `capabilities`) -> how it is run; adding a capability = one entry
+CAPABILITIES: dict[str, Capability] = {
+    "threat": Capability("threat_detection", extract=lambda r, fam: r.get("threat")),
+    "age": Capability("age_classifications", per_detection=True),
+    "gender": Capability("gender_classifications", per_detection=True),
+    "reid": Capability("person_embeddings", per_detection=True),
+    "pose": Capability("pose", extract=_pose_extract),
+    "clothing": Capability("clothing", options=lambda x: {"task": "classify"}),
+    "clothing_segmentation": Capability("clothing_segmentation"),
+    "vehicle_type": Capability("vehicle"),
+    "vehicle_damage": Capability("vehicle_damage", options=lambda x: (
+        {"timestamp": x.options["timestamp"]} if x.options.get("timestamp") else {}), extract=_damage),
+    "license_plate": Capability("license_plates", extract=_boxes),
+    "face": Capability("faces", extract=_boxes),
+    "pet": Capability("pet"),
+    "depth": Capability("depth", item=_depth_item, options=lambda x: {"include_map": bool(x.options.get("include_depth_map"))}),
+    "action": Capability("action", item=_frames),
+    "weather": Capability("weather", item=lambda x: x.frame),
+    "violence": Capability("violence", item=lambda x: x.frame),
+    "quality": Capability("quality", item=lambda x: x.frame),
+}
+
+
+def capability_of(ctx: ServiceContext, model: str) -> str:
+    for cap in ctx.zoo.models[model].capabilities:
+        if cap in CAPABILITIES:
+            return cap
+    raise BadRequest(f"model {model!r} has no enrichment capability ({ctx.zoo.models[model].capabilities})")
+
+
+def model_for(ctx: ServiceContext, capability: str) -> str:
+    """This service's model with `capability` (preferring a ready one); 404 naming where it lives otherwise."""
+    mine = [m for m in ctx.spec.models if capability in ctx.zoo.models[m].capabilities]
+    if mine:
+        assert ctx.manager is not None
+        for m in mine:
+            e = ctx.manager.entries[m]
+            if not e.disabled and e.tier != "FAILED":
+                return m
+        return mine[0]
+    elsewhere = [f"{ctx.zoo.service_of(m)} ({m})" for m, s in ctx.zoo.models.items() if capability in s.capabilities]
+    raise NotFound(f"{ctx.service} hosts no model for {capability}"
+                   + (f"; it is served by {', '.join(elsewhere)}" if elsewhere else ""),
+                   details={"capability": capability, "service": ctx.service})
+
+
+async def run_capability(ctx: ServiceContext, model: str, x: Inputs, extra: dict[str, Any] | None = None) -> tuple[str, Any]:
+    cap = CAPABILITIES[capability_of(ctx, model)]
+    opts = {**cap.options(x), **(extra or {})}
+    out = (await predict(ctx, model, [cap.item(x)], **opts))[0]
+    return cap.key, cap.extract(out, ctx.zoo.models[model].family)
+
+
+def decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
+                  options: dict[str, Any]) -> Inputs:
+    frame = decode_image(image, ctx.limits)
+    box = None
+    if bbox is not None:
+        x1, y1, x2, y2 = check_bbox(bbox, frame.size)
+        box = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+    decoded_frames = decode_images(frames, ctx.limits, "frames") if frames else None
+    return Inputs(frame=frame, crop=crop(frame, bbox), bbox=box, frames=decoded_frames, options=dict(options))
+
+
+def _error(model: str, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ServingError):
+        out = {"model": model, "error_type": exc.error_type, "message": exc.message, "status_code": exc.status_code}
+        if exc.retry_after is not None:
+            out["retry_after_s"] = round(exc.retry_after, 3)
+        return out
+    return {"model": model, "error_type": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+            "status_code": 500}
+
+
+def _body(schema: type) -> dict[str, Any]:
+    return {"requestBody": {"content": {"application/json": {"schema": schema.model_json_schema()}}}}
+
+
+def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route table
+    router = APIRouter(tags=["enrichment"])
+    hosted = set(ctx.spec.models)
+
+    async def one(model: str, x: Inputs) -> tuple[str, str | None, Any, float, BaseException | None]:
+        t0 = time.perf_counter()
+        try:
+            key, value = await run_capability(ctx, model, x)
+            return model, key, value, (time.perf_counter() - t0) * 1e3, None
+        except Exception as exc:  # reported per model; the others still answer
+            fallback = ctx.zoo.models[model].fallback
+            if isinstance(exc, ServingError) and exc.status_code >= 500 and fallback in hosted:
+                try:
+                    key, value = await run_capability(ctx, fallback, x)
+                    return model, key, value, (time.perf_counter() - t0) * 1e3, None
+                except Exception as exc2:  # noqa: BLE001 - reported below
+                    exc = exc2
+            if not isinstance(exc, ServingError):
+                log.exception("enrichment model %s failed", model)
+            return model, None, None, (time.perf_counter() - t0) * 1e3, exc
+
+    @router.post("/enrich", openapi_extra=_body(EnrichRequest))
+    async def enrich(request: Request) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        req = await read_request(request, EnrichRequest, ctx.limits)
+        label = req.cls or req.detection_type
+        if req.models is not None:
+            for m in req.models:
+                if m not in hosted:
+                    where = ctx.zoo.service_of(m) if m in ctx.zoo.models else None
+                    raise UnknownModel(f"model {m!r} is not served by {ctx.service}"
+                                       + (f"; it is served by {where}" if where else ""),
+                                       details={"model": m, "service": ctx.service})
+            models = list(dict.fromkeys(req.models))
+        else:
+            models = ctx.zoo.models_for_detection(label, req.options, service=ctx.service)
+        x = decode_inputs(ctx, req.image, req.bbox, req.frames, req.options)
+        det_id = req.detection_id or "det_0"
+        outcomes = await asyncio.gather(*(one(m, x) for m in models))
+        result: dict[str, Any] = {"detection_id": det_id, "detection_type": detection_type_of(label),
+                                  "service": ctx.service, **{k: {} for k in PER_DETECTION}}
+        errors, status = [], {}
+        for model, key, value, ms, exc in outcomes:
+            status[model] = {"status": "ok" if exc is None else "error", "time_ms": round(ms, 2)}
+            if exc is not None:
+                errors.append(_error(model, exc))
+            elif key in PER_DETECTION:
+                result[key][det_id] = value
+            elif key is not None:
+                result[key] = value
+        failed = [exc for *_, exc in outcomes if exc is not None]
+        if models and len(failed) == len(models):
+            raise failed[0]
+        result.update(models=status, errors=errors, inference_time_ms=round((time.perf_counter() - t0) * 1e3, 2))
+        return result
+
+    async def single(request: Request, capability: str, schema: type = ClassifyImageRequest,
+                     extra: dict[str, Any] | None = None) -> tuple[str, Any, Any, Stopwatch]:
+        with Stopwatch() as sw:
+            req = await read_request(request, schema, ctx.limits)
+            model = model_for(ctx, capability)
+            x = decode_inputs(ctx, req.image, req.bbox, None, req.options)
+            _, value = await run_capability(ctx, model, x, extra)
+        return model, value, req, sw
+
+    def answer(model: str, value: Any, sw: Stopwatch) -> dict[str, Any]:
+        body = dict(value) if isinstance(value, dict) else {"result": value}
+        return {**body, "model": model, "inference_time_ms": sw.ms}
+
+    def simple(path: str, capability: str) -> None:
+        async def route(request: Request) -> dict[str, Any]:
+            model, value, _, sw = await single(request, capability)
+            return answer(model, value, sw)
+
+        router.add_api_route(path, route, methods=["POST"], openapi_extra=_body(ClassifyImageRequest),
+                             name=path.strip("/"))
+
+    simple("/vehicle-classify", "vehicle_type")
+    simple("/pet-classify", "pet")
+    simple("/pose-analyze", "pose")
+    simple("/vehicle-damage", "vehicle_damage")
+
+    @router.post("/clothing-classify", openapi_extra=_body(ClassifyImageRequest))
+    async def clothing_classify(request: Request) -> dict[str, Any]:
+        model, value, req, sw = await single(request, "clothing")
+        body = answer(model, value, sw)
+        if req.options.get("include_segmentation"):
+            seg_model = model_for(ctx, "clothing_segmentation")
+            x = decode_inputs(ctx, req.image, req.bbox, None, req.options)
+            body["segmentation"] = (await run_capability(ctx, seg_model, x))[1]
+            body["inference_time_ms"] = sw.elapsed_ms
+        return body
+
+    @router.post("/depth-estimate", openapi_extra=_body(ClassifyImageRequest))
+    async def depth_estimate(request: Request) -> dict[str, Any]:
+        model, value, _, sw = await single(request, "depth", extra={"include_map": True})
+        return answer(model, value, sw)
+
+    @router.post("/object-distance", openapi_extra=_body(ObjectDistanceRequest))
+    async def object_distance(request: Request) -> dict[str, Any]:
+        model, value, _, sw = await single(request, "depth", ObjectDistanceRequest, extra={"include_map": False})
+        body = answer(model, value, sw)
+        body.pop("depth_map_base64", None)
+        return body
+
+    @router.post("/action-recognize", openapi_extra=_body(ActionRequest))
+    async def action_recognize(request: Request) -> dict[str, Any]:
+        with Stopwatch() as sw:
+            req = await read_request(request, ActionRequest, ctx.limits)
+            model = model_for(ctx, "action")
+            frames = decode_images(req.frames, ctx.limits, "frames")
+            box = None
+            if req.bbox is not None:
+                x1, y1, x2, y2 = check_bbox(req.bbox, frames[0].size, "bbox")
+                box = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+            x = Inputs(frame=frames[0], crop=frames[0], bbox=box, frames=frames, options=req.options)
+            extra = {"labels": req.labels} if req.labels else None
+            _, value = await run_capability(ctx, model, x, extra)
+        return answer(model, value, sw)
+
+    return router

@@ -10,7 +10,8 @@ Three pure functions, no I/O:
 - `rule_based(detections, ...)` -> RiskAssessment from the table below, used when the LLM output cannot
   be parsed (then `scoring="rule_based_fallback"`) and as a floor for weapons even when it can.
 
-Rule table (additive on the highest base, clamped to 0-100; levels from `schemas.level_of`):
+Rule table (additive on the highest base, each rule once per frame at its strongest, clamped to 0-100;
+levels from `schemas.level_of`):
   base: person 20, vehicle 10, object 5, animal 3; +5 per extra person (at most +15)
   person at night (22:00-06:00) +15
   clothing suspicious (mask, balaclava, dark hoodie) +20; service uniform -10
@@ -293,74 +294,90 @@ def parse_llm_output(text: str) -> RiskAssessment | None:
 
 
 # ------------------------------------------------------------------ rules
+class _Hits:
+    """Rule hits of one frame: each rule counts once (its strongest instance), with how often it fired."""
+
+    def __init__(self) -> None:
+        self.points: dict[str, int] = {}
+        self.reason: dict[str, str] = {}
+        self.count: dict[str, int] = {}
+
+    def add(self, key: str, points: int, reason: str) -> None:
+        self.count[key] = self.count.get(key, 0) + 1
+        if key not in self.points or points > self.points[key]:
+            self.points[key], self.reason[key] = points, reason
+
+    def total(self) -> int:
+        return sum(self.points.values())
+
+    def reasons(self) -> list[str]:
+        return [r + (f" (x{self.count[k]})" if self.count[k] > 1 else "") for k, r in self.reason.items()]
+
+
+def _detection_rules(d: Detection, night: bool, hits: _Hits) -> int:
+    """Add one detection's rule hits; returns the floor it imposes (0 when none)."""
+    enr = _enr(d)
+    floor = 0
+    w = weapon_of(enr)
+    if w:
+        floor = WEAPON_FLOOR
+        hits.add("weapon", 0, f"weapon detected: {w.get('threat_type')}")
+    c = _clothing(enr)
+    if c and c.get("is_suspicious"):
+        hits.add("clothing", 20, f"suspicious clothing: {c.get('type') or c.get('clothing_type')}")
+    elif c and c.get("is_service_uniform"):
+        hits.add("uniform", -10, "service uniform (likely delivery)")
+    posture, alerts = _pose_alerts(enr)
+    for a in alerts:
+        if a in POSE_ALERT_POINTS:
+            hits.add(f"pose:{a}", POSE_ALERT_POINTS[a], f"posture alert: {a}")
+    if posture == "running" and "running" not in alerts:
+        hits.add("pose:running", 10, "person running")
+    a = _action(enr)
+    if a and str(a["action"]).lower() in ACTION_POINTS and float(a.get("confidence", 1.0)) >= 0.5:
+        act = str(a["action"]).lower()
+        hits.add(f"action:{act}", ACTION_POINTS[act], f"action: {act}")
+    if _violent(enr):
+        hits.add("violence", 40, "violence classifier: violent scene")
+    dmg = _damage(enr)
+    dtypes = _damage_types(dmg) if dmg else []
+    if dtypes:
+        found = damage.patterns(dtypes, night)
+        if damage.HIGH_SECURITY_DAMAGE & set(dtypes):
+            hits.add("damage:high", 25, "high-security vehicle damage")
+        for pattern, points in DAMAGE_PATTERN_POINTS.items():
+            if pattern in found:
+                hits.add(f"damage:{pattern}", points, f"vehicle damage: {pattern}")
+        if "critical alert" in found:
+            floor = max(floor, NIGHT_DAMAGE_FLOOR)
+    depth = enr.get("depth")
+    if d.detection_type == "person" and isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close"):
+        hits.add("close", 5, "person close to the camera")
+    return floor
+
+
 def rule_based(
     detections: Sequence[Detection], *, timestamp: str | None = None, scoring: str = "rule_based"
 ) -> RiskAssessment:
-    """The rule table of the module docstring."""
+    """The rule table of the module docstring; each rule counts once per frame (its strongest instance)."""
     night = is_night(timestamp)
-    reasons: list[str] = []
     if not detections:
         return RiskAssessment(risk_score=0, risk_level="low", reasons=["no security-relevant objects"],
                               summary="Nothing security-relevant in view.", scoring=scoring)
     types = [d.detection_type or "object" for d in detections]
     score = max(BASE_SCORE.get(t, 5) for t in types)
     persons = types.count("person")
-    counts = ", ".join(f"{types.count(t)} {t}" for t in dict.fromkeys(types))
-    reasons.append(f"in view: {counts}")
+    reasons = ["in view: " + ", ".join(f"{types.count(t)} {t}" for t in dict.fromkeys(types))]
     if persons > 1:
         score += min(15, 5 * (persons - 1))
         reasons.append(f"{persons} people in view")
     if persons and night:
         score += 15
         reasons.append("person present at night")
-    floor = 0
-    for d in detections:
-        enr = _enr(d)
-        w = weapon_of(enr)
-        if w:
-            floor = max(floor, WEAPON_FLOOR)
-            reasons.append(f"weapon detected: {w.get('threat_type')}")
-        c = _clothing(enr)
-        if c and c.get("is_suspicious"):
-            score += 20
-            reasons.append(f"suspicious clothing: {c.get('type') or c.get('clothing_type')}")
-        elif c and c.get("is_service_uniform"):
-            score -= 10
-            reasons.append("service uniform (likely delivery)")
-        posture, alerts = _pose_alerts(enr)
-        for a in alerts:
-            if a in POSE_ALERT_POINTS:
-                score += POSE_ALERT_POINTS[a]
-                reasons.append(f"posture alert: {a}")
-        if posture == "running" and "running" not in alerts:
-            score += 10
-            reasons.append("person running")
-        a = _action(enr)
-        if a and str(a["action"]).lower() in ACTION_POINTS and float(a.get("confidence", 1.0)) >= 0.5:
-            act = str(a["action"]).lower()
-            score += ACTION_POINTS[act]
-            reasons.append(f"action: {act}")
-        if _violent(enr):
-            score += 40
-            reasons.append("violence classifier: violent scene")
-        dmg = _damage(enr)
-        dtypes = _damage_types(dmg) if dmg else []
-        if dtypes:
-            found = damage.patterns(dtypes, night)
-            high = bool(damage.HIGH_SECURITY_DAMAGE & set(dtypes))
-            if high:
-                score += 25
-                reasons.append("high-security vehicle damage")
-            for pattern, points in DAMAGE_PATTERN_POINTS.items():
-                if pattern in found:
-                    score += points
-                    reasons.append(f"vehicle damage: {pattern}")
-            if "critical alert" in found:
-                floor = max(floor, NIGHT_DAMAGE_FLOOR)
-        depth = enr.get("depth")
-        if d.detection_type == "person" and isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close"):
-            score += 5
-            reasons.append("person close to the camera")
+    hits = _Hits()
+    floor = max(_detection_rules(d, night, hits) for d in detections)
+    score += hits.total()
+    reasons += hits.reasons()
     score = max(0, min(100, max(score, floor)))
     level = level_of(score)
     summary = f"{level.capitalize()} risk: " + "; ".join(reasons[:4]) + "."

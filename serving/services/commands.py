@@ -69,14 +69,17 @@ def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
     from rich.table import Table
 
     t = Table(title="zoo up", show_lines=False)
-    for col in ("service", "url", "pid", "device", "state", "models (tier)"):
+    for col in ("service", "url", "pid", "device", "state", "loaded models"):
         t.add_column(col)
     for name, p in launcher.procs.items():
         h = p.health or {}
         dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device", "-"))
         state = ready.get(name, "?")
         state = h.get("state", state) if state == "ready" else state
-        models = ", ".join(f"{m}({tier})" for m, tier in (h.get("models") or {}).items()) or "-"
+        tiers = h.get("models") or {}
+        hot = [m for m, tier in tiers.items() if tier == "HOT"]
+        others = len(tiers) - len(hot)
+        models = ", ".join(hot) + (f" (+{others} on demand)" if others else "") if tiers else "-"
         t.add_row(name, p.url, str(p.pid), dev, state, models)
     return t
 
@@ -181,7 +184,7 @@ def status(
         return
     console = _console()
     t = Table(title=f"zoo status ({url})")
-    for col in ("service", "state", "device", "VRAM used/budget MB", "model", "priority", "tier", "MB", "leases"):
+    for col in ("service", "VRAM used/budget MB", "model", "priority", "tier", "MB", "leases"):
         t.add_column(col)
     for name, s in data["services"].items():
         h = s.get("health") or {}
@@ -191,14 +194,16 @@ def status(
         vram = f"{st.get('vram_used_mb', 0):g}/{st.get('vram_budget_mb', 0):g}" if st else "-"
         models = st.get("registered_models") or []
         loaded = {m["name"]: m for m in st.get("loaded_models") or []}
+        head = [f"[bold]{name}[/]", state, dev]  # service column: name, state, device on three lines
         if not models:
-            t.add_row(name, state, dev, vram, "-", "", "", "", "", style="red" if not s.get("reachable") else None)
+            t.add_row("\n".join(head), vram, "-", "", "", "", "", style="red" if not s.get("reachable") else None)
         for i, m in enumerate(models):
-            first = i == 0
             mb = m.get("measured_vram_mb") if m.get("measured_vram_mb") is not None else m.get("vram_mb", 0)
-            t.add_row(name if first else "", state if first else "", dev if first else "", vram if first else "",
-                      m["name"], str(m.get("priority", "")), str(m.get("tier", "HOT" if m.get("loaded") else "COLD")),
-                      f"{mb:g}", str(loaded.get(m["name"], {}).get("leases", 0)))
+            t.add_row(head[i] if i < len(head) else "", vram if i == 0 else "", m["name"], str(m.get("priority", "")),
+                      str(m.get("tier", "HOT" if m.get("loaded") else "COLD")), f"{mb:g}",
+                      str(loaded.get(m["name"], {}).get("leases", 0)))
+        for extra in head[len(models):] if models else []:
+            t.add_row(extra, "", "", "", "", "", "")
     console.print(t)
     summ = data.get("summary", {})
     console.print(f"{summ.get('reachable', 0)}/{summ.get('services', 0)} services reachable; "

@@ -145,3 +145,12 @@ def test_assess_keeps_llm_score_but_floors_weapons():
     assert why is None and a.scoring == "llm" and a.risk_score == 10
     b, _ = risk.assess([det("person", WEAPON)], low)
     assert b.scoring == "llm" and b.risk_score == risk.WEAPON_FLOOR and b.risk_level == "critical"
+
+
+def test_rules_count_once_per_frame():
+    masked = {"clothing": {"type": "balaclava", "is_suspicious": True}}
+    one = risk.rule_based([det("person", masked)])
+    many = risk.rule_based([det("person", masked, det_id=f"d{i}") for i in range(8)])
+    # 8 people: +15 for the crowd (capped), the clothing rule still counts once
+    assert many.risk_score - one.risk_score == 15
+    assert "suspicious clothing: balaclava (x8)" in many.reasons

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serving.config import ServiceSpec, ZooConfig
 from serving.errors import PayloadTooLarge
 from serving.services.common import Limits, check_admin, require_manager, require_model
-from serving.services.errors import error_response, install_error_handlers
+from serving.services.errors import InternalErrorMiddleware, error_response, install_error_handlers
 from serving.services.metrics import Metrics
 from serving.vram.manager import OnDemandModelManager
 
@@ -340,6 +340,7 @@ def create_app(
     app.include_router(build_kserve(ctx))
     if include_service_router:
         app.include_router(load_router_factory(spec.kind)(ctx))
+    app.add_middleware(InternalErrorMiddleware)  # innermost: sees the router's unhandled exceptions first
     app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,10 +1,11 @@
 """The one place where errors become HTTP responses.
 
-`install_error_handlers(app)` registers exactly three handlers:
+`install_error_handlers(app)` registers the handlers:
 - `ServingError` (the runtime's hierarchy, serving/errors.py) -> its status, JSON
   `{"error_type", "message", "details"?, "retry_after_s"?}` and a `Retry-After` header when set;
 - request validation errors (FastAPI/pydantic) -> 422 `{"error_type": "validation_error", ...}`;
-- anything else -> 500 `{"error_type": "internal_error"}` (the traceback goes to the log, not the client).
+- anything else -> 500 `{"error_type": "internal_error"}` (the traceback goes to the log, not the client),
+  answered by `InternalErrorMiddleware` so the connection stays usable.
 Handlers just raise; middlewares that must answer before routing (body size) call `error_response`.
 """
 
@@ -85,10 +86,36 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {"error_type": "internal_error", "message": f"internal error: {type(exc).__name__}"},
-            status_code=500,
-        )
+
+
+def internal_error_response(exc: BaseException) -> JSONResponse:
+    return JSONResponse({"error_type": "internal_error", "message": f"internal error: {type(exc).__name__}"},
+                        status_code=500)
+
+
+class InternalErrorMiddleware:
+    """Unhandled exceptions -> 500 internal_error, answered here (the traceback goes to the log) instead of
+    Starlette's ServerErrorMiddleware, which re-raises into the server and drops the connection."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await internal_error_response(exc)(scope, receive, send)

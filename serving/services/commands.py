@@ -106,7 +106,7 @@ def up(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface the services bind."),
     fixtures: bool = typer.Option(True, "--fixtures/--no-fixtures", help="Build missing model fixtures first."),
     ready_timeout: float = typer.Option(600.0, "--ready-timeout", help="Seconds to wait for every /health."),
-    log_dir: Path = typer.Option(Path(".zoo-run/logs"), "--log-dir", help="One log file per service."),
+    log_dir: Path = typer.Option(Path(".zoo/logs"), "--log-dir", help="One log file per service."),
 ) -> None:
     """Start every service and the gateway as local processes; Ctrl-C / SIGTERM stops them all."""
     from serving.router.fanout import service_urls

@@ -98,7 +98,7 @@ class Launcher:
     zoo_path: Path
     services: Mapping[str, str]  # name -> base URL
     host: str = "127.0.0.1"
-    log_dir: Path = Path(".zoo-run/logs")
+    log_dir: Path = Path(".zoo/logs")
     python: str = sys.executable
     env: Mapping[str, str] | None = None
     grace_s: float = 20.0

@@ -11,7 +11,8 @@ Tensors of infer (one version, "1"), chosen by the model's task (`INPUT_KINDS`):
   input `IMAGE`, either BYTES [N] (each element an encoded JPEG/PNG/WebP/BMP — raw bytes with the binary
   extension, base64 text in JSON) or UINT8 [H, W, 3] / [N, H, W, 3] RGB pixels. N results.
 - action (X-CLIP): input `FRAMES`, the same encodings; all frames form one clip. 1 result.
-- chat (LLM): input `TEXT`, BYTES [N] UTF-8 prompts. N results.
+- chat (LLM): input `TEXT`, BYTES [N]: each a UTF-8 prompt (one user message) or a JSON list of
+  {"role", "content"} messages. N results ({"text", "prompt_tokens", "completion_tokens", "finish_reason"}).
 - any other input tensor becomes a predict option named after it in lower case (BYTES -> list of str,
   numbers -> nested lists), and so do the request's non-reserved `parameters` (a string starting with
   `[` or `{` is parsed as JSON): e.g. `parameters: {"confidence": 0.3}`, `{"prompt": "<OCR>"}`,
@@ -143,6 +144,22 @@ def _images_from_tensor(ctx: ServiceContext, arr: np.ndarray, name: str) -> list
     if arr.ndim == 4:
         return [array_to_image(a, ctx.limits, f"{name}[{i}]") for i, a in enumerate(arr)]
     raise InvalidImage(f"{name}: UINT8 images need shape [H,W,3] or [N,H,W,3], got {list(arr.shape)}")
+
+
+def _conversation(x: Any) -> list[dict[str, str]]:
+    """A TEXT element: a JSON list of chat messages, or plain text = one user message."""
+    try:
+        text = x.decode("utf-8") if isinstance(x, bytes) else str(x)
+    except UnicodeDecodeError:
+        raise BadRequest("TEXT elements must be UTF-8") from None
+    if text.lstrip().startswith("["):
+        try:
+            msgs = json.loads(text)
+        except json.JSONDecodeError:
+            msgs = None
+        if isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
+    return [{"role": "user", "content": text}]
 
 
 def _option_value(v: Any) -> Any:
@@ -377,7 +394,7 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
     elif kind == "frames":
         inputs = [_images_from_tensor(ctx, main, in_name)]
     else:
-        inputs = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in main.reshape(-1).tolist()]
+        inputs = [_conversation(x) for x in main.reshape(-1).tolist()]
     options = {k: _option_value(v) for k, v in (req.get("parameters") or {}).items() if k not in _RESERVED}
     options |= {k.lower(): _tensor_option(v) for k, v in tensors.items()}
 

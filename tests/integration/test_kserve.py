@@ -132,3 +132,44 @@ def test_errors_reach_the_client_as_triton_errors(triton):
     assert r.status_code == 400 and r.json()["error_type"] == "bad_request"
     assert tc.is_model_ready("yolo26")
     assert _results(_infer_bytes(tc, [data], params={"confidence": 0.0}))  # still serving
+
+
+def test_chat_model_takes_text_tensors(built_models):
+    zoo = built_models("nemotron")
+    with running_service(zoo, "llm", admin_token=None, include_service_router=False) as (client, _):
+        tc = tritonclient_http.InferenceServerClient(url=str(client.base_url).removeprefix("http://"),
+                                                     network_timeout=120)
+        try:
+            assert tc.get_model_metadata("nemotron")["inputs"][0]["name"] == "TEXT"
+            convo = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+            inp = tritonclient_http.InferInput("TEXT", [2], "BYTES")
+            inp.set_data_from_numpy(np.array([b"Is the door open?", convo.encode()], dtype=np.object_))
+            out = _results(tc.infer("nemotron", [inp], parameters={"max_new_tokens": 3}))
+            assert len(out) == 2 and all(r["completion_tokens"] <= 3 and isinstance(r["text"], str) for r in out)
+            assert out[1]["prompt_tokens"] > 0
+        finally:
+            tc.close()
+
+
+def test_embedding_output_and_options_as_parameters(built_models):
+    zoo = built_models("clip_vit_l")
+    with running_service(zoo, "clip", admin_token=None) as (client, _):
+        tc = tritonclient_http.InferenceServerClient(url=str(client.base_url).removeprefix("http://"))
+        try:
+            data, _ = _png_and_array()
+            inp = tritonclient_http.InferInput("IMAGE", [1], "BYTES")
+            inp.set_data_from_numpy(np.array([data], dtype=np.object_))
+            res = tc.infer("clip_vit_l", [inp])
+            emb = res.as_numpy("EMBEDDING")
+            ref = client.post("/embed", json={"image": b64(data)}).json()["embedding"]
+            assert emb.shape == (1, len(ref)) and emb.dtype == np.float32
+            assert np.allclose(emb[0], ref, atol=1e-5)
+            labels = json.dumps(["a cat", "a car"])
+            out = _results(tc.infer("clip_vit_l", [inp], parameters={"task": "classify", "labels": labels}))[0]
+            assert set(out["scores"]) == {"a cat", "a car"}
+            texts = tritonclient_http.InferInput("TEXTS", [2], "BYTES")  # an extra tensor becomes an option
+            texts.set_data_from_numpy(np.array([b"a cat", b"a car"], dtype=np.object_))
+            sim = _results(tc.infer("clip_vit_l", [inp, texts], parameters={"task": "similarity"}))[0]
+            assert set(sim["similarities"]) == {"a cat", "a car"}
+        finally:
+            tc.close()

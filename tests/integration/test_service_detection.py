@@ -218,3 +218,18 @@ def test_admin_routes_need_the_token_and_drive_the_manager(svc):
     client.post("/models/configure", json={"model": "yolo26", "disabled": False}, headers=auth)
     assert client.post("/models/preload", json={"models": ["yolo26"]}, headers=auth).json()["models"][0]["loaded"]
     good(client)
+
+
+def test_yolo26_confidence_env_sets_the_default_threshold(built_models):
+    from pathlib import Path
+
+    from serving.config import load_zoo
+
+    built_models("yolo26")
+    zoo = load_zoo(Path(__file__).resolve().parents[2] / "zoo.yaml", env={"YOLO26_CONFIDENCE": "0.0001"})
+    assert zoo.models["yolo26"].options["confidence"] == 0.0001
+    with running_service(zoo, "detection", admin_token=None) as (client, _):
+        default = client.post("/detect", json={"image": jpeg_b64(), "all_classes": True}).json()["detections"]
+        explicit = client.post("/detect", json={"image": jpeg_b64(), "all_classes": True,
+                                                "confidence": 0.0001}).json()["detections"]
+        assert default == explicit and len(default) > 0  # the random fixture scores ~1e-4: 0.5 keeps none

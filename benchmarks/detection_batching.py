@@ -11,7 +11,10 @@ clients (asyncio + httpx, one connection each) POST /detect with a base64 JPEG (
 and send the next request when the answer arrives. Each (mode, clients) cell runs after a warm-up; the
 cells are interleaved off/on so machine noise hits both. Prints the machine, the versions and a table:
 requests/s, p50/p95/p99 latency, mean batch size, and the on/off ratios per client count.
-Targets of the issue: at 8 clients throughput on/off >= 2 and p95 on/off <= 1.2.
+It also times the adapter alone at batch 1 and batch <max-batch> in-process: on a CPU the model's cost
+grows almost linearly with the batch, so that ratio (the ceiling of any batching gain here) is printed
+next to the HTTP figures. Targets of the issue: at 8 clients throughput on/off >= 2 and p95 on/off <= 1.2
+(a GPU target: batching pays where a batch runs in parallel; not measurable on this machine).
 """
 
 from __future__ import annotations
@@ -153,6 +156,34 @@ async def batch_counts(url: str) -> tuple[float, float]:
     return count, total
 
 
+def model_only(zoo, max_batch: int, w: int, h: int, repeats: int = 8) -> dict:
+    """The adapter alone, in this process: ms per image at batch 1 and at max_batch. Their ratio is the
+    ceiling of what batching can buy on this device (HTTP, decoding and queueing come on top)."""
+    import numpy as np
+    from PIL import Image
+
+    from serving.adapters.registry import AdapterRegistry
+    from serving.vram.devices import device_from_spec
+
+    spec = zoo.services["detection"]
+    adapter = AdapterRegistry().create("yolo26", zoo.models["yolo26"], zoo.models_root,
+                                       device_from_spec(spec.device, spec.gpu))
+    adapter.load()
+    adapter.warmup()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    out = {"format": adapter.format}
+    for n in (1, max_batch):
+        for _ in range(2):
+            adapter.predict([img] * n)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            adapter.predict([img] * n)
+        out[f"ms_per_image_batch_{n}"] = (time.perf_counter() - t0) / repeats / n * 1000
+    out["ceiling_speedup"] = out["ms_per_image_batch_1"] / out[f"ms_per_image_batch_{max_batch}"]
+    adapter.unload()
+    return out
+
+
 def machine() -> dict:
     import importlib.metadata as md
 
@@ -204,6 +235,7 @@ def main() -> None:
     w, h = (int(v) for v in args.image.lower().split("x"))
     img = test_image(w, h)
     info = machine()
+    ceiling = model_only(zoo, args.max_batch, w, h)
     servers = {"off": start_server(1, args.delay_ms, args.zoo, args.threads),
                "on": start_server(args.max_batch, args.delay_ms, args.zoo, args.threads)}
     cells: dict[tuple[str, int], list[dict]] = {}
@@ -240,10 +272,13 @@ def main() -> None:
               "setup": {"model": "yolo26 (zoo fixture, random weights, imgsz from checkpoint)", "image": args.image,
                         "max_batch": args.max_batch, "max_delay_ms": args.delay_ms, "seconds": args.seconds,
                         "warmup_s": args.warmup, "rounds": args.rounds, "transport": "HTTP/1.1 loopback, JSON base64"},
-              "rows": rows, "ratios": ratios}
+              "model_only": ceiling, "rows": rows, "ratios": ratios}
     print(f"machine: {info['cpu']} x{info['cpus']}, {info['platform']}, python {info['python']}, "
           f"load {info['loadavg_1m_at_start']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"model only ({ceiling['format']}): {ceiling['ms_per_image_batch_1']:.1f} ms/image at batch 1, "
+          f"{ceiling[f'ms_per_image_batch_{args.max_batch}']:.1f} ms/image at batch {args.max_batch} "
+          f"-> batching ceiling {ceiling['ceiling_speedup']:.2f}x on this device")
     print(f"\n{'mode':<5}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'batch':>8}")
     for r in rows:
         print(f"{r['mode']:<5}{r['clients']:>8}{r['throughput_rps']:>10.1f}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}"

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from serving.errors import BadRequest, ConfigError
 from serving.services.app import ServiceContext
 from serving.services.common import Stopwatch, predict
-from serving.services.images import decode_image, decode_images, read_request
+from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.schemas import (
     AnomalyRequest,
     AnomalyResponse,
@@ -59,7 +59,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             if (req.image is None) == (req.text is None):
                 raise BadRequest("give exactly one of 'image' or 'text'")
             if req.image is not None:
-                out = (await predict(ctx, model, [decode_image(req.image, ctx.limits)], task="embed"))[0]
+                out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="embed"))[0]
             else:
                 out = (await predict(ctx, model, [req.text], task="embed_text"))[0]
         return {**out, "model": model, "inference_time_ms": sw.ms}
@@ -71,7 +71,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             opts: dict[str, Any] = {"task": "anomaly", "baseline": req.baseline_embedding}
             if req.threshold is not None:
                 opts["threshold"] = req.threshold
-            out = (await predict(ctx, model, [decode_image(req.image, ctx.limits)], **opts))[0]
+            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], **opts))[0]
         return {**out, "model": model, "inference_time_ms": sw.ms}
 
     @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(ClassifyRequest))
@@ -81,7 +81,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             labels = [label.strip() for label in req.labels]
             if any(not label for label in labels) or len(set(labels)) != len(labels):
                 raise BadRequest("labels must be distinct, non-empty strings")
-            out = (await predict(ctx, model, [decode_image(req.image, ctx.limits)], task="classify",
+            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="classify",
                                  labels=labels))[0]
         return {**out, "model": model, "inference_time_ms": sw.ms}
 
@@ -89,7 +89,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def similarity(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, SimilarityRequest, ctx.limits)
-            out = (await predict(ctx, model, [decode_image(req.image, ctx.limits)], task="similarity",
+            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="similarity",
                                  texts=[req.text]))[0]
         return {"similarity": out["similarities"][req.text], "text": req.text, "model": model,
                 "inference_time_ms": sw.ms}
@@ -101,7 +101,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             req = await read_request(request, BatchSimilarityRequest, ctx.limits)
             if (req.image is None) == (not req.images):
                 raise BadRequest("give exactly one of 'image' or 'images'")
-            imgs = [decode_image(req.image, ctx.limits)] if req.image is not None else decode_images(req.images or [], ctx.limits)
+            if req.image is not None:
+                imgs = [await decode_image_async(req.image, ctx.limits)]
+            else:
+                imgs = await decode_images_async(req.images or [], ctx.limits)
             texts = list(dict.fromkeys(t for t in req.texts))
             rows = await predict(ctx, model, imgs, task="similarity", texts=texts)
         return {"results": rows, "count": len(rows), "model": model, "inference_time_ms": sw.ms}

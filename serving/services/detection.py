@@ -30,7 +30,7 @@ from serving.errors import ConfigError
 from serving.services.app import ServiceContext
 from serving.services.batching import DynamicBatcher
 from serving.services.common import Stopwatch, model_options
-from serving.services.images import decode_image, decode_images, read_request
+from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
 
 
@@ -125,7 +125,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def detect(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, DetectRequest, ctx.limits)
-            img = decode_image(req.image, ctx.limits)
+            img = await decode_image_async(req.image, ctx.limits)
             conf = default_conf if req.confidence is None else req.confidence
             result = await batcher.submit(_Item(img, conf))
             dets = filter_detections(result, confidence=conf, classes=class_set(req.classes, req.all_classes),
@@ -137,7 +137,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def detect_batch(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, BatchDetectRequest, ctx.limits)
-            imgs = decode_images(req.images, ctx.limits)
+            imgs = await decode_images_async(req.images, ctx.limits)
             conf = default_conf if req.confidence is None else req.confidence
             results = await asyncio.gather(*(batcher.submit(_Item(i, conf)) for i in imgs))
             classes = class_set(req.classes, req.all_classes)

@@ -40,7 +40,7 @@ from serving.config import detection_type_of
 from serving.errors import BadRequest, NotFound, ServingError, UnknownModel
 from serving.services.app import ServiceContext
 from serving.services.common import Stopwatch, predict
-from serving.services.images import check_bbox, crop, decode_image, decode_images, read_request
+from serving.services.images import check_bbox, crop, decode_image, decode_images, decode_images_async, read_request
 from serving.services.schemas import ActionRequest, BBox, ClassifyImageRequest, EnrichRequest, ObjectDistanceRequest
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,14 @@ async def run_capability(ctx: ServiceContext, model: str, x: Inputs, extra: dict
     return cap.key, cap.extract(out, ctx.zoo.models[model].family)
 
 
-def decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
-                  options: dict[str, Any]) -> Inputs:
+async def decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
+                        options: dict[str, Any]) -> Inputs:
+    """Decode and validate in a worker thread (the event loop keeps serving meanwhile)."""
+    return await asyncio.to_thread(_decode_inputs, ctx, image, bbox, frames, options)
+
+
+def _decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
+                   options: dict[str, Any]) -> Inputs:
     frame = decode_image(image, ctx.limits)
     box = None
     if bbox is not None:
@@ -215,7 +221,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route ta
             models = list(dict.fromkeys(req.models))
         else:
             models = ctx.zoo.models_for_detection(label, req.options, service=ctx.service)
-        x = decode_inputs(ctx, req.image, req.bbox, req.frames, req.options)
+        x = await decode_inputs(ctx, req.image, req.bbox, req.frames, req.options)
         det_id = req.detection_id or "det_0"
         outcomes = await asyncio.gather(*(one(m, x) for m in models))
         result: dict[str, Any] = {"detection_id": det_id, "detection_type": detection_type_of(label),
@@ -240,7 +246,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route ta
         with Stopwatch() as sw:
             req = await read_request(request, schema, ctx.limits)
             model = model_for(ctx, capability)
-            x = decode_inputs(ctx, req.image, req.bbox, None, req.options)
+            x = await decode_inputs(ctx, req.image, req.bbox, None, req.options)
             _, value = await run_capability(ctx, model, x, extra)
         return model, value, req, sw
 
@@ -267,7 +273,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route ta
         body = answer(model, value, sw)
         if req.options.get("include_segmentation"):
             seg_model = model_for(ctx, "clothing_segmentation")
-            x = decode_inputs(ctx, req.image, req.bbox, None, req.options)
+            x = await decode_inputs(ctx, req.image, req.bbox, None, req.options)
             body["segmentation"] = (await run_capability(ctx, seg_model, x))[1]
             body["inference_time_ms"] = sw.elapsed_ms
         return body
@@ -289,7 +295,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route ta
         with Stopwatch() as sw:
             req = await read_request(request, ActionRequest, ctx.limits)
             model = model_for(ctx, "action")
-            frames = decode_images(req.frames, ctx.limits, "frames")
+            frames = await decode_images_async(req.frames, ctx.limits, "frames")
             box = None
             if req.bbox is not None:
                 x1, y1, x2, y2 = check_bbox(req.bbox, frames[0].size, "bbox")

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from serving.errors import ConfigError
 from serving.services.app import ServiceContext
 from serving.services.common import Stopwatch, predict
-from serving.services.images import decode_image, read_request
+from serving.services.images import decode_image_async, read_request
 from serving.services.schemas import (
     DenseCaptionResponse,
     ExtractRequest,
@@ -90,7 +90,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def extract(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, ExtractRequest, ctx.limits)
-            out = await run(decode_image(req.image, ctx.limits), req.prompt, req.text_input, req.max_new_tokens)
+            out = await run(await decode_image_async(req.image, ctx.limits), req.prompt, req.text_input, req.max_new_tokens)
         return {"prompt": req.prompt, "result": out["result"], "image_size": out.get("image_size"),
                 "model": model, "inference_time_ms": sw.ms}
 
@@ -98,7 +98,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def ocr(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, OcrRequest, ctx.limits)
-            img = decode_image(req.image, ctx.limits)
+            img = await decode_image_async(req.image, ctx.limits)
             text = (await run(img, "<OCR>", max_new_tokens=req.max_new_tokens))["result"]
             regions = None
             if req.with_regions:
@@ -110,7 +110,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         with Stopwatch() as sw:
             req = await read_request(request, FlorenceDetectRequest, ctx.limits)
             task = "<OPEN_VOCABULARY_DETECTION>" if req.text_input else "<OD>"
-            out = await run(decode_image(req.image, ctx.limits), task, req.text_input, req.max_new_tokens)
+            out = await run(await decode_image_async(req.image, ctx.limits), task, req.text_input, req.max_new_tokens)
         dets = [{"label": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
         return {"detections": dets, "task": task, "model": model, "inference_time_ms": sw.ms}
 
@@ -118,7 +118,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def dense_caption(request: Request) -> dict[str, Any]:
         with Stopwatch() as sw:
             req = await read_request(request, FlorenceImageRequest, ctx.limits)
-            out = await run(decode_image(req.image, ctx.limits), "<DENSE_REGION_CAPTION>", None, req.max_new_tokens)
+            out = await run(await decode_image_async(req.image, ctx.limits), "<DENSE_REGION_CAPTION>", None, req.max_new_tokens)
         regions = [{"caption": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
         return {"regions": regions, "model": model, "inference_time_ms": sw.ms}
 

@@ -21,6 +21,7 @@ the header (413 image_too_large: decompression bombs never reach the decoder), t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -115,6 +116,16 @@ def decode_image(value: str | bytes, limits: Limits, what: str = "image") -> Ima
         raise ImageTooLarge(f"{what}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         raise InvalidImage(f"{what} is truncated or corrupt: {e}") from None
+
+
+async def decode_image_async(value: str | bytes, limits: Limits, what: str = "image") -> Image.Image:
+    """`decode_image` in a worker thread: base64 and JPEG/PNG decoding (milliseconds per frame, GIL
+    released by PIL) must not stall the event loop that serves every other request."""
+    return await asyncio.to_thread(decode_image, value, limits, what)
+
+
+async def decode_images_async(values: list[str | bytes], limits: Limits, what: str = "images") -> list[Image.Image]:
+    return await asyncio.to_thread(decode_images, values, limits, what)
 
 
 def decode_images(values: list[str | bytes], limits: Limits, what: str = "images") -> list[Image.Image]:

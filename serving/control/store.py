@@ -67,6 +67,8 @@ model_usage = Table(
     Column("output_size_bytes", Integer, nullable=True),
     Column("request_id", String(100), nullable=True),
     Column("created_at", Float, nullable=False, index=True),
+    # one row may aggregate several requests (counters polled from a manager); processing_time_ms is their total
+    Column("requests", Integer, nullable=False, default=1),
 )
 
 
@@ -146,12 +148,14 @@ class ControlStore:
         output_size_bytes: int | None = None,
         request_id: str | None = None,
         created_at: float,
+        requests: int = 1,
     ) -> None:
         with self.engine.begin() as c:
             c.execute(insert(model_usage).values(
                 model_id=model_id, service_id=service_id, operation=operation,
                 processing_time_ms=float(processing_time_ms), input_size_bytes=input_size_bytes,
-                output_size_bytes=output_size_bytes, request_id=request_id, created_at=created_at))
+                output_size_bytes=output_size_bytes, request_id=request_id, created_at=created_at,
+                requests=int(requests)))
 
     def usage(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         q = select(model_usage).order_by(model_usage.c.id.desc()).limit(limit)
@@ -163,7 +167,7 @@ class ControlStore:
     def usage_summary(self, since: float | None = None) -> dict[str, dict[str, Any]]:
         """Per model: requests, total/avg processing ms, bytes in/out (optionally since a time)."""
         u = model_usage.c
-        q = select(u.model_id, func.count().label("requests"), func.sum(u.processing_time_ms).label("ms"),
+        q = select(u.model_id, func.sum(u.requests).label("requests"), func.sum(u.processing_time_ms).label("ms"),
                    func.sum(u.input_size_bytes).label("bytes_in"), func.sum(u.output_size_bytes).label("bytes_out"),
                    func.max(u.created_at).label("last")).group_by(u.model_id)
         if since is not None:

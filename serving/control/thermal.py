@@ -130,6 +130,7 @@ class ThermalController:
         self._ticker: asyncio.Task[None] | None = None
         self.ticker_error: BaseException | None = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._counters: dict[str, tuple[int, float]] = {}  # model -> (uses, busy_ms) at the last poll
         now = self.clock()
         for name, spec in zoo.models.items():
             service = zoo.service_of(name)
@@ -281,9 +282,24 @@ class ThermalController:
         m.last_activity = now
         m.activity.extend([now] * count)
         self._trim(m)
-        self.store.record_usage(model_id, operation, processing_ms, service_id=m.service_id, input_size_bytes=bytes_in,
-                                output_size_bytes=bytes_out, request_id=request_id, created_at=now)
+        self.store.record_usage(model_id, operation, processing_ms * count, service_id=m.service_id,
+                                input_size_bytes=bytes_in, output_size_bytes=bytes_out, request_id=request_id,
+                                created_at=now, requests=count)
         self._persist(m)
+
+    def _count_usage(self, model_id: str, row: dict[str, Any]) -> None:
+        """Requests served since the last poll, from the manager's own counters (every path: gateway,
+        direct calls, KServe), become usage records and the request rate AUTOMATIC reads."""
+        if "uses" not in row:
+            return
+        uses, busy = int(row["uses"]), float(row.get("busy_ms") or 0.0)
+        before = self._counters.get(model_id)
+        self._counters[model_id] = (uses, busy)
+        if before is None or uses < before[0]:  # first poll, or the service restarted: new baseline
+            return
+        delta = uses - before[0]
+        if delta > 0:
+            self.record_usage(model_id, "infer", (busy - before[1]) / delta, count=delta)
 
     def request_warm(self, model_id: str) -> dict[str, Any]:
         """POST /thermal/warm: preload now without changing the target (it cools again per its state)."""
@@ -401,6 +417,7 @@ class ThermalController:
                 m.residency = str(r.get("tier", "HOT" if r.get("loaded") else "COLD"))
                 m.pinned = r.get("pinned")
                 m.disabled = r.get("disabled")
+                self._count_usage(r["name"], r)
             for r in st.get("loaded_models", []):
                 m = self.models.get(r["name"])
                 if m is not None and r.get("last_used"):

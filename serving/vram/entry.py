@@ -24,7 +24,8 @@ class ModelEntry:
     waiters: int = 0  # callers awaiting the in-flight load (granted leases when it completes)
     last_used: float = 0.0
     loaded_at: float = 0.0
-    uses: int = 0
+    uses: int = 0  # leases granted, ever (the request counter the control plane polls)
+    busy_s: float = 0.0  # wall seconds spent under leases, ever
     rate: float = 0.0  # decayed use count, as of rate_at
     rate_at: float = 0.0
     measured_bytes: int | None = None

@@ -239,10 +239,14 @@ class OnDemandModelManager:
             e.thermal_state = thermal_state
 
     # ------------------------------------------------------------------ leases
-    @contextlib.asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[Adapter]:
+    def use(self, name: str) -> contextlib.AbstractAsyncContextManager[Adapter]:
         """Lease a model: loaded (or restored) on demand, never evicted while the lease is held."""
-        e = await self._acquire(name)
+        return self._lease(name, count=True)
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, name: str, *, count: bool) -> AsyncIterator[Adapter]:
+        e = await self._acquire(name, count=count)
+        t0 = time.perf_counter()
         try:
             assert e.adapter is not None
             yield e.adapter
@@ -255,6 +259,7 @@ class OnDemandModelManager:
                 ) from exc
             raise
         finally:
+            e.busy_s += time.perf_counter() - t0
             self._release(e)
             await self._notify()
 
@@ -262,14 +267,14 @@ class OnDemandModelManager:
         """Run blocking inference (inside a lease) on the worker runner."""
         return await self.runner(fn, *args, **kwargs)
 
-    async def _acquire(self, name: str) -> ModelEntry:
+    async def _acquire(self, name: str, *, count: bool = True) -> ModelEntry:
         e = self.entry(name)
         while True:
             if e.disabled:
                 raise ModelDisabled(f"model {name!r} is OFF (disabled by its thermal state)")
             if e.tier == HOT and not e.busy:
                 e.refcount += 1
-                self._touch(e)
+                self._touch(e, count)
                 self._emit("hit", model=name)
                 return e
             if e.busy_future is not None:  # being evicted/demoted: wait, then look again
@@ -298,18 +303,21 @@ class OnDemandModelManager:
                 raise
             except BaseException:
                 raise
-            self._touch(e)
+            self._touch(e, count)
             return e  # the load task granted our lease (refcount += waiters) synchronously
 
-    def _touch(self, e: ModelEntry) -> None:
+    def _touch(self, e: ModelEntry, count: bool = True) -> None:
+        """A request (count=True) feeds the use rate and counters; a preload only refreshes last_used."""
         now = self.clock()
+        e.last_used = now
+        if not count:
+            return
         if e.rate_at:
             e.rate = e.rate * math.exp(-max(now - e.rate_at, 0.0) / self.RATE_TAU_S) + 1.0
         else:
             e.rate = 1.0
         e.rate_at = now
         e.uses += 1
-        e.last_used = now
 
     def _release(self, e: ModelEntry) -> None:
         e.refcount -= 1
@@ -344,8 +352,8 @@ class OnDemandModelManager:
 
     # ------------------------------------------------------------------ preload / unload
     async def preload(self, name: str) -> dict[str, Any]:
-        """Make a model HOT without keeping a lease."""
-        async with self.use(name):
+        """Make a model HOT without keeping a lease (not counted as a request)."""
+        async with self._lease(name, count=False):
             pass
         return self.model_status(name)
 
@@ -672,6 +680,7 @@ class OnDemandModelManager:
             "keep_alive_s": e.keep_alive_s,
             "thermal_state": e.thermal_state,
             "uses": e.uses,
+            "busy_ms": round(e.busy_s * 1000.0, 3),
             "load_s": e.load_s,
             "restore_s": e.restore_s,
             "format": e.adapter.format if e.adapter is not None else None,
@@ -693,7 +702,8 @@ class OnDemandModelManager:
                     "tier": e.tier, "leases": e.refcount, "measured_vram_mb": st["measured_vram_mb"]})
             registered.append({k: st[k] for k in ("name", "vram_mb", "priority", "loaded")} | {
                 k: st[k] for k in ("tier", "declared_vram_mb", "measured_vram_mb", "failures", "last_error",
-                                   "disabled", "pinned", "thermal_state", "residency")})
+                                   "disabled", "pinned", "thermal_state", "residency",
+                                   "uses", "busy_ms")})
         return {
             "vram_budget_mb": round(budget / MB, 1),
             "vram_used_mb": round(used / MB, 1),

@@ -329,3 +329,20 @@ async def test_selection_skips_models_of_unreachable_services():
     with pytest.raises(ServiceUnavailable):
         ctl.select(capabilities=["pose"])
     await ctl.stop()
+
+
+async def test_requests_through_the_manager_drive_automatic_and_usage_records():
+    """The controller reads the managers' own request counters on each tick: requests that never pass
+    the gateway (direct calls, KServe) still promote an AUTOMATIC model and become usage records."""
+    policy = AutoPolicy(window_s=60, warm_rpm=1, hot_rpm=30, demote_factor=0.5, min_dwell_s=120)
+    rig = Rig({"a": {"vram_mb": 300, "thermal": {"default_state": "AUTOMATIC"}}}, policy=policy)
+    await rig.ctl.start(wait=True)
+    await rig.ctl.tick()  # baseline of the counters
+    assert rig.ctl.view("a")["current_state"] == COLD
+    for _ in range(40):
+        await rig.use("a")
+        rig.clock.advance(1.0)
+    await rig.ctl.tick()
+    assert rig.ctl.view("a")["current_state"] == HOT and rig.manager.entry("a").pinned
+    assert rig.store.usage_summary()["a"]["requests"] == 40  # the preloads of the promotion are not requests
+    await rig.close()

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup up test fixtures validate bench-policy clean lint
+.PHONY: setup up test fixtures validate bench-policy clean
 
 setup: $(STAMP)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from serving.errors import BadRequest, ConfigError
+from serving.errors import BadRequest
 from serving.services.app import ServiceContext
-from serving.services.common import Stopwatch, predict
+from serving.services.common import Stopwatch, model_of_family, predict
 from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.schemas import (
     AnomalyRequest,
@@ -35,13 +35,7 @@ from serving.services.schemas import (
 
 
 def clip_model(ctx: ServiceContext) -> str:
-    name = ctx.extras.get("clip_model")
-    if name:
-        return str(name)
-    for m in ctx.spec.models:
-        if ctx.zoo.models[m].family == "clip":
-            return m
-    raise ConfigError(f"service {ctx.service!r} has no clip-family model")
+    return model_of_family(ctx, "clip")
 
 
 def _body(schema: type) -> dict[str, Any]:

@@ -86,6 +86,17 @@ def require_manager(ctx: ServiceContext):  # noqa: ANN201 - returns the manager
     return ctx.manager
 
 
+def model_of_family(ctx: ServiceContext, family: str) -> str:
+    """The model this service uses for a family: `ctx.extras["<family>_model"]`, else its first one."""
+    name = ctx.extras.get(f"{family}_model")
+    if name:
+        return str(name)
+    for m in ctx.spec.models:
+        if ctx.zoo.models[m].family == family:
+            return m
+    raise ConfigError(f"service {ctx.service!r} has no {family}-family model")
+
+
 def require_model(ctx: ServiceContext, name: str) -> str:
     """404 unknown_model unless this service hosts `name`."""
     manager = require_manager(ctx)

@@ -15,9 +15,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from serving.errors import ConfigError
 from serving.services.app import ServiceContext
-from serving.services.common import Stopwatch, predict
+from serving.services.common import Stopwatch, model_of_family, predict
 from serving.services.images import decode_image_async, read_request
 from serving.services.schemas import (
     DenseCaptionResponse,
@@ -32,13 +31,7 @@ from serving.services.schemas import (
 
 
 def florence_model(ctx: ServiceContext) -> str:
-    name = ctx.extras.get("florence_model")
-    if name:
-        return str(name)
-    for m in ctx.spec.models:
-        if ctx.zoo.models[m].family == "florence2":
-            return m
-    raise ConfigError(f"service {ctx.service!r} has no florence2-family model")
+    return model_of_family(ctx, "florence2")
 
 
 def _box(b: list[float]) -> dict[str, float]:

@@ -28,7 +28,6 @@ from serving.adapters.base import Adapter
 from serving.adapters.registry import AdapterRegistry
 from serving.config import MB, ModelSpec, Priority, ZooConfig
 from serving.errors import (
-    DeviceOOM,
     InferenceOOM,
     InsufficientVram,
     ModelDisabled,

@@ -70,7 +70,7 @@ def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
 
     t = Table(title="zoo up", show_lines=False)
     for col in ("service", "url", "pid", "device", "state", "loaded models"):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col in ("service", "url"), overflow="fold")
     for name, p in launcher.procs.items():
         h = p.health or {}
         dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device", "-"))

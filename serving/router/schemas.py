@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.config import detection_type_of
-from serving.errors import InvalidBBox
+from serving.services.schemas import BBox  # one BBox for the gateway and the services
 
 RiskLevel = Literal["low", "medium", "high", "critical"]
 
@@ -35,49 +35,9 @@ def level_of(score: float) -> str:
     return "low"
 
 
+
 def new_detection_id() -> str:
     return "det_" + uuid.uuid4().hex[:8]
-
-
-class BBox(BaseModel):
-    """Pixel box, seed form {"x1", "y1", "x2", "y2"}."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    @classmethod
-    def parse(cls, value: Any) -> BBox | None:
-        """Accept the seed dict form or a [x1, y1, x2, y2] list; None stays None."""
-        if value is None or isinstance(value, BBox):
-            return value
-        if isinstance(value, (list, tuple)):
-            if len(value) != 4:
-                raise InvalidBBox(f"bbox must have 4 numbers [x1, y1, x2, y2], got {len(value)}")
-            value = dict(zip(("x1", "y1", "x2", "y2"), value, strict=True))
-        if not isinstance(value, dict):
-            raise InvalidBBox("bbox must be an object {x1, y1, x2, y2} or a list of 4 numbers")
-        try:
-            return cls.model_validate(value)
-        except Exception as e:
-            raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
-
-    def check(self, width: int | None = None, height: int | None = None) -> BBox:
-        """Raise InvalidBBox when inverted/empty or (given the image size) outside the image."""
-        if self.x2 <= self.x1 or self.y2 <= self.y1:
-            raise InvalidBBox(f"bbox is inverted or empty: x1={self.x1} y1={self.y1} x2={self.x2} y2={self.y2}")
-        if width is not None and height is not None:
-            if self.x1 < 0 or self.y1 < 0 or self.x2 > width or self.y2 > height:
-                raise InvalidBBox(
-                    f"bbox ({self.x1}, {self.y1}, {self.x2}, {self.y2}) lies outside the {width}x{height} image"
-                )
-        return self
-
-    def as_list(self) -> list[float]:
-        return [self.x1, self.y1, self.x2, self.y2]
 
 
 class EnrichRequest(BaseModel):

@@ -88,57 +88,70 @@ class CpuDevice(Device):
         return "cpu"
 
 
-class CudaDevice(Device):  # pragma: no cover - needs a GPU; exercised on a CUDA box
-    """A CUDA GPU seen through torch's caching allocator and NVML."""
+class CudaDevice(Device):
+    """A CUDA GPU seen through torch's caching allocator and NVML.
+
+    `cuda` (default `torch.cuda`) and `nvml` (default `pynvml`, optional) are seams: tests pass fakes
+    with the same functions, so the arithmetic here runs without a GPU.
+    """
 
     kind = "cuda"
     pin_memory = True
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, *, cuda: Any = None, nvml: Any = None) -> None:
         super().__init__(f"cuda:{index}")
-        import torch
+        if cuda is None:  # pragma: no cover - the real module on a GPU box
+            import torch
 
+            cuda = torch.cuda
         self.index = index
-        self._torch = torch
-        self._nvml = None
-        try:
-            import pynvml
+        self._cuda = cuda
+        self._nvml = nvml
+        self._handle = None
+        if nvml is None:
+            try:  # pragma: no cover - NVML is missing in some containers: torch alone still works
+                import pynvml
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        except Exception:  # NVML missing in some containers: torch alone still works
-            self._nvml = None
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception:
+                self._nvml = None
+        if self._nvml is not None:
+            try:
+                self._handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            except Exception:
+                self._nvml = None
 
     def total_bytes(self) -> int:
-        return self._torch.cuda.mem_get_info(self.index)[1]
+        return int(self._cuda.mem_get_info(self.index)[1])
 
     def free_bytes(self) -> int:
-        return self._torch.cuda.mem_get_info(self.index)[0]
+        return int(self._cuda.mem_get_info(self.index)[0])
 
     def allocated_bytes(self) -> int:
-        return self._torch.cuda.memory_allocated(self.index)
+        return int(self._cuda.memory_allocated(self.index))
 
     def reset_peak(self) -> None:
-        self._torch.cuda.reset_peak_memory_stats(self.index)
+        self._cuda.reset_peak_memory_stats(self.index)
 
     def peak_bytes(self) -> int:
-        return self._torch.cuda.max_memory_allocated(self.index)
+        return int(self._cuda.max_memory_allocated(self.index))
 
     def empty_cache(self) -> None:
         # Called by the manager only, after an OOM on load or after unloading: never in generic code.
-        self._torch.cuda.empty_cache()
+        self._cuda.empty_cache()
 
     def is_oom(self, exc: BaseException) -> bool:
-        if isinstance(exc, (DeviceOOM, self._torch.cuda.OutOfMemoryError)):
+        if isinstance(exc, (DeviceOOM, MemoryError, self._cuda.OutOfMemoryError)):
             return True
-        # onnxruntime / TensorRT report OOM as plain runtime errors with these messages
+        # onnxruntime / TensorRT / cuBLAS report OOM as plain runtime errors with these messages
         msg = str(exc).lower()
-        return isinstance(exc, RuntimeError) and ("out of memory" in msg or "failed to allocate memory" in msg)
+        return isinstance(exc, RuntimeError) and any(
+            k in msg for k in ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation"))
 
     @property
     def model_name(self) -> str:
-        return self._torch.cuda.get_device_name(self.index)
+        return str(self._cuda.get_device_name(self.index))
 
     def other_tenants_bytes(self) -> int:
         """Bytes used on this GPU by other processes (NVML), 0 when NVML cannot tell."""
@@ -153,7 +166,8 @@ class CudaDevice(Device):  # pragma: no cover - needs a GPU; exercised on a CUDA
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(model=self.model_name, other_tenants_bytes=self.other_tenants_bytes())
+        d.update(model=self.model_name, free_bytes=self.free_bytes(), allocated_bytes=self.allocated_bytes(),
+                 other_tenants_bytes=self.other_tenants_bytes())
         return d
 
 

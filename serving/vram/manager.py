@@ -20,13 +20,12 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from serving.adapters.base import Adapter
 from serving.adapters.registry import AdapterRegistry
-from serving.config import MB, ModelSpec, Priority, ZooConfig
+from serving.config import MB, ModelSpec, ZooConfig
 from serving.errors import (
     InferenceOOM,
     InsufficientVram,
@@ -38,7 +37,9 @@ from serving.vram.devices import Device, device_from_spec
 from serving.vram.entry import COLD, FAILED, HOT, WARM, ModelEntry
 from serving.vram.footprints import Footprint, FootprintStore
 from serving.vram.ledger import Ledger
-from serving.vram.policy import INF, Candidate, get_policy
+from serving.vram.policy import get_policy
+from serving.vram.status import manager_status, model_status
+from serving.vram.tiers import TierMixin
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ async def inline_runner(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     return fn(*args, **kwargs)
 
 
-class OnDemandModelManager:
+class OnDemandModelManager(TierMixin):
     """One manager per service process per device. See the module docstring for the contract."""
 
     RATE_TAU_S = 600.0  # decay constant of the per-model use rate seen by policies
@@ -534,97 +535,6 @@ class OnDemandModelManager:
     def _leased_names(self) -> list[str]:
         return [n for n, x in self.entries.items() if x.refcount > 0]
 
-    def _candidates(self, exclude: str, *, include_always: bool) -> list[Candidate]:
-        now = self.clock()
-        out = []
-        for x in self.entries.values():
-            if x.name == exclude or x.tier != HOT or x.refcount > 0 or x.busy or x.pinned:
-                continue
-            if x.spec.residency == "always" and not include_always:
-                continue
-            nbytes = self.ledger.device.get(x.name)
-            host_ok = self.ledger.host.budget >= (x.host_bytes or nbytes)
-            reload_s = (x.restore_s or nbytes / self.pinned_bw) if host_ok else (
-                x.load_s or 0.5 + nbytes / self.disk_bw)
-            rate = x.rate * math.exp(-max(now - x.rate_at, 0.0) / self.RATE_TAU_S) if x.rate_at else 0.0
-            out.append(
-                Candidate(
-                    name=x.name,
-                    bytes=nbytes,
-                    priority=int(x.spec.priority),
-                    last_used=x.last_used,
-                    keep_alive_s=x.keep_alive_s,
-                    reload_s=reload_s,
-                    rate=rate,
-                    next_use=(self.oracle(x.name, now) if self.oracle else None),
-                )
-            )
-        return out
-
-    def _choose_victims(self, shortfall: int, exclude: str) -> list[str]:
-        now = self.clock()
-        for include_always in (False, True):  # `always` models only if nothing else frees room
-            cands = self._candidates(exclude, include_always=include_always)
-            if sum(c.bytes for c in cands) >= shortfall:
-                return self._policy(cands, shortfall, now)
-        return []
-
-    async def _evict(self, names: list[str], reason: str) -> None:
-        for n in names:
-            x = self.entries[n]
-            if x.tier == HOT and x.refcount == 0 and not x.busy:
-                await self._demote(x, WARM, reason=reason)
-
-    async def _evict_all_evictable(self, exclude: str, reason: str) -> None:
-        names = [c.name for c in self._candidates(exclude, include_always=True)]
-        await self._evict(names, reason)
-
-    async def _demote(self, x: ModelEntry, target: str, reason: str) -> None:
-        """HOT -> WARM (when the host tier can hold it) or -> COLD; WARM -> COLD."""
-        assert x.adapter is not None
-        loop = asyncio.get_running_loop()
-        x.busy_future = loop.create_future()
-        from_tier = x.tier
-        try:
-            if x.tier == HOT and target == WARM and await self._make_host_room(x):
-                await self.runner(x.adapter.offload)
-                x.tier = WARM
-                self.ledger.device.release(x.name)
-            else:
-                await self.runner(x.adapter.unload)
-                self.ledger.device.release(x.name)
-                self.ledger.host.release(x.name)
-                x.adapter = None
-                x.tier = COLD
-            self._emit("evict", model=x.name, reason=reason, from_tier=from_tier, to_tier=x.tier)
-        finally:
-            fut, x.busy_future = x.busy_future, None
-            fut.set_result(None)
-        await self._notify()
-
-    async def _make_host_room(self, x: ModelEntry) -> bool:
-        """Reserve host-tier bytes for x, demoting the least recently used WARM models to COLD."""
-        assert x.adapter is not None
-        if x.host_bytes is None:
-            x.host_bytes = int(await self.runner(x.adapter.param_bytes)) or self.ledger.device.get(x.name)
-        need = x.host_bytes
-        host = self.ledger.host
-        if need > host.budget:
-            return False
-        warm = sorted(
-            (w for w in self.entries.values()
-             if w.tier == WARM and not w.busy and w.name != x.name and w.name not in self._inflight),
-            key=lambda w: (-int(w.spec.priority), w.last_used),
-        )
-        for w in warm:
-            if host.fits(need):
-                break
-            await self._demote(w, COLD, reason="host_capacity")
-        if not host.fits(need):
-            return False
-        host.reserve(x.name, need)
-        return True
-
     # ------------------------------------------------------------------ OOM during inference
     def _on_inference_oom(self, e: ModelEntry) -> None:
         current = e.measured_bytes or self.need_bytes(e)
@@ -634,91 +544,13 @@ class OnDemandModelManager:
             self.ledger.device.reserve(e.name, e.measured_bytes)
         self._emit("oom", model=e.name, phase="inference")
 
-    # ------------------------------------------------------------------ idle sweeper
-    async def sweep(self) -> list[tuple[str, str]]:
-        """Demote idle models past keep_alive: HOT -> WARM -> COLD. Returns (model, new tier) pairs."""
-        now = self.clock()
-        changes = []
-        for x in list(self.entries.values()):
-            if x.refcount > 0 or x.busy or x.pinned or x.name in self._inflight:
-                continue
-            if x.spec.residency == "always" and x.thermal_state is None:
-                continue
-            idle = now - x.last_used
-            if x.tier == HOT and idle >= x.keep_alive_s:
-                await self._demote(x, WARM, reason="idle")
-                changes.append((x.name, x.tier))
-            elif x.tier == WARM and idle >= 2 * x.keep_alive_s and not x.keep_warm:
-                await self._demote(x, COLD, reason="idle")
-                changes.append((x.name, x.tier))
-        return changes
-
     # ------------------------------------------------------------------ status
-    def _iso(self, t: float) -> str | None:
-        if not t:
-            return None
-        return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
     def model_status(self, name: str) -> dict[str, Any]:
-        e = self.entry(name)
-        reserved = self.ledger.device.get(name)
-        return {
-            "name": name,
-            "vram_mb": round((reserved or self.need_bytes(e)) / MB, 1),
-            "priority": Priority(e.spec.priority).name,
-            "loaded": e.tier == HOT,
-            "last_used": self._iso(e.last_used),
-            "tier": e.tier,
-            "declared_vram_mb": e.spec.vram_mb,
-            "measured_vram_mb": round(e.measured_bytes / MB, 1) if e.measured_bytes else None,
-            "host_mb": round(self.ledger.host.get(name) / MB, 1) if self.ledger.host.get(name) else 0.0,
-            "leases": e.refcount,
-            "pinned": e.pinned,
-            "disabled": e.disabled,
-            "residency": e.spec.residency,
-            "keep_alive_s": e.keep_alive_s,
-            "thermal_state": e.thermal_state,
-            "uses": e.uses,
-            "busy_ms": round(e.busy_s * 1000.0, 3),
-            "load_s": e.load_s,
-            "restore_s": e.restore_s,
-            "format": e.adapter.format if e.adapter is not None else None,
-            "failures": e.failures,
-            "last_error": e.last_error,
-            "next_retry_at": self._iso(e.next_retry_at) if e.tier == FAILED else None,
-        }
+        return model_status(self, name)
 
     def status(self) -> dict[str, Any]:
         """Seed 003 "Model Status Endpoint" plus tier, footprints, failures and thermal extras."""
-        budget = self.ledger.device.budget
-        used = self.ledger.device.used
-        loaded = []
-        registered = []
-        for name, e in self.entries.items():
-            st = self.model_status(name)
-            if e.tier == HOT:
-                loaded.append({k: st[k] for k in ("name", "vram_mb", "priority", "last_used")} | {
-                    "tier": e.tier, "leases": e.refcount, "measured_vram_mb": st["measured_vram_mb"]})
-            registered.append({k: st[k] for k in ("name", "vram_mb", "priority", "loaded")} | {
-                k: st[k] for k in ("tier", "declared_vram_mb", "measured_vram_mb", "failures", "last_error",
-                                   "disabled", "pinned", "thermal_state", "residency",
-                                   "uses", "busy_ms")})
-        return {
-            "vram_budget_mb": round(budget / MB, 1),
-            "vram_used_mb": round(used / MB, 1),
-            "vram_available_mb": round((budget - used) / MB, 1),
-            "vram_utilization_percent": round(100.0 * used / budget, 1) if budget else 0.0,
-            "loaded_models": loaded,
-            "registered_models": registered,
-            "pending_loads": sorted(self._inflight),
-            "host_cache_budget_mb": round(self.ledger.host.budget / MB, 1),
-            "host_cache_used_mb": round(self.ledger.host.used / MB, 1),
-            "warm_models": [n for n, e in self.entries.items() if e.tier == WARM],
-            "failed_models": [n for n, e in self.entries.items() if e.tier == FAILED],
-            "device": self.device.name,
-            "policy": self.policy_name,
-            "healthy": self.healthy(),
-        }
+        return manager_status(self)
 
     def check_invariants(self) -> None:
         self.ledger.check()
@@ -730,7 +562,3 @@ class OnDemandModelManager:
             if e.tier == WARM and not loading:
                 assert self.ledger.device.get(n) == 0, f"{n} is WARM but holds VRAM"
         assert set(self._inflight) <= set(self.entries)
-
-    @property
-    def inf(self) -> float:  # re-export for oracles
-        return INF

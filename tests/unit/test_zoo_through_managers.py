@@ -1,0 +1,45 @@
+"""Every model of zoo.yaml, whatever its family, loads and predicts through its service's
+OnDemandModelManager on the CPU (leases, worker-thread inference, warm-tier restore, unload to COLD)."""
+
+from __future__ import annotations
+
+from _hf_support import image
+
+CHAT = [{"role": "user", "content": "Anyone at the door?"}]
+INPUTS = {
+    "xclip": ([[image(), image(seed=1)]], {}),
+    "florence2": ([image()], {"max_new_tokens": 4, "num_beams": 1}),
+    "causal_lm": ([CHAT], {"max_new_tokens": 3}),
+}
+
+
+async def test_every_zoo_model_through_its_manager(built_models, zoo):
+    from serving.vram.devices import CpuDevice
+    from serving.vram.manager import OnDemandModelManager
+
+    served = {s: list(v.models) for s, v in zoo.services.items() if v.models}
+    every = [n for names in served.values() for n in names]
+    assert sorted(every) == sorted(zoo.models), "a zoo model belongs to no service"
+    built_models(*every)
+    for service, names in served.items():
+        manager = OnDemandModelManager.from_zoo(zoo, service, device=CpuDevice())
+        try:
+            for name in names:
+                batch, opts = INPUTS.get(zoo.models[name].family, ([image(h=128, w=96)], {}))
+                async with manager.use(name) as adapter:
+                    out = await manager.run(adapter.predict, batch, **opts)
+                    assert adapter.format and adapter.param_bytes() > 0, name
+                assert len(out) == len(batch) and isinstance(out[0], dict), name
+                # a trip through the host warm tier gives the same answer without a disk load
+                await manager.unload(name, to="warm")
+                if manager.entry(name).tier == "WARM":
+                    async with manager.use(name) as adapter:
+                        again = await manager.run(adapter.predict, batch, **opts)
+                    if zoo.models[name].family not in ("causal_lm", "florence2"):  # generation may sample
+                        assert again == out, name
+                await manager.unload(name, to="cold")
+                assert manager.entry(name).tier == "COLD", name
+        finally:
+            await manager.stop()
+        assert manager.status()["loaded_models"] == [], service
+        manager.check_invariants()

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 @sagemaker_app.command("serve")
 def serve(
-    host: str = typer.Option("0.0.0.0", "--host", help="interface to bind (SageMaker needs all interfaces)"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", envvar="ZOO_BIND_HOST",
+        help="interface to bind; the SageMaker image sets ZOO_BIND_HOST=0.0.0.0 (SageMaker needs all interfaces)"),
     port: int | None = typer.Option(None, "--port", help="default: SAGEMAKER_BIND_TO_PORT, else 8080"),
     zoo: Path | None = typer.Option(None, "--zoo", help="zoo file (default: ZOO_CONFIG, else zoo.yaml)"),
     root: Path | None = typer.Option(None, "--root", help="holds model/ and models/ (default: SAGEMAKER_ROOT, else /opt/ml)"),

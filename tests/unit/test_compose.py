@@ -212,6 +212,8 @@ def test_sagemaker_image_contract():
     assert _instruction(final, "EXPOSE") == ["8080"]
     serve = ROOT / "docker" / "sagemaker" / "serve"
     assert os.access(serve, os.X_OK) and "exec zoo sagemaker serve" in serve.read_text()
+    # the entry point binds 127.0.0.1 by default; the image opts into all interfaces explicitly
+    assert "ZOO_BIND_HOST=0.0.0.0" in " ".join(_instruction(final, "ENV"))
 
 
 def test_dockerignore_keeps_every_file_the_images_copy():

@@ -171,6 +171,8 @@ class ServiceSpec(_Strict):
     load_concurrency: int = Field(1, ge=1, description="Loads in flight at once on this device (1 = serialized).")
     admission_timeout_s: float = Field(10.0, gt=0, description="How long a load waits for leases to release.")
     sweep_interval_s: float = Field(15.0, gt=0, description="How often the idle sweeper runs.")
+    max_inflight: int = Field(4, ge=1, description="Inference calls running at once on this device.")
+    max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 429.")
     models: list[str] = Field(default_factory=list)
     required_models: list[str] = Field(default_factory=list, description="Service is DEGRADED without these (seed 000).")
     upstreams: dict[str, str] = Field(default_factory=dict, description="gateway: service name -> base URL override.")

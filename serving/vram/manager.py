@@ -31,6 +31,7 @@ from serving.errors import (
     InsufficientVram,
     ModelDisabled,
     ModelLoadFailed,
+    Overloaded,
     UnknownModel,
 )
 from serving.vram.devices import Device, device_from_spec
@@ -75,6 +76,8 @@ class OnDemandModelManager(TierMixin):
         safety_factor: float = 1.2,
         load_concurrency: int = 1,
         admission_timeout_s: float = 10.0,
+        max_inflight: int = 4,
+        max_queue: int = 64,
         sweep_interval_s: float | None = None,
         clock: Callable[[], float] = time.time,
         runner: Runner = thread_runner,
@@ -105,6 +108,9 @@ class OnDemandModelManager(TierMixin):
         self.pinned_bw = pinned_bandwidth_bps
         self.entries: dict[str, ModelEntry] = {n: ModelEntry(n, s) for n, s in specs.items()}
         self._load_sem = asyncio.Semaphore(load_concurrency)
+        self._run_sem = asyncio.Semaphore(max_inflight)
+        self.max_queue = max_queue
+        self._run_waiting = 0
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._load_tasks: set[asyncio.Task[None]] = set()
         self._changed: asyncio.Condition | None = None
@@ -143,6 +149,8 @@ class OnDemandModelManager(TierMixin):
             safety_factor=svc.safety_factor,
             load_concurrency=svc.load_concurrency,
             admission_timeout_s=svc.admission_timeout_s,
+            max_inflight=svc.max_inflight,
+            max_queue=svc.max_queue,
             sweep_interval_s=svc.sweep_interval_s,
             clock=clock or time.time,
             footprints=FootprintStore(root / ".footprints.json"),
@@ -264,8 +272,23 @@ class OnDemandModelManager(TierMixin):
             await self._notify()
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run blocking inference (inside a lease) on the worker runner."""
-        return await self.runner(fn, *args, **kwargs)
+        """Run blocking inference (inside a lease) on the worker runner: at most `max_inflight` at once,
+        at most `max_queue` waiting; beyond that the call fails fast with Overloaded (429 + Retry-After)."""
+        if self._run_sem.locked() and self._run_waiting >= self.max_queue:
+            self._emit("overloaded")
+            raise Overloaded(
+                f"{self._run_waiting} inference calls already queued on {self.device.name}; retry shortly",
+                details={"queued": self._run_waiting, "max_queue": self.max_queue},
+            )
+        self._run_waiting += 1
+        try:
+            await self._run_sem.acquire()
+        finally:
+            self._run_waiting -= 1
+        try:
+            return await self.runner(fn, *args, **kwargs)
+        finally:
+            self._run_sem.release()
 
     async def _acquire(self, name: str, *, count: bool = True) -> ModelEntry:
         e = self.entry(name)

@@ -72,6 +72,7 @@ def manager_status(m: OnDemandModelManager) -> dict[str, Any]:
         "loaded_models": loaded,
         "registered_models": registered,
         "pending_loads": sorted(m._inflight),
+        "inference_queued": m._run_waiting,
         "host_cache_budget_mb": round(m.ledger.host.budget / MB, 1),
         "host_cache_used_mb": round(m.ledger.host.used / MB, 1),
         "warm_models": [n for n, e in m.entries.items() if e.tier == WARM],

@@ -182,3 +182,44 @@ def test_admin_token_read_from_environment_once(zoo, monkeypatch):
         assert_error(c.post("/models/configure", json={"model": "person_reid", "thermal_state": "LUKEWARM"},
                             headers={"Authorization": "Bearer from-env"}), 422, "validation_error")
         assert c.get("/no-such-route").json()["error_type"] == "not_found"
+
+
+def test_inference_queue_full_is_429_with_retry_after_then_serves(zoo):
+    z = small_zoo(zoo, "enrichment-light", 1.2)
+    z.services["enrichment-light"].max_inflight = 1
+    z.services["enrichment-light"].max_queue = 0
+    gate = threading.Event()
+    DictAdapter.hold = {"person_reid": gate}
+    try:
+        with running_service(z, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
+                             admin_token=None) as (client, _):
+            url = str(client.base_url) + "/enrich"
+            result: dict = {}
+            holder = threading.Thread(target=lambda: result.update(r=httpx.post(
+                url, json={"image": IMG, "models": ["person_reid"]}, timeout=30)))
+            holder.start()
+            try:
+                for _ in range(500):  # until the first request is running inside the model
+                    if client.get("/models/status").json()["loaded_models"]:
+                        if client.get("/models/status").json()["loaded_models"][0]["leases"] == 1:
+                            break
+                    threading.Event().wait(0.01)
+                else:
+                    pytest.fail("person_reid never ran")
+                r = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
+                if r.status_code == 200:  # /enrich reports per-model failures in its body
+                    errors = r.json().get("errors") or []
+                    assert any(e.get("error_type") == "overloaded" for e in errors), r.json()
+                else:
+                    assert_error(r, 429, "overloaded")
+                    assert float(r.headers["retry-after"]) > 0
+                # the bound is per device: another model's route is refused too, at once
+                assert_error(client.post("/pet-classify", json={"image": IMG}), 429, "overloaded")
+            finally:
+                gate.set()
+                holder.join(timeout=30)
+            assert result["r"].status_code == 200
+            ok = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
+            assert ok.status_code == 200 and not (ok.json().get("errors") or []), ok.text
+    finally:
+        DictAdapter.hold = {}

@@ -296,3 +296,34 @@ async def test_cancelled_waiter_does_not_leak_lease():
         await t1
     await asyncio.sleep(0.01)
     assert m.entry("a").refcount == 0 and b.loads == {"a": 1}
+
+
+async def test_inference_admission_is_bounded_and_fails_fast():
+    from serving.errors import Overloaded
+    from serving.vram.manager import thread_runner
+
+    m, b, dev, clock = make({"a": spec(100)}, runner=thread_runner, max_inflight=1, max_queue=1)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow(x):
+        started.set()
+        gate.wait(timeout=10)
+        return x
+
+    async def call(x):
+        async with m.use("a"):
+            return await m.run(slow, x)
+
+    first = asyncio.create_task(call(1))  # running
+    await asyncio.to_thread(started.wait, 5)
+    second = asyncio.create_task(call(2))  # queued
+    await asyncio.sleep(0.01)
+    assert m.status()["inference_queued"] == 1
+    with pytest.raises(Overloaded) as ei:  # beyond the queue: 429 at once, no hang
+        await call(3)
+    assert ei.value.status_code == 429 and ei.value.retry_after
+    gate.set()
+    assert await first == 1 and await second == 2
+    assert await call(4) == 4  # and it keeps serving
+    assert m.entry("a").refcount == 0

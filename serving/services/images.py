@@ -71,7 +71,7 @@ def _pil_open() -> Any:
 def b64_to_bytes(value: str, what: str = "image") -> bytes:
     """Decode standard base64 (optional data-URL prefix, whitespace and missing padding tolerated)."""
     s = _DATA_URL.sub("", value.strip(), count=1)
-    s = re.sub(r"\s+", "", s)
+    s = "".join(s.split())  # whitespace out (str.split is ~20x faster than a regex on MB-sized frames)
     if not s:
         raise InvalidImage(f"{what} is empty")
     s += "=" * (-len(s) % 4)

@@ -56,6 +56,14 @@ class Adapter(abc.ABC):
     def warmup(self) -> None:
         """Run one representative inference so kernels/allocators are initialised (peak measured)."""
 
+    #: True when `load_to_host` can build the weights in host RAM without any device memory
+    supports_host_load: ClassVar[bool] = False
+
+    def load_to_host(self) -> None:
+        """Load weights from disk into host RAM only (COLD -> WARM), pinned on CUDA; `restore` then
+        moves them to the device. Optional: only where `supports_host_load`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load into the host tier directly")
+
     @abc.abstractmethod
     def offload(self) -> None:
         """Move weights to host RAM (pinned on CUDA) and free device memory (HOT -> WARM)."""

@@ -56,6 +56,18 @@ class TorchModuleAdapter(Adapter):
         self.dtype = str(next(iter(self.model.parameters())).dtype).replace("torch.", "")
         self.tier = "HOT"
 
+    supports_host_load = True
+
+    def load_to_host(self) -> None:
+        import torch
+
+        with torch.inference_mode(False):
+            module = self._load_module()
+        module.eval()
+        self.model = move_module(module, "cpu", pin=self.ctx.device.pin_memory)
+        self.dtype = str(next(iter(self.model.parameters())).dtype).replace("torch.", "")
+        self.tier = "WARM"
+
     def offload(self) -> None:
         self.model = move_module(self.model, "cpu", pin=self.ctx.device.pin_memory)
         self.tier = "WARM"

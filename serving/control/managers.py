@@ -4,7 +4,7 @@
 - `InProcessManager`: wraps an `OnDemandModelManager` living in the same process (tests, embedded).
 - `HttpManagerClient`: a service's manager over HTTP, the gateway's case:
     POST /models/configure {model, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?}
-    POST /models/preload   {model}                -> {"models": [model status], ...}
+    POST /models/preload   {model, tier}          -> {"models": [model status], ...}
     POST /models/unload    {model, to: warm|cold} -> {"models": [model status], ...}
     GET  /models/status    (seed 003 schema + extras)
   (serving/services/app.py). Writes carry `Authorization: Bearer <admin token>` when one is given.
@@ -31,7 +31,9 @@ class ManagerSeam(Protocol):
         keep_alive_s: float | None = None, keep_warm: bool | None = None, thermal_state: str | None = None,
     ) -> None: ...
 
-    async def preload(self, name: str) -> dict[str, Any]: ...
+    async def preload(self, name: str, tier: str = "hot") -> dict[str, Any]:
+        """tier="hot": on the device; "warm": on the device when it fits, else in the host warm tier."""
+        ...
 
     async def unload(self, name: str, to: str = "cold") -> dict[str, Any]: ...
 
@@ -51,7 +53,9 @@ class InProcessManager:
     async def configure(self, name: str, **fields: Any) -> None:
         await _maybe_await(self.manager.configure(name, **{k: v for k, v in fields.items() if v is not None}))
 
-    async def preload(self, name: str) -> dict[str, Any]:
+    async def preload(self, name: str, tier: str = "hot") -> dict[str, Any]:
+        if tier.lower() == "warm":
+            return await _maybe_await(self.manager.prewarm(name))
         return await _maybe_await(self.manager.preload(name))
 
     async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
@@ -108,8 +112,8 @@ class HttpManagerClient:
         models = body.get("models")
         return models[0] if isinstance(models, list) and models and isinstance(models[0], dict) else body
 
-    async def preload(self, name: str) -> dict[str, Any]:
-        return self._first(await self._call("POST", "/models/preload", {"model": name}))
+    async def preload(self, name: str, tier: str = "hot") -> dict[str, Any]:
+        return self._first(await self._call("POST", "/models/preload", {"model": name, "tier": tier.lower()}))
 
     async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
         return self._first(await self._call("POST", "/models/unload", {"model": name, "to": to.lower()}))

@@ -3,7 +3,8 @@
 Local meaning of each state (DESIGN.md §8), through the `ManagerSeam`:
 - OFF: configure(disabled=True) and unload to disk: requests get 503 `model_disabled`.
 - COLD: on demand; the manager's sweeper drops it from the device after keep_alive idle (scale to zero).
-- WARM: configure(keep_warm=True) and preload: at least in the host warm tier, on the device when room.
+- WARM: configure(keep_warm=True) and preload(tier="warm"): on the device when it fits without evicting
+  anything, else loaded straight into the host warm tier (no device memory needed).
 - HOT: configure(pinned=True) and preload: on-demand loads never evict it.
 - AUTOMATIC: the controller moves the model between COLD, WARM and HOT from its request rate
   (`auto_level`, a pure function with hysteresis: promote at a threshold, demote only below a lower one
@@ -363,7 +364,7 @@ class ThermalController:
                 await seam.configure(name, disabled=False, pinned=(level == HOT), keep_warm=True,
                                      keep_alive_s=spec.keep_alive_s, thermal_state=level)
                 configured, m.disabled, m.pinned = True, False, level == HOT
-                st = await seam.preload(name)
+                st = await seam.preload(name, tier="hot" if level == HOT else "warm")
             if isinstance(st, dict) and "tier" in st:
                 m.residency = str(st["tier"])
             done = True

@@ -12,7 +12,7 @@ Common routes (every service):
     GET  /health              service state, device, loaded models
     GET  /metrics             Prometheus text (serving/services/metrics.py)
     GET  /models/status       manager.status() (seed 003 "Model Status Endpoint" + extras)
-    POST /models/preload      {"model": name} | {"models": [...]}          (admin)
+    POST /models/preload      {"model": name} | {"models": [...]}, "tier": hot|warm  (admin)
     POST /models/unload       {"model": name} | {"models": [...], "to": "cold"|"warm"} (admin)
     POST /models/configure    {model, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?} (admin)
     /v2/...                   KServe v2 / Open Inference Protocol (serving/services/kserve.py)
@@ -174,6 +174,9 @@ class ModelsRequest(BaseModel):
     model: str | None = Field(None, description="One model name.")
     models: list[str] | None = Field(None, description="Several model names.")
     to: str = Field("cold", pattern="^(?i:cold|warm)$", description="unload only: demote to cold (disk) or warm (host RAM).")
+    tier: str = Field("hot", pattern="^(?i:hot|warm)$",
+                      description="preload only: hot = on the device; warm = on the device when it fits without "
+                                  "evicting anything, else straight into the host warm tier.")
 
     @model_validator(mode="after")
     def _one_of(self) -> ModelsRequest:
@@ -252,7 +255,8 @@ def _common_router(ctx: ServiceContext) -> APIRouter:
         check_admin(ctx, request)
         manager = require_manager(ctx)
         names = [require_model(ctx, n) for n in body.names()]
-        results = await asyncio.gather(*(manager.preload(n) for n in names))
+        load = manager.prewarm if body.tier.lower() == "warm" else manager.preload
+        results = await asyncio.gather(*(load(n) for n in names))
         return {"status": "loaded", "models": list(results), "vram_used_mb": manager.status()["vram_used_mb"]}
 
     @router.post("/models/unload", tags=["models"])

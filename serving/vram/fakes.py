@@ -101,6 +101,17 @@ class FakeAdapter(Adapter):
         self._spend(self.b.cost.load_s(self.nbytes))
         self.state = "HOT"
 
+    supports_host_load = True
+
+    def load_to_host(self) -> None:
+        name = self.ctx.name
+        self.b.loads[name] = self.b.loads.get(name, 0) + 1
+        if self.b.fail_loads.get(name, 0) > 0:
+            self.b.fail_loads[name] -= 1
+            raise RuntimeError(f"scripted load failure of {name}")
+        self._spend(self.b.cost.load_s(self.nbytes))  # a disk read, no device memory
+        self.state = "WARM"
+
     def warmup(self) -> None:
         extra = self.b.peak_extra.get(self.ctx.name, 0)
         if extra:

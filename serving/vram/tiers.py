@@ -89,18 +89,23 @@ class TierMixin:
             fut.set_result(None)
         await self._notify()
 
-    async def _make_host_room(self, x: ModelEntry) -> bool:
-        """Reserve host-tier bytes for x, demoting the least recently used WARM models to COLD."""
+    async def _make_host_room(self, x: ModelEntry, estimate: int | None = None) -> bool:
+        """Reserve host-tier bytes for x (its parked size, or `estimate` before it is loaded), demoting the
+        least recently used WARM models to COLD."""
         assert x.adapter is not None
-        if x.host_bytes is None:
-            x.host_bytes = int(await self.runner(x.adapter.param_bytes)) or self.ledger.device.get(x.name)
-        need = x.host_bytes
+        if estimate is not None:
+            need = estimate
+        else:
+            if x.host_bytes is None:
+                x.host_bytes = int(await self.runner(x.adapter.param_bytes)) or self.ledger.device.get(x.name)
+            need = x.host_bytes
         host = self.ledger.host
         if need > host.budget:
             return False
         warm = sorted(
             (w for w in self.entries.values()
-             if w.tier == WARM and not w.busy and w.name != x.name and w.name not in self._inflight),
+             if w.tier == WARM and not w.busy and not w.keep_warm and w.name != x.name
+             and w.name not in self._inflight),
             key=lambda w: (-int(w.spec.priority), w.last_used),
         )
         for w in warm:

@@ -223,3 +223,37 @@ def test_inference_queue_full_is_429_with_retry_after_then_serves(zoo):
             assert ok.status_code == 200 and not (ok.json().get("errors") or []), ok.text
     finally:
         DictAdapter.hold = {}
+
+
+def test_preload_tier_warm_parks_in_host_ram_when_the_device_is_busy(zoo):
+    z = small_zoo(zoo, "enrichment-light", 0.5)
+    gate = threading.Event()
+    DictAdapter.hold = {"threat_detector": gate}
+    try:
+        with running_service(z, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
+                             admin_token=None) as (client, _):
+            url = str(client.base_url) + "/enrich"
+            holder = threading.Thread(target=lambda: httpx.post(
+                url, json={"image": IMG, "models": ["threat_detector"]}, timeout=30))
+            holder.start()
+            try:
+                for _ in range(500):
+                    loaded = client.get("/models/status").json()["loaded_models"]
+                    if loaded and loaded[0]["leases"] == 1:
+                        break
+                    threading.Event().wait(0.01)
+                r = client.post("/models/preload", json={"model": "pose_estimator", "tier": "warm"})
+                assert r.status_code == 200, r.text
+                st = r.json()["models"][0]
+                assert st["tier"] == "WARM" and st["host_mb"] > 0
+                assert_error(client.post("/models/preload", json={"model": "pose_estimator", "tier": "lukewarm"}),
+                             422, "validation_error")
+            finally:
+                gate.set()
+                holder.join(timeout=30)
+            r = client.post("/pose-analyze", json={"image": IMG})
+            assert r.status_code == 200, r.text
+            tiers = {m["name"]: m["tier"] for m in client.get("/models/status").json()["registered_models"]}
+            assert tiers["pose_estimator"] == "HOT"  # the request restored it from the host tier
+    finally:
+        DictAdapter.hold = {}

@@ -133,6 +133,19 @@ async def test_warm_is_preloaded_and_never_drops_below_the_warm_tier():
     await rig.close()
 
 
+async def test_warm_with_the_device_full_of_hot_models_lands_in_the_host_tier():
+    rig = Rig({"h1": {"vram_mb": 500, "thermal": {"default_state": "HOT"}},
+               "h2": {"vram_mb": 500, "thermal": {"default_state": "HOT"}},
+               "w": {"vram_mb": 300, "thermal": {"default_state": "WARM"}}}, budget_mb=1000)
+    await rig.ctl.start(wait=True)
+    await rig.ctl.tick()
+    assert rig.tier("h1") == "HOT" and rig.tier("h2") == "HOT"  # pinned HOT models are never evicted
+    assert rig.tier("w") == "WARM" and rig.device.owned("w") == 0  # parked in host RAM, no VRAM used
+    view = rig.ctl.view("w")
+    assert view["current_state"] == WARM and view["residency"] == "WARM" and not view["is_transitioning"]
+    await rig.close()
+
+
 async def test_hot_to_cold_unpins_and_the_sweeper_scales_it_to_zero():
     rig = Rig({"h": {"vram_mb": 300, "thermal": {"default_state": "HOT"}}})
     await rig.ctl.start(wait=True)
@@ -241,7 +254,7 @@ async def test_unreachable_service_keeps_the_transition_open_and_retries():
                 raise UpstreamError("connection refused")
             await self.inner.configure(name, **kw)
 
-        async def preload(self, name):
+        async def preload(self, name, tier="hot"):
             return await self.inner.preload(name)
 
         async def unload(self, name, to="cold"):
@@ -311,7 +324,7 @@ async def test_selection_skips_models_of_unreachable_services():
         async def configure(self, name, **kw):
             raise UpstreamError("connection refused")
 
-        async def preload(self, name):
+        async def preload(self, name, tier="hot"):
             raise UpstreamError("connection refused")
 
         async def unload(self, name, to="cold"):

@@ -327,3 +327,37 @@ async def test_inference_admission_is_bounded_and_fails_fast():
     assert await first == 1 and await second == 2
     assert await call(4) == 4  # and it keeps serving
     assert m.entry("a").refcount == 0
+
+
+async def test_prewarm_goes_to_the_host_tier_when_the_device_is_full_and_restores_on_use():
+    specs = {"busy": spec(800), "w": spec(400)}
+    m, b, dev, clock = make(specs, budget_mb=1000, host_mb=1000)
+    async with m.use("busy"):  # the device is taken and leased
+        st = await m.prewarm("w")
+        assert st["tier"] == "WARM" and dev.owned("w") == 0  # no device memory used
+        assert m.ledger.host.get("w") == 400 * MB and m.entry("busy").tier == "HOT"
+        m.check_invariants()
+    async with m.use("w") as model:  # first request: one restore, not a second disk load
+        assert model.state == "HOT"
+    assert b.loads["w"] == 1 and b.restores["w"] == 1 and m.entry("w").tier == "HOT"
+    m.check_invariants()
+
+
+async def test_prewarm_loads_onto_the_device_when_it_fits_without_evicting():
+    m, b, dev, clock = make({"a": spec(300), "w": spec(400)}, budget_mb=1000, host_mb=1000)
+    await m.preload("a")
+    st = await m.prewarm("w")
+    assert st["tier"] == "HOT" and m.entry("a").tier == "HOT" and b.restores == {}
+
+
+async def test_keep_warm_models_keep_their_host_copy_when_others_need_room():
+    specs = {"kw": spec(400), "x": spec(400), "y": spec(400)}
+    m, b, dev, clock = make(specs, budget_mb=400, host_mb=800)
+    m.configure("kw", keep_warm=True)
+    await m.preload("kw")
+    await m.preload("x")  # kw -> WARM (host 400/800)
+    await m.preload("y")  # x -> WARM (host 800/800)
+    await m.preload("kw")  # y -> host needs room: x (not kw) goes cold; kw restores
+    await m.preload("x")  # kw -> host again
+    assert m.entry("kw").tier == "WARM" and m.ledger.host.get("kw") == 400 * MB
+    m.check_invariants()

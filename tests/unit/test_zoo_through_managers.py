@@ -43,3 +43,30 @@ async def test_every_zoo_model_through_its_manager(built_models, zoo):
             await manager.stop()
         assert manager.status()["loaded_models"] == [], service
         manager.check_invariants()
+
+
+async def test_real_models_load_straight_into_the_host_tier(built_models, zoo):
+    """Thermal WARM with no device room: a transformers model and OSNet are built in host RAM, then the
+    first request restores them (one copy, no disk load) and answers like a model loaded normally."""
+    from serving.vram.devices import CpuDevice
+    from serving.vram.manager import OnDemandModelManager
+
+    built_models("pet_classifier", "person_reid")
+    batch = [image(h=128, w=96)]
+    manager = OnDemandModelManager.from_zoo(zoo, "enrichment-light", device=CpuDevice())
+    try:
+        for name in ("pet_classifier", "person_reid"):
+            async with manager.use(name) as adapter:
+                want = await manager.run(adapter.predict, batch)
+            await manager.unload(name, to="cold")
+            manager.ledger.device.budget = 0  # no device room at all: only the host tier can take it
+            st = await manager.prewarm(name)
+            assert st["tier"] == "WARM" and st["host_mb"] > 0 and manager.ledger.device.used == 0, name
+            manager.ledger.device.budget = zoo.services["enrichment-light"].vram_budget_bytes
+            async with manager.use(name) as adapter:
+                got = await manager.run(adapter.predict, batch)
+            assert got == want and manager.entry(name).restore_s is not None, name
+            await manager.unload(name, to="cold")
+    finally:
+        await manager.stop()
+    manager.check_invariants()

@@ -25,13 +25,14 @@ import base64
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine as _machine  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,28 +186,7 @@ def model_only(zoo, max_batch: int, w: int, h: int, repeats: int = 8) -> dict:
 
 
 def machine() -> dict:
-    import importlib.metadata as md
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("torch", "onnxruntime", "ultralytics", "fastapi", "uvicorn", "httpx", "numpy"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpus": os.cpu_count(), "loadavg_1m_at_start": load1, "versions": versions}
+    return _machine(("torch", "onnxruntime", "ultralytics", "numpy"))
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import base64
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -263,31 +262,7 @@ async def closed_loop(url: str, method: str, path: str, n: int, clients: int, wa
 
 
 # ---------------------------------------------------------------------------------------- report
-def machine(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
-    """CPU model, cores, load average, platform, python and package versions."""
-    import importlib.metadata as md
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions: dict[str, str | None] = {}
-    for pkg in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "httpx", "pydantic", *extra_packages):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cores": os.cpu_count(), "loadavg_1_5_15_at_start": load, "versions": versions,
-            "gpu": None, "note": "CPU only; clients and servers share these cores"}
+from _machine import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
 def ratio(a: float, b: float) -> float:

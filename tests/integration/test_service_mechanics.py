@@ -57,6 +57,16 @@ def small_zoo(zoo, service: str, budget_gb: float, timeout_s: float = 0.3):
     return z
 
 
+def wait_until_leased(client: httpx.Client, model: str) -> None:
+    """Poll /models/status until `model` is HOT and held by exactly one lease (a blocked request)."""
+    for _ in range(500):
+        loaded = {m["name"]: m for m in client.get("/models/status").json()["loaded_models"]}
+        if loaded.get(model, {}).get("leases") == 1:
+            return
+        threading.Event().wait(0.01)
+    pytest.fail(f"{model} never got leased")
+
+
 def test_leased_model_blocks_admission_503_with_retry_after_then_recovers(zoo):
     z = small_zoo(zoo, "enrichment-light", 0.5)
     gate = threading.Event()
@@ -69,13 +79,7 @@ def test_leased_model_blocks_admission_503_with_retry_after_then_recovers(zoo):
                 str(client.base_url) + "/enrich", json={"image": IMG, "models": ["threat_detector"]}, timeout=30)))
             holder.start()
             try:
-                for _ in range(500):  # until threat_detector is HOT and leased by the blocked request
-                    loaded = client.get("/models/status").json()["loaded_models"]
-                    if loaded and loaded[0]["leases"] == 1:
-                        break
-                    threading.Event().wait(0.01)
-                else:
-                    pytest.fail("threat_detector never got leased")
+                wait_until_leased(client, "threat_detector")
                 r = client.post("/models/preload", json={"model": "pose_estimator"})
                 body = assert_error(r, 503, "insufficient_vram")
                 assert int(r.headers["retry-after"]) >= 1 and body["retry_after_s"] > 0
@@ -199,13 +203,7 @@ def test_inference_queue_full_is_429_with_retry_after_then_serves(zoo):
                 url, json={"image": IMG, "models": ["person_reid"]}, timeout=30)))
             holder.start()
             try:
-                for _ in range(500):  # until the first request is running inside the model
-                    if client.get("/models/status").json()["loaded_models"]:
-                        if client.get("/models/status").json()["loaded_models"][0]["leases"] == 1:
-                            break
-                    threading.Event().wait(0.01)
-                else:
-                    pytest.fail("person_reid never ran")
+                wait_until_leased(client, "person_reid")
                 r = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
                 if r.status_code == 200:  # /enrich reports per-model failures in its body
                     errors = r.json().get("errors") or []
@@ -237,11 +235,7 @@ def test_preload_tier_warm_parks_in_host_ram_when_the_device_is_busy(zoo):
                 url, json={"image": IMG, "models": ["threat_detector"]}, timeout=30))
             holder.start()
             try:
-                for _ in range(500):
-                    loaded = client.get("/models/status").json()["loaded_models"]
-                    if loaded and loaded[0]["leases"] == 1:
-                        break
-                    threading.Event().wait(0.01)
+                wait_until_leased(client, "threat_detector")
                 r = client.post("/models/preload", json={"model": "pose_estimator", "tier": "warm"})
                 assert r.status_code == 200, r.text
                 st = r.json()["models"][0]

@@ -57,3 +57,17 @@ def test_swap_benchmark_runs_on_cpu():
     r = json.loads(out.stdout)
     assert r["device"] == "cpu" and len(r["rows"]) >= 3
     assert r["pinned_h2d_gbps"] > 0 and "fixed_s" in r["cold_fit"] and "bandwidth_gbps" in r["restore_fit"]
+
+
+def test_detection_backends_benchmark_times_onnx_and_pt_side_by_side(built_models):
+    built_models("yolo26")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "detection_backends.py"), "--device", "cpu", "--quick"],
+        capture_output=True, text=True, check=True, timeout=180, cwd=ROOT,
+    )
+    r = json.loads(out.stdout)
+    assert [f["format"] for f in r["formats"]] == ["onnx", "pt"]  # no engine without a GPU
+    for f in r["formats"]:
+        assert f["batch1"]["p50_ms_per_image"] > 0 and f["batch8"]["p95_ms_per_image"] > 0
+    assert r["ratios"]["pt"]["batch1_p50_vs_pt"] == 1.0 and r["ratios"]["onnx"]["batch8_p50_vs_pt"] > 0
+    assert r["machine"]["cores"] >= 1 and "onnxruntime" in r["machine"]["versions"]

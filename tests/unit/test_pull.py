@@ -246,3 +246,81 @@ def test_pull_command_reports_failures_without_stopping(hub_env):
     assert results["missing"].startswith("failed:")
     with pytest.raises(KeyError):
         pull_command(zoo_path, only=["nope"], endpoint=hub.url, console=Console(record=True))
+
+
+def _open_clip_hub_repo(root: Path) -> Path:
+    """An open_clip SigLIP repo laid out like Marqo/marqo-fashionSigLIP: open_clip weights and tokenizer, plus a
+    remote-code wrapper (config.json with auto_map, its .py and its own model.safetensors) never to be fetched."""
+    from tests.unit.test_openclip_convert import build_open_clip_repo
+
+    repo = build_open_clip_repo(root / "fashion-siglip")
+    (repo / "config.json").write_text(json.dumps({
+        "auto_map": {"AutoConfig": "marqo_fashionSigLIP.MarqoFashionSigLIPConfig",
+                     "AutoModel": "marqo_fashionSigLIP.MarqoFashionSigLIP"},
+        "open_clip_model_name": "hf-hub:acme/fashion-siglip", "model_type": "siglip"}))
+    (repo / "marqo_fashionSigLIP.py").write_text("raise SystemExit('remote code must never be fetched')\n")
+    (repo / "model.safetensors").write_bytes(b"wrapper weights: never fetched")
+    (repo / "README.md").write_text("# model card\n")
+    return repo
+
+
+def test_pull_converts_open_clip_siglip_repo(hub_env):
+    import torch
+    from PIL import Image
+    from rich.console import Console
+
+    from serving.adapters.registry import AdapterRegistry
+    from serving.config import load_zoo
+    from serving.fixtures.pull import MARKER, pull_command
+    from serving.vram.devices import CpuDevice
+    from tests.unit.test_openclip_convert import TEXTS, _reference, want_txt_of
+
+    repo = _open_clip_hub_repo(hub_env / "hub")
+    zoo_path = _write_zoo(hub_env / "zoo.yaml", {
+        "fashion_clip": {"family": "clip", "task": "zero_shot", "source": {"hf": "fashion-clip"},
+                         "hf_id": "acme/fashion-siglip", "vram_mb": 800,
+                         "options": {"prompt_set": "security_clothing", "arch": "siglip"}},
+    })
+    target = hub_env / "models" / "fashion-clip"
+    target.mkdir(parents=True)
+    (target / "stale.txt").write_text("an earlier fixture file")
+    with FakeHub({"acme/fashion-siglip": repo}) as hub:
+        results = pull_command(zoo_path, endpoint=hub.url, console=Console(record=True, width=120))
+        assert results == {"fashion_clip": f"pulled acme/fashion-siglip@{SHA[:12]}"}
+        fetched = {Path(p).name for _, p in hub.requests if "/resolve/" in p}
+        assert pull_command(zoo_path, endpoint=hub.url, console=Console(record=True)) == {"fashion_clip": "up to date"}
+    assert fetched == {"config.json", "open_clip_config.json", "open_clip_model.safetensors", "spiece.model",
+                       "tokenizer.json", "tokenizer_config.json"}  # config.json: read to see it is a wrapper
+    assert json.loads((target / "config.json").read_text())["model_type"] == "siglip"
+    assert "auto_map" not in json.loads((target / "config.json").read_text())
+    marker = json.loads((target / MARKER).read_text())
+    assert marker["converted_from"] == "open_clip" and marker["sha"] == SHA
+    assert not (target / "stale.txt").exists() and not (target / "marqo_fashionSigLIP.py").exists()
+    assert not list((hub_env / "models").glob(".pull-*"))
+
+    zoo = load_zoo(zoo_path, env={})
+    adapter = AdapterRegistry().create("fashion_clip", zoo.models["fashion_clip"], zoo.models_root, CpuDevice())
+    adapter.load()
+    ref, ref_tok = _reference(repo)
+    assert (adapter.text_embeddings(TEXTS) - want_txt_of(ref, ref_tok, TEXTS)).abs().max() < 1e-4
+    out = adapter.predict([Image.new("RGB", (40, 40), (10, 200, 30))])[0]  # the security_clothing prompt set
+    assert 0.0 <= out["confidence"] <= 1.0 and isinstance(out["is_suspicious"], bool)
+    assert torch.isfinite(adapter.image_embeddings([Image.new("RGB", (40, 40))])).all()
+
+
+def test_pull_open_clip_repo_without_spiece_model_fails_before_downloading(hub_env):
+    from serving.fixtures.pull import PullError, pull_model
+
+    repo = _open_clip_hub_repo(hub_env / "hub")
+    (repo / "spiece.model").unlink()
+    spec = _spec(family="clip", task="zero_shot", source={"hf": "fashion-clip"}, hf_id="acme/fashion-siglip",
+                 options={"arch": "siglip"})
+    root = hub_env / "models"
+    (root / "fashion-clip").mkdir(parents=True)
+    (root / "fashion-clip" / "config.json").write_text('{"keep": true}')
+    with FakeHub({"acme/fashion-siglip": repo}) as hub:
+        with pytest.raises(PullError, match=r"spiece\.model.*options\.pull_repo"):
+            pull_model("fashion_clip", spec, root, endpoint=hub.url)
+    assert not any("open_clip_model" in p for _, p in hub.requests)  # refused before the weights
+    assert json.loads((root / "fashion-clip" / "config.json").read_text()) == {"keep": True}
+    assert not list(root.glob(".pull-*"))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
-from serving.vram.entry import COLD, HOT, WARM, ModelEntry
+from serving.errors import InsufficientVram, ModelDisabled, ModelLoadFailed
+from serving.vram.entry import COLD, FAILED, HOT, WARM, ModelEntry
 from serving.vram.policy import Candidate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class TierMixin:
-    """Victim choice (through the policy), demotion to the host warm tier or to disk, idle sweeping."""
+    """Victim choice (through the policy), demotion to the host warm tier or to disk, idle sweeping, and
+    loading straight into the host tier (thermal WARM without device room)."""
 
     def _candidates(self: OnDemandModelManager, exclude: str, *, include_always: bool) -> list[Candidate]:
         now = self.clock()
@@ -136,3 +139,56 @@ class TierMixin:
                 changes.append((x.name, x.tier))
         return changes
 
+    # ------------------------------------------------------------------ straight into the host tier
+    async def prewarm(self: OnDemandModelManager, name: str) -> dict[str, Any]:
+        """Thermal WARM: on the device when it fits without evicting anything, else straight into the
+        host warm tier (no device memory) so the first request costs one restore, not a disk load."""
+        e = self.entry(name)
+        if e.disabled:
+            raise ModelDisabled(f"model {name!r} is OFF (disabled by its thermal state)")
+        need = self.need_bytes(e)
+        if e.tier == HOT:
+            return self.model_status(name)
+        if need <= self.ledger.device.available and self._real_shortfall(need) == 0:
+            try:
+                return await self.preload(name)
+            except InsufficientVram:
+                pass  # the room went to other loads meanwhile (pinned or leased): park it on the host
+        if e.tier == WARM or e.busy or name in self._inflight:
+            return self.model_status(name)
+        if e.tier == FAILED and self.clock() < e.next_retry_at:
+            raise ModelLoadFailed(f"model {name!r} failed to load ({e.last_error})",
+                                  retry_after=max(e.next_retry_at - self.clock(), 0.1), details={"model": name})
+        if e.adapter is None:
+            e.adapter = self.registry.create(e.name, e.spec, self.models_root, self.device)
+        if not e.adapter.supports_host_load:
+            return await self.preload(name)  # this family can only be loaded through the device
+        await self._load_to_host(e, e.host_bytes or need)
+        return self.model_status(name)
+
+    async def _load_to_host(self: OnDemandModelManager, e: ModelEntry, estimate: int) -> None:
+        assert e.adapter is not None
+        e.busy_future = asyncio.get_running_loop().create_future()  # requests wait, then restore
+        try:
+            if not await self._make_host_room(e, estimate):
+                raise InsufficientVram(f"the host warm tier cannot hold {e.name!r}", details={"model": e.name})
+            t0 = time.perf_counter()
+            try:
+                await self.runner(e.adapter.load_to_host)
+            except Exception as exc:
+                self.ledger.host.release(e.name)
+                await self._fail(e, exc)
+                raise self._load_error(e, exc) from exc
+            actual = int(await self.runner(e.adapter.param_bytes)) or estimate
+            if self.ledger.host.fits(actual, replacing=e.name):
+                self.ledger.host.reserve(e.name, actual)
+            e.host_bytes = actual
+            e.tier = WARM
+            e.failures = 0
+            e.last_error = None
+            e.last_used = self.clock()
+            self._emit("load", model=e.name, from_tier=COLD, to_tier=WARM, seconds=time.perf_counter() - t0)
+        finally:
+            fut, e.busy_future = e.busy_future, None
+            fut.set_result(None)
+        await self._notify()

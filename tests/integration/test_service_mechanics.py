@@ -4,6 +4,7 @@ state (OFFLINE / DEGRADED) in /health and /v2/health/ready, inference OOM, inter
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import httpx
@@ -57,50 +58,57 @@ def small_zoo(zoo, service: str, budget_gb: float, timeout_s: float = 0.3):
     return z
 
 
-def wait_until_leased(client: httpx.Client, model: str) -> None:
-    """Poll /models/status until `model` is HOT and held by exactly one lease (a blocked request)."""
-    for _ in range(500):
-        loaded = {m["name"]: m for m in client.get("/models/status").json()["loaded_models"]}
-        if loaded.get(model, {}).get("leases") == 1:
-            return
-        threading.Event().wait(0.01)
-    pytest.fail(f"{model} never got leased")
+def fake_service(z, service: str = "enrichment-light"):
+    """The service over loopback on a FakeDevice with DictAdapters, no admin token."""
+    return running_service(z, service, device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
+                           admin_token=None)
+
+
+@contextlib.contextmanager
+def request_held(client: httpx.Client, model: str):
+    """One /enrich request for `model` blocked inside predict (holding its lease) for the body of the
+    `with`; yields a dict whose "r" is that request's response once the block is left."""
+    gate = threading.Event()
+    DictAdapter.hold = {model: gate}
+    result: dict = {}
+    holder = threading.Thread(target=lambda: result.update(r=httpx.post(
+        str(client.base_url) + "/enrich", json={"image": IMG, "models": [model]}, timeout=30)))
+    holder.start()
+    try:
+        for _ in range(500):  # until the model is HOT and leased by the blocked request
+            loaded = {m["name"]: m for m in client.get("/models/status").json()["loaded_models"]}
+            if loaded.get(model, {}).get("leases") == 1:
+                break
+            threading.Event().wait(0.01)
+        else:
+            pytest.fail(f"{model} never got leased")
+        yield result
+    finally:
+        gate.set()
+        holder.join(timeout=30)
+        DictAdapter.hold = {}
 
 
 def test_leased_model_blocks_admission_503_with_retry_after_then_recovers(zoo):
     z = small_zoo(zoo, "enrichment-light", 0.5)
-    gate = threading.Event()
-    DictAdapter.hold = {"threat_detector": gate}
-    try:
-        with running_service(z, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
-                             admin_token=None) as (client, _):
-            result: dict = {}
-            holder = threading.Thread(target=lambda: result.update(r=httpx.post(
-                str(client.base_url) + "/enrich", json={"image": IMG, "models": ["threat_detector"]}, timeout=30)))
-            holder.start()
-            try:
-                wait_until_leased(client, "threat_detector")
-                r = client.post("/models/preload", json={"model": "pose_estimator"})
-                body = assert_error(r, 503, "insufficient_vram")
-                assert int(r.headers["retry-after"]) >= 1 and body["retry_after_s"] > 0
-                assert body["details"]["leased"] == ["threat_detector"]
-                r = client.post("/enrich", json={"image": IMG, "models": ["pose_estimator"]})
-                assert_error(r, 503, "insufficient_vram")
-                assert "retry-after" in r.headers
-            finally:
-                gate.set()
-                holder.join(30)
-            assert result["r"].status_code == 200
-            # the lease is released: threat (CRITICAL) may now be evicted to make room for pose
+    with fake_service(z) as (client, _):
+        with request_held(client, "threat_detector") as held:
+            r = client.post("/models/preload", json={"model": "pose_estimator"})
+            body = assert_error(r, 503, "insufficient_vram")
+            assert int(r.headers["retry-after"]) >= 1 and body["retry_after_s"] > 0
+            assert body["details"]["leased"] == ["threat_detector"]
             r = client.post("/enrich", json={"image": IMG, "models": ["pose_estimator"]})
-            assert r.status_code == 200, r.text
-            assert r.json()["models"]["pose_estimator"]["status"] == "ok"
-            text = client.get("/metrics").text
-            assert metric_value(text, "zoo_model_evictions_total", model="threat_detector", reason="capacity") == 1
-            assert metric_value(text, "zoo_http_requests_total", method="POST", route="/enrich", status="503") == 1
-            assert client.get("/models/status").json()["vram_used_mb"] <= 512
-    finally:
-        DictAdapter.hold = {}
+            assert_error(r, 503, "insufficient_vram")
+            assert "retry-after" in r.headers
+        assert held["r"].status_code == 200
+        # the lease is released: threat (CRITICAL) may now be evicted to make room for pose
+        r = client.post("/enrich", json={"image": IMG, "models": ["pose_estimator"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["models"]["pose_estimator"]["status"] == "ok"
+        text = client.get("/metrics").text
+        assert metric_value(text, "zoo_model_evictions_total", model="threat_detector", reason="capacity") == 1
+        assert metric_value(text, "zoo_http_requests_total", method="POST", route="/enrich", status="503") == 1
+        assert client.get("/models/status").json()["vram_used_mb"] <= 512
 
 
 def test_model_larger_than_budget_fails_fast(zoo):
@@ -192,62 +200,33 @@ def test_inference_queue_full_is_429_with_retry_after_then_serves(zoo):
     z = small_zoo(zoo, "enrichment-light", 1.2)
     z.services["enrichment-light"].max_inflight = 1
     z.services["enrichment-light"].max_queue = 0
-    gate = threading.Event()
-    DictAdapter.hold = {"person_reid": gate}
-    try:
-        with running_service(z, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
-                             admin_token=None) as (client, _):
-            url = str(client.base_url) + "/enrich"
-            result: dict = {}
-            holder = threading.Thread(target=lambda: result.update(r=httpx.post(
-                url, json={"image": IMG, "models": ["person_reid"]}, timeout=30)))
-            holder.start()
-            try:
-                wait_until_leased(client, "person_reid")
-                r = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
-                if r.status_code == 200:  # /enrich reports per-model failures in its body
-                    errors = r.json().get("errors") or []
-                    assert any(e.get("error_type") == "overloaded" for e in errors), r.json()
-                else:
-                    assert_error(r, 429, "overloaded")
-                    assert float(r.headers["retry-after"]) > 0
-                # the bound is per device: another model's route is refused too, at once
-                assert_error(client.post("/pet-classify", json={"image": IMG}), 429, "overloaded")
-            finally:
-                gate.set()
-                holder.join(timeout=30)
-            assert result["r"].status_code == 200
-            ok = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
-            assert ok.status_code == 200 and not (ok.json().get("errors") or []), ok.text
-    finally:
-        DictAdapter.hold = {}
+    with fake_service(z) as (client, _):
+        with request_held(client, "person_reid") as held:
+            r = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
+            if r.status_code == 200:  # /enrich reports per-model failures in its body
+                errors = r.json().get("errors") or []
+                assert any(e.get("error_type") == "overloaded" for e in errors), r.json()
+            else:
+                assert_error(r, 429, "overloaded")
+                assert float(r.headers["retry-after"]) > 0
+            # the bound is per device: another model's route is refused too, at once
+            assert_error(client.post("/pet-classify", json={"image": IMG}), 429, "overloaded")
+        assert held["r"].status_code == 200
+        ok = client.post("/enrich", json={"image": IMG, "models": ["person_reid"]})
+        assert ok.status_code == 200 and not (ok.json().get("errors") or []), ok.text
 
 
 def test_preload_tier_warm_parks_in_host_ram_when_the_device_is_busy(zoo):
     z = small_zoo(zoo, "enrichment-light", 0.5)
-    gate = threading.Event()
-    DictAdapter.hold = {"threat_detector": gate}
-    try:
-        with running_service(z, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
-                             admin_token=None) as (client, _):
-            url = str(client.base_url) + "/enrich"
-            holder = threading.Thread(target=lambda: httpx.post(
-                url, json={"image": IMG, "models": ["threat_detector"]}, timeout=30))
-            holder.start()
-            try:
-                wait_until_leased(client, "threat_detector")
-                r = client.post("/models/preload", json={"model": "pose_estimator", "tier": "warm"})
-                assert r.status_code == 200, r.text
-                st = r.json()["models"][0]
-                assert st["tier"] == "WARM" and st["host_mb"] > 0
-                assert_error(client.post("/models/preload", json={"model": "pose_estimator", "tier": "lukewarm"}),
-                             422, "validation_error")
-            finally:
-                gate.set()
-                holder.join(timeout=30)
-            r = client.post("/pose-analyze", json={"image": IMG})
+    with fake_service(z) as (client, _):
+        with request_held(client, "threat_detector"):
+            r = client.post("/models/preload", json={"model": "pose_estimator", "tier": "warm"})
             assert r.status_code == 200, r.text
-            tiers = {m["name"]: m["tier"] for m in client.get("/models/status").json()["registered_models"]}
-            assert tiers["pose_estimator"] == "HOT"  # the request restored it from the host tier
-    finally:
-        DictAdapter.hold = {}
+            st = r.json()["models"][0]
+            assert st["tier"] == "WARM" and st["host_mb"] > 0
+            assert_error(client.post("/models/preload", json={"model": "pose_estimator", "tier": "lukewarm"}),
+                         422, "validation_error")
+        r = client.post("/pose-analyze", json={"image": IMG})
+        assert r.status_code == 200, r.text
+        tiers = {m["name"]: m["tier"] for m in client.get("/models/status").json()["registered_models"]}
+        assert tiers["pose_estimator"] == "HOT"  # the request restored it from the host tier

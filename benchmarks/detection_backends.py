@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine  # benchmarks/ is on sys.path when a script runs
+from _report import machine  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 

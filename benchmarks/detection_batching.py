@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import machine as _machine  # benchmarks/ is on sys.path when a script runs
+from _report import machine as _machine  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 

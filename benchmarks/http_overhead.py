@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import socket
 import statistics
@@ -262,7 +261,7 @@ async def closed_loop(url: str, method: str, path: str, n: int, clients: int, wa
 
 
 # ---------------------------------------------------------------------------------------- report
-from _machine import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from _report import emit, machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
 def ratio(a: float, b: float) -> float:
@@ -381,11 +380,7 @@ def main() -> None:
         for name, q in per.items():
             print(f"{n} {name}: throughput {q['throughput']:.2f}x, p50 {q['p50']:.2f}x, "
                   f"server cpu/req {q['server_cpu_per_req']:.2f}x", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    emit(result, out)
 
 
 if __name__ == "__main__":

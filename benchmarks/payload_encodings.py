@@ -44,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report import emit  # benchmarks/ is on sys.path when a script runs
 from http_overhead import (
     REPO,
     RESULTS,
@@ -314,11 +315,7 @@ def main() -> None:
         for name, q in per.items():
             print(f"{f} {name}: wire {q['wire_bytes']:.2f}x, server decode {q['server_decode']:.2f}x, "
                   f"e2e p50 {q['e2e_p50']:.2f}x", file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+    emit(result, out)
 
 
 if __name__ == "__main__":

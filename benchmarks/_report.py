@@ -1,7 +1,8 @@
-"""What every benchmark prints about the machine it ran on (shared by the benchmark scripts)."""
+"""Shared by the benchmark scripts: what they print about the machine, and how they emit their JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -33,3 +34,12 @@ def machine(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cores": os.cpu_count(), "loadavg_1_5_15_at_start": load, "versions": versions,
             "gpu": None, "note": "CPU only; clients and servers share these cores"}
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """The JSON on stdout, and into `out` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

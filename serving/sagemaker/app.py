@@ -264,7 +264,7 @@ async def invoke(state: ContainerState, name: str | None, request: Request) -> J
     reg = table.get(name)
     manager = table.manager
     inputs, options = payload.inputs, payload.options
-    spec = manager.entry(name).spec
+    spec = manager.model_view(name).spec
     if "confidence" in spec.options:
         options.setdefault("confidence", spec.options["confidence"])
     with Stopwatch() as sw:
@@ -313,7 +313,7 @@ def create_app(
         if not state.ready or state.manager is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         if not state.manager.healthy():
-            return JSONResponse({"status": "unhealthy", "message": str(state.manager.sweeper_error)},
+            return JSONResponse({"status": "unhealthy", "message": str(state.manager.view().sweeper_error)},
                                 status_code=503)
         return Response(status_code=200)
 

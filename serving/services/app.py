@@ -210,10 +210,10 @@ def compute_service_state(ctx: ServiceContext) -> dict[str, Any]:
 
     available, disabled = available_from_status(manager.status())
     required = list(ctx.spec.required_models)
-    optional = [m for m in manager.entries if m not in required]
+    optional = [m for m in manager.names() if m not in required]
     st = evaluate_service(required, optional, available, True, disabled=disabled).to_dict()
     if st["state"] == "RUNNING" and not manager.healthy():
-        st["state"], st["degraded_reason"] = "DEGRADED", f"idle sweeper failed: {manager.sweeper_error!r}"
+        st["state"], st["degraded_reason"] = "DEGRADED", f"idle sweeper failed: {manager.view().sweeper_error}"
     return st
 
 
@@ -230,12 +230,12 @@ def _common_router(ctx: ServiceContext) -> APIRouter:
             **st,
         }
         if ctx.manager is not None:
-            m = ctx.manager
-            body["device"] = m.device.describe()
-            body["loaded_models"] = [n for n, e in m.entries.items() if e.tier == "HOT"]
-            body["models"] = {n: e.tier for n, e in m.entries.items()}
-            body["vram_used_mb"] = round(m.ledger.device.used / (1024 * 1024), 1)
-            body["vram_budget_mb"] = round(m.ledger.device.budget / (1024 * 1024), 1)
+            v = ctx.manager.view()
+            body["device"] = dict(v.device_info)
+            body["loaded_models"] = [n for n, x in v.models.items() if x.tier == "HOT"]
+            body["models"] = {n: x.tier for n, x in v.models.items()}
+            body["vram_used_mb"] = round(v.used_bytes / (1024 * 1024), 1)
+            body["vram_budget_mb"] = round(v.budget_bytes / (1024 * 1024), 1)
         extra = ctx.extras.get("health")
         if extra is not None:
             body.update(await extra())

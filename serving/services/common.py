@@ -100,8 +100,8 @@ def model_of_family(ctx: ServiceContext, family: str) -> str:
 def require_model(ctx: ServiceContext, name: str) -> str:
     """404 unknown_model unless this service hosts `name`."""
     manager = require_manager(ctx)
-    if name not in manager.entries:
-        raise UnknownModel(f"model {name!r} is not served by {ctx.service!r}; it hosts: {', '.join(manager.entries)}",
+    if not manager.has(name):
+        raise UnknownModel(f"model {name!r} is not served by {ctx.service!r}; it hosts: {', '.join(manager.names())}",
                            details={"model": name, "service": ctx.service})
     return name
 

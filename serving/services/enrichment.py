@@ -137,7 +137,7 @@ def model_for(ctx: ServiceContext, capability: str) -> str:
     if mine:
         assert ctx.manager is not None
         for m in mine:
-            e = ctx.manager.entries[m]
+            e = ctx.manager.model_view(m)
             if not e.disabled and e.tier != "FAILED":
                 return m
         return mine[0]

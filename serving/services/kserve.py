@@ -210,7 +210,7 @@ def result_json(r: Any) -> bytes:
 def model_metadata(ctx: ServiceContext, name: str) -> dict[str, Any]:
     manager = require_manager(ctx)
     require_model(ctx, name)
-    spec = manager.entries[name].spec
+    spec = manager.model_view(name).spec
     in_name, kind = INPUT_KINDS.get(spec.task, ("IMAGE", "image"))
     outputs = [{"name": "RESULT", "datatype": "BYTES", "shape": [-1]}]
     if spec.task in ("embed", "reid"):
@@ -223,7 +223,7 @@ def model_metadata(ctx: ServiceContext, name: str) -> dict[str, Any]:
                     "parameters": {"also": "UINT8 [H,W,3] or [N,H,W,3]"} if kind != "text" else {}}],
         "outputs": outputs,
         "parameters": {"task": spec.task, "family": spec.family, "priority": spec.priority.name,
-                       "tier": manager.entries[name].tier},
+                       "tier": manager.model_view(name).tier},
     }
 
 
@@ -267,7 +267,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:  # noqa: C901 - one route ta
             _version_ok(version)
             manager = require_manager(ctx)
             require_model(ctx, name)
-            tier = manager.entries[name].tier
+            tier = manager.model_view(name).tier
             if tier == "HOT":
                 return JSONResponse({"name": name, "ready": True})
             return JSONResponse({"name": name, "ready": False, "tier": tier,
@@ -359,7 +359,7 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
     """Decode the v2 request (JSON or binary extension), run the model, encode RESULT/EMBEDDING."""
     manager = require_manager(ctx)
     require_model(ctx, name)
-    spec = manager.entries[name].spec
+    spec = manager.model_view(name).spec
     body = _decompress(await request.body(), request.headers.get("content-encoding", ""), ctx.limits.max_body_bytes)
     hlen = request.headers.get(HEADER_LEN)
     if hlen is not None:

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from serving.adapters.base import Adapter
@@ -41,6 +42,7 @@ from serving.vram.ledger import Ledger
 from serving.vram.policy import get_policy
 from serving.vram.status import manager_status, model_status
 from serving.vram.tiers import TierMixin
+from serving.vram.view import ManagerView, ModelView
 
 log = logging.getLogger(__name__)
 
@@ -566,6 +568,40 @@ class OnDemandModelManager(TierMixin):
         if self.ledger.device.fits(e.measured_bytes, replacing=e.name):
             self.ledger.device.reserve(e.name, e.measured_bytes)
         self._emit("oom", model=e.name, phase="inference")
+
+    # ------------------------------------------------------------------ views (what other rooms read)
+    def _model_view(self, e: ModelEntry) -> ModelView:
+        return ModelView(
+            name=e.name, spec=e.spec, tier=e.tier, loading=e.name in self._inflight, leases=e.refcount,
+            reserved_bytes=self.ledger.device.get(e.name), host_bytes=self.ledger.host.get(e.name),
+            need_bytes=self.need_bytes(e), measured_bytes=e.measured_bytes, pinned=e.pinned,
+            disabled=e.disabled, keep_warm=e.keep_warm, keep_alive_s=e.keep_alive_s,
+            thermal_state=e.thermal_state, uses=e.uses, busy_s=e.busy_s, last_used=e.last_used,
+            load_s=e.load_s, restore_s=e.restore_s,
+            format=e.adapter.format if e.adapter is not None else None, failures=e.failures,
+            last_error=e.last_error, next_retry_at=e.next_retry_at,
+        )
+
+    def view(self) -> ManagerView:
+        """A frozen, consistent snapshot of the manager (built synchronously on the event loop)."""
+        return ManagerView(
+            device=self.device.name, device_info=MappingProxyType(dict(self.device.describe())),
+            policy=self.policy_name, budget_bytes=self.ledger.device.budget, used_bytes=self.ledger.device.used,
+            host_budget_bytes=self.ledger.host.budget, host_used_bytes=self.ledger.host.used,
+            inference_queued=self._run_waiting, healthy=self.healthy(),
+            sweeper_error=repr(self.sweeper_error) if self.sweeper_error is not None else None,
+            models=MappingProxyType({n: self._model_view(e) for n, e in self.entries.items()}),
+        )
+
+    def model_view(self, name: str) -> ModelView:
+        """One model's view; UnknownModel (404) when it is not served here."""
+        return self._model_view(self.entry(name))
+
+    def has(self, name: str) -> bool:
+        return name in self.entries
+
+    def names(self) -> list[str]:
+        return list(self.entries)
 
     # ------------------------------------------------------------------ status
     def model_status(self, name: str) -> dict[str, Any]:

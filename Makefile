@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup up test fixtures validate bench-policy clean
+.PHONY: setup up test lint fixtures validate bench-policy clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test: setup
 	$(BIN)/zoo validate
 	$(BIN)/zoo fixtures
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check serving tests benchmarks
+	$(BIN)/lint-imports
 
 bench-policy: setup
 	$(BIN)/python benchmarks/run_policy_bench.py

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +26,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.errors import ConfigError
+
+_EXPLICIT: ContextVar[bool] = ContextVar("settings_explicit_env", default=False)
 
 
 class Settings(BaseSettings):
@@ -93,6 +96,12 @@ class Settings(BaseSettings):
         return MappingProxyType(dict(v))
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        """Only the process environment (and keyword arguments), unless `from_env(env)` gave its own mapping."""
+        return (init_settings,) if _EXPLICIT.get() else (init_settings, env_settings)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **fields: Any) -> Settings:
         """Read the process environment (or `env`) once. Raises ConfigError naming the bad variable."""
         source = dict(os.environ if env is None else env)
@@ -101,11 +110,16 @@ class Settings(BaseSettings):
         try:
             if env is None:
                 return cls(**fields, overrides=source)  # pydantic-settings reads os.environ
-            return cls.model_validate({**known, **fields, "overrides": source})  # `env` only
+            token = _EXPLICIT.set(True)  # `env` only: the process environment is not read
+            try:
+                return cls(**{**known, **fields, "overrides": source})
+            finally:
+                _EXPLICIT.reset(token)
         except ValidationError as e:
             first = e.errors()[0]
             var = str(first["loc"][0]).upper() if first.get("loc") else "?"
-            raise ConfigError(f"environment {var}={source.get(var, source.get(var.lower()))!r}: {first['msg']}") from None
+            given = source.get(var, source.get(var.lower()))
+            raise ConfigError(f"environment {var}={given!r}: {first['msg']}") from None
 
     def env(self, name: str, default: str | None = None) -> str | None:
         """An override variable by its exact name (non-empty), else `default`."""

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from serving.adapters.postprocess import damage
-from serving.router.schemas import Detection, RiskAssessment, level_of
+from serving.router.schemas import FrameDetection, RiskAssessment, level_of
 
 BASE_SCORE = {"person": 20, "vehicle": 10, "object": 5, "animal": 3}
 POSE_ALERT_POINTS = {"crouching": 15, "lying_down": 20, "hands_raised": 25, "fighting_stance": 30}
@@ -66,7 +66,7 @@ def is_night(timestamp: str | None) -> bool:
     return bool(damage.is_night(t))
 
 
-def _enr(d: Detection) -> dict[str, Any]:
+def _enr(d: FrameDetection) -> dict[str, Any]:
     return d.enrichment or {}
 
 
@@ -161,7 +161,7 @@ def _pct(x: Any) -> str:
         return "?"
 
 
-def detection_context(d: Detection) -> list[str]:
+def detection_context(d: FrameDetection) -> list[str]:
     """Context lines of one detection's enrichment, one fact per line."""
     enr = _enr(d)
     lines: list[str] = []
@@ -217,7 +217,7 @@ def detection_context(d: Detection) -> list[str]:
 
 
 def build_messages(
-    detections: Sequence[Detection],
+    detections: Sequence[FrameDetection],
     *,
     camera_id: str | None = None,
     timestamp: str | None = None,
@@ -314,7 +314,7 @@ class _Hits:
         return [r + (f" (x{self.count[k]})" if self.count[k] > 1 else "") for k, r in self.reason.items()]
 
 
-def _detection_rules(d: Detection, night: bool, hits: _Hits) -> int:
+def _detection_rules(d: FrameDetection, night: bool, hits: _Hits) -> int:
     """Add one detection's rule hits; returns the floor it imposes (0 when none)."""
     enr = _enr(d)
     floor = 0
@@ -357,7 +357,7 @@ def _detection_rules(d: Detection, night: bool, hits: _Hits) -> int:
 
 
 def rule_based(
-    detections: Sequence[Detection], *, timestamp: str | None = None, scoring: str = "rule_based"
+    detections: Sequence[FrameDetection], *, timestamp: str | None = None, scoring: str = "rule_based"
 ) -> RiskAssessment:
     """The rule table of the module docstring; each rule counts once per frame (its strongest instance)."""
     night = is_night(timestamp)
@@ -385,7 +385,7 @@ def rule_based(
 
 
 def assess(
-    detections: Sequence[Detection], llm_text: str | None, *, timestamp: str | None = None
+    detections: Sequence[FrameDetection], llm_text: str | None, *, timestamp: str | None = None
 ) -> tuple[RiskAssessment, str | None]:
     """The final assessment and, when the LLM answer was unusable, why.
 

@@ -6,7 +6,8 @@
     zoo frame IMAGE [--url http://127.0.0.1:8090] [--camera-id ID] [--confidence C] [--json]
     zoo frame --synthetic [...]          a generated test frame instead of a file
 
-Heavy imports (uvicorn, the app, PIL) stay inside the command functions.
+Heavy imports (uvicorn, the app, PIL) stay inside the command functions. The environment is read once per
+command (`Settings.from_env()`) and passed down: to `load_zoo`, to `create_app`, to the launcher's children.
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _load(zoo_path: Path, service: str | None = None):  # noqa: ANN202
+def _settings():  # noqa: ANN202 - serving.settings.Settings
+    from serving.errors import ConfigError
+    from serving.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as e:
+        _fail(e.message, 2)
+
+
+def _load(zoo_path: Path, settings: Any, service: str | None = None):  # noqa: ANN202
     from serving.config import load_zoo
     from serving.errors import ConfigError
 
     try:
-        return load_zoo(zoo_path, service=service)
+        return load_zoo(zoo_path, service=service, env=settings.overrides)
     except ConfigError as e:
         _fail(e.message, 2)
 
@@ -58,9 +69,10 @@ def serve(
 
     from serving.services.app import create_app
 
-    z = _load(zoo, service)
+    settings = _settings()
+    z = _load(zoo, settings, service)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(z, service)
+    app = create_app(z, service, settings=settings)
     uvicorn.run(app, host=host, port=port or z.services[service].port, log_level=log_level, access_log=False)
 
 
@@ -113,7 +125,8 @@ def up(
     from serving.services.launcher import Launcher
 
     console = _console()
-    z = _load(zoo)
+    settings = _settings()
+    z = _load(zoo, settings)
     names = list(z.services)
     if services:
         wanted = [s.strip() for s in services.split(",") if s.strip()]
@@ -132,7 +145,7 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     launcher = Launcher(zoo_path=zoo.resolve(), services={n: urls[n] for n in names}, host=host, log_dir=log_dir,
-                        on_event=lambda n, msg: console.print(f"[dim]{n}: {msg}[/]"))
+                        env=settings.overrides, on_event=lambda n, msg: console.print(f"[dim]{n}: {msg}[/]"))
     code = 0
     try:
         launcher.start()

@@ -100,7 +100,8 @@ class Launcher:
     host: str = "127.0.0.1"
     log_dir: Path = Path(".zoo/logs")
     python: str = sys.executable
-    env: Mapping[str, str] | None = None
+    #: the children's environment (the CLI passes `Settings.overrides`, the environment it read once)
+    env: Mapping[str, str] = field(default_factory=dict)
     grace_s: float = 20.0
     max_restarts: int = 3
     restart_backoff_s: float = 2.0
@@ -114,7 +115,7 @@ class Launcher:
                 "--host", self.host, "--port", port]
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ if self.env is None else self.env)
+        env = dict(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["ZOO_CONFIG"] = str(self.zoo_path)
         return env

@@ -17,8 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.router.schemas import level_of
-from serving.services.app import BackgroundServer, create_app
-from tests.integration.svc_helpers import assert_error, b64, image_bytes, jpeg_b64
+from serving.services.app import create_app
+from serving.settings import Settings
+from tests.integration.svc_helpers import BackgroundServer, assert_error, b64, image_bytes, jpeg_b64
+
+NO_THERMAL = Settings.from_env({"ZOO_GATEWAY_THERMAL": "0"})
 
 PORTS = {8095: "detection", 8091: "llm", 8092: "florence", 8093: "clip", 8094: "enrichment", 8096: "enrichment-light"}
 
@@ -84,9 +87,9 @@ class FakeZoo:
 
 @pytest.fixture
 def gateway(zoo):
-    def make(fake: FakeZoo, **extras):
+    def make(fake: FakeZoo):
         app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None,
-                         extras={"thermal": False, **extras})
+                         settings=NO_THERMAL)
         return TestClient(app)
     return make
 
@@ -230,10 +233,10 @@ def test_status_page(gateway):
     assert "<td>enrichment-light_m</td>" in r.text and "unreachable" in r.text
 
 
-def test_thermal_api_is_mounted(zoo, tmp_path, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'control.db'}")
+def test_thermal_api_is_mounted(zoo, tmp_path):
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}"})
     fake = FakeZoo()
-    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None)
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None, settings=settings)
     with TestClient(app) as c:
         r = c.get("/thermal/models")
         assert r.status_code == 200, r.text
@@ -243,15 +246,15 @@ def test_thermal_api_is_mounted(zoo, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ real HTTP on loopback
 @pytest.mark.slow
-def test_real_services_with_heavy_stopped_gives_partial_results(built_models, monkeypatch):
+def test_real_services_with_heavy_stopped_gives_partial_results(built_models):
     zoo = built_models("depth_estimator")
     with BackgroundServer(create_app(zoo, "enrichment-light")) as light_url:
         # heavy enrichment: a loopback port with nothing listening (the service is stopped)
-        with BackgroundServer(create_app(zoo, "clip", include_service_router=False)) as stopped:
+        with BackgroundServer(create_app(zoo, "clip")) as stopped:
             pass
-        monkeypatch.setenv("ZOO_ENRICHMENT_LIGHT_URL", light_url)
-        monkeypatch.setenv("ZOO_ENRICHMENT_URL", stopped)
-        gw = create_app(zoo, "gateway", extras={"thermal": False})
+        settings = Settings.from_env({"ZOO_ENRICHMENT_LIGHT_URL": light_url, "ZOO_ENRICHMENT_URL": stopped,
+                                      "ZOO_GATEWAY_THERMAL": "0"})
+        gw = create_app(zoo, "gateway", settings=settings)
         with BackgroundServer(gw) as gw_url, httpx.Client(base_url=gw_url, timeout=120) as c:
             body = {"image": b64(image_bytes(160, 120)), "detection_type": "car", "detection_id": "det_car1",
                     "options": {"include_depth": True}}
@@ -272,7 +275,7 @@ def test_real_services_with_heavy_stopped_gives_partial_results(built_models, mo
 
 async def test_concurrent_pipeline_calls_share_the_client(zoo):
     fake = FakeZoo()
-    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), extras={"thermal": False})
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), settings=NO_THERMAL)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
             rs = await asyncio.gather(*(c.post("/pipeline/frame", json={"image": jpeg_b64()}) for _ in range(5)))

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from serving.config import SECURITY_CLASSES
-from serving.services.common import Limits
+from serving.services.limits import Limits
 from serving.services.schemas import BatchDetectResponse, DetectResponse
+from serving.settings import Settings
 from svc_helpers import (
     SeedStatus,
     assert_error,
@@ -32,7 +33,8 @@ LIMITS = Limits(max_body_bytes=2 * 1024 * 1024, max_pixels=4_000_000, max_batch_
 def svc(built_models):
     zoo = built_models("yolo26")
     with running_service(zoo, "detection", limits=LIMITS, admin_token=TOKEN,
-                         extras={"batching": {"max_batch": 8, "max_delay_s": 0.05}}) as (client, app):
+                         settings=Settings.from_env({"ZOO_BATCH_MAX_SIZE": "8", "ZOO_BATCH_MAX_DELAY_MS": "50"})
+                         ) as (client, app):
         yield client, app
 
 
@@ -106,7 +108,7 @@ def test_raw_bytes_and_multipart_give_the_json_answer(svc):
 
 def test_concurrent_requests_are_batched(svc):
     client, app = svc
-    batcher = app.state.ctx.extras["batcher"]
+    batcher = app.state.ctx.batcher
     before = (batcher.stats.batches, batcher.stats.items)
 
     async def fire():

@@ -73,8 +73,7 @@ class Stack:
             self.zoo.models_of("svc"), device=FakeDevice(4000 * MB), registry=fake_registry(FakeBehaviour()),
             budget_bytes=1000 * MB, host_cache_bytes=1000 * MB, safety_factor=1.0, clock=self.clock,
             runner=inline_runner, admission_timeout_s=0.05)
-        self.service_app = create_app(self.zoo, "svc", manager=self.manager, admin_token=TOKEN,
-                                      include_service_router=False)
+        self.service_app = create_app(self.zoo, "svc", manager=self.manager, admin_token=TOKEN)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from serving.config import load_zoo
 from serving.errors import ServingError, UnknownModel
 from serving.router.fanout import EnrichmentRouter, merge_results, plan, service_urls
-from serving.router.schemas import EnrichRequest
+from serving.router.schemas import GatewayEnrichRequest
 
 from tests.conftest import REPO
 
@@ -107,7 +107,7 @@ async def test_enrich_person_merges_seed_result(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person", detection_id="det_abc123"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person", detection_id="det_abc123"))
     assert out["errors"] == []
     assert out["detection_id"] == "det_abc123" and out["detection_type"] == "person"
     assert out["threat_detection"]["threat_type"] == "none"
@@ -129,7 +129,7 @@ async def test_enrich_light_down_gives_partial_result(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls, down={LIGHT}), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person"))
     failed = {e["model"]: e for e in out["errors"]}
     assert set(failed) == {"threat_detector", "pose_estimator", "person_reid"}
     assert all(e["service"] == "enrichment-light" and e["error_type"] == "service_unavailable" for e in failed.values())
@@ -141,7 +141,7 @@ async def test_enrich_slow_model_times_out_alone(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls, slow={"pose_estimator"}), urls, timeout_s=0.2)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person"))
     assert [(e["model"], e["error_type"]) for e in out["errors"]] == [("pose_estimator", "upstream_timeout")]
     assert out["threat_detection"] is not None
     assert out["models"]["pose_estimator"]["status"] == "error"
@@ -152,7 +152,7 @@ async def test_enrich_upstream_503_is_reported_with_its_error_type(zoo, urls):
     busy = {"retry_after_s": 2, "error_type": "insufficient_vram", "message": "no room"}
     router, client = router_for(zoo, service_handler(calls, status={"vehicle_damage": (503, busy)}), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="car"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="car"))
     assert out["errors"] == [{"model": "vehicle_damage", "service": "enrichment", "error_type": "insufficient_vram",
                               "message": "no room", "status_code": 503}]
     assert out["vehicle"]["vehicle_type"] == "car"
@@ -164,7 +164,7 @@ async def test_enrich_bad_image_everywhere_is_a_client_error(zoo, urls):
     router, client = router_for(zoo, service_handler(calls, status={m: (400, bad) for m in ANSWERS}), urls)
     async with client:
         with pytest.raises(ServingError) as ei:
-            await router.enrich(EnrichRequest(image="!!", detection_type="dog"))
+            await router.enrich(GatewayEnrichRequest(image="!!", detection_type="dog"))
     assert ei.value.status_code == 400 and ei.value.error_type == "invalid_image"
 
 
@@ -172,7 +172,7 @@ async def test_enrich_no_models_for_type(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="object"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="object"))
     assert calls == [] and out["errors"] == [] and out["models"] == {}
 
 

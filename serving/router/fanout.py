@@ -175,7 +175,8 @@ class EnrichmentRouter:
         except httpx.TransportError as e:
             return CallResult(route, False, time_ms=(time.perf_counter() - t0) * 1e3,
                               error_type="service_unavailable",
-                              message=f"{route.service} at {self.urls[route.service]} is unreachable: {e or type(e).__name__}")
+                              message=f"{route.service} at {self.urls[route.service]} is unreachable: "
+                                      f"{e or type(e).__name__}")
         ms = (time.perf_counter() - t0) * 1e3
         if resp.status_code >= 400:
             etype, msg = error_fields(resp)
@@ -213,8 +214,8 @@ class EnrichmentRouter:
                 self.observe(p)
         failed = [p for p in parts if not p.ok]
         if parts and len(failed) == len(parts):
-            client_errors = {(p.status_code, p.error_type) for p in failed if p.status_code and 400 <= p.status_code < 500
-                             and p.status_code not in (404, 408, 429)}
+            client_errors = {(p.status_code, p.error_type) for p in failed
+                             if p.status_code and 400 <= p.status_code < 500 and p.status_code not in (404, 408, 429)}
             if len(client_errors) == 1 and all(p.status_code and 400 <= p.status_code < 500 for p in failed):
                 status, etype = next(iter(client_errors))
                 raise UpstreamRejected(failed[0].message or "bad request", status_code=status,

@@ -97,7 +97,8 @@ class FramePipeline:
         except (TimeoutError, httpx.TimeoutException) as e:
             raise UpstreamTimeout(f"detection service did not answer within {self.detect_timeout_s:g}s") from e
         except httpx.TransportError as e:
-            raise ServiceUnavailable(f"detection service at {self.urls[self.detection_service]} is unreachable: {e}") from e
+            where = self.urls[self.detection_service]
+            raise ServiceUnavailable(f"detection service at {where} is unreachable: {e}") from e
         if resp.status_code >= 400:
             etype, msg = error_fields(resp)
             if 400 <= resp.status_code < 500 and resp.status_code != 429:

@@ -50,7 +50,8 @@ class GatewayEnrichRequest(BaseModel):
     detection_type: str = Field(description="person|vehicle|animal|object, or a detector class name such as car.")
     bbox: dict[str, float] | list[float] | None = Field(None, description="Region of the image to enrich.")
     frames: list[str] | None = Field(None, description="Base64 frames for multi-frame models (action).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Trigger options (action_recognition, include_depth, ...).")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Trigger options (action_recognition, include_depth, ...).")
     detection_id: str | None = Field(None, description="Key of the per-detection maps of the result.")
     models: list[str] | None = Field(None, description="Run exactly these models instead of the triggered ones.")
     timeout_s: float | None = Field(None, gt=0, le=300, description="Per-call timeout override.")

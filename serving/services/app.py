@@ -89,10 +89,10 @@ def create_app(
 ) -> FastAPI:
     """Build the app of one service (see the module docstring).
 
-    `settings` default to `Settings.from_env({})` (the defaults, no environment). `limits` and
+    `settings` default to the field defaults (no environment is read). `limits` and
     `admin_token` override what the settings say (tests); `manager`, `device`, `registry`, `clock` and
     `http_transport` are the injected seams (STYLE.md #9)."""
-    settings = settings if settings is not None else Settings.from_env({})
+    settings = settings if settings is not None else Settings.model_construct()  # defaults, no environment
     spec = zoo.services[service]
     if manager is None and spec.kind != "gateway":
         manager = OnDemandModelManager.from_zoo(zoo, service, device=device, registry=registry, clock=clock)

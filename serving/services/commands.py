@@ -85,7 +85,8 @@ def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
         t.add_column(col, no_wrap=col in ("service", "url"), overflow="fold")
     for name, p in launcher.procs.items():
         h = p.health or {}
-        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device", "-"))
+        device = h.get("device")
+        dev = (device or {}).get("name", "-") if isinstance(device, dict) else str(h.get("device", "-"))
         state = ready.get(name, "?")
         state = h.get("state", state) if state == "ready" else state
         tiers = h.get("models") or {}
@@ -114,7 +115,8 @@ def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None
 
 def up(
     zoo: Path = typer.Option(Path("zoo.yaml"), "--zoo", help="The zoo file."),
-    services: str | None = typer.Option(None, "--services", help="Comma-separated subset (the gateway is always started)."),
+    services: str | None = typer.Option(None, "--services",
+                                        help="Comma-separated subset (the gateway is always started)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface the services bind."),
     fixtures: bool = typer.Option(True, "--fixtures/--no-fixtures", help="Build missing model fixtures first."),
     ready_timeout: float = typer.Option(600.0, "--ready-timeout", help="Seconds to wait for every /health."),
@@ -271,7 +273,8 @@ def frame(
             data = image.read_bytes()
         except OSError as e:
             _fail(f"cannot read {image}: {e}", 2)
-        ctype = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}.get(image.suffix.lower(), "image/jpeg")
+        types = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
+        ctype = types.get(image.suffix.lower(), "image/jpeg")
     params: dict[str, Any] = {}
     if camera_id:
         params["camera_id"] = camera_id
@@ -292,7 +295,8 @@ def frame(
         print(json.dumps(event, indent=2))
         return
     console = _console()
-    colour = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "red"}.get(event.get("risk_level"), "white")
+    colours = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "red"}
+    colour = colours.get(event.get("risk_level"), "white")
     lines = [f"[bold {colour}]{str(event.get('risk_level')).upper()}[/] risk score {event.get('risk_score')} "
              f"(scoring: {event.get('scoring')})", f"summary: {event.get('summary')}"]
     lines += [f"  - {r_}" for r_ in event.get("reasons") or []]

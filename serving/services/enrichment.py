@@ -133,7 +133,8 @@ CAPABILITIES: dict[str, Capability] = {
     "license_plate": Capability("license_plates", extract=_boxes),
     "face": Capability("faces", extract=_boxes),
     "pet": Capability("pet"),
-    "depth": Capability("depth", item=_depth_item, options=lambda x: {"include_map": bool(x.options.get("include_depth_map"))}),
+    "depth": Capability("depth", item=_depth_item,
+                        options=lambda x: {"include_map": bool(x.options.get("include_depth_map"))}),
     "action": Capability("action", item=_frames),
     "weather": Capability("weather", item=lambda x: x.frame),
     "violence": Capability("violence", item=lambda x: x.frame),
@@ -164,7 +165,9 @@ def model_for(ctx: ServiceContext, capability: str) -> str:
                    details={"capability": capability, "service": ctx.service})
 
 
-async def run_capability(ctx: ServiceContext, model: str, x: Inputs, extra: dict[str, Any] | None = None) -> tuple[str, Any]:
+async def run_capability(ctx: ServiceContext, model: str, x: Inputs,
+                         extra: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """(result key, value) of one model's capability on decoded inputs."""
     cap = CAPABILITIES[capability_of(ctx, model)]
     opts = {**cap.options(x), **(extra or {})}
     out = (await predict(ctx, model, [cap.item(x)], **opts))[0]
@@ -224,7 +227,8 @@ def _models_of(ctx: ServiceContext, req: EnrichmentServiceRequest, label: str) -
     for m in req.models:
         if m not in ctx.spec.models:
             where = ctx.zoo.service_of(m) if m in ctx.zoo.models else None
-            raise UnknownModel(f"model {m!r} is not served by {ctx.service}" + (f"; it is served by {where}" if where else ""),
+            raise UnknownModel(f"model {m!r} is not served by {ctx.service}"
+                               + (f"; it is served by {where}" if where else ""),
                                details={"model": m, "service": ctx.service})
     return list(dict.fromkeys(req.models))
 
@@ -256,7 +260,8 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
     return result
 
 
-async def _single(ctx: ServiceContext, request: Request, capability: str, schema: type[BaseModel] = ClassifyImageRequest,
+async def _single(ctx: ServiceContext, request: Request, capability: str,
+                  schema: type[BaseModel] = ClassifyImageRequest,
                   extra: dict[str, Any] | None = None) -> tuple[str, Any, Any, Stopwatch]:
     with Stopwatch() as sw:
         req: Any = await read_request(request, schema, ctx.limits)

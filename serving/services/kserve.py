@@ -335,8 +335,6 @@ for _path in ("/models/{name}", "/models/{name}/versions/{version}"):
     router.add_api_route(_path + "/infer", model_infer, methods=["POST"], **_INFER_DOC)
 
 
-@router.api_route("/repository/index", methods=["GET", "POST"], response_model=list[RepositoryEntry],
-                  openapi_extra=_json_or_binary(RepositoryIndexRequest, "optional"))
 async def repository_index(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
     only_ready = bool((await _json_body(request, "repository index")).get("ready", False))
     if ctx.manager is None:
@@ -359,6 +357,11 @@ async def repository_index(ctx: Ctx, request: Request) -> list[dict[str, Any]]:
             continue
         out.append({"name": m["name"], "version": VERSION, "state": state, "reason": reason})
     return out
+
+
+for _method in ("GET", "POST"):
+    router.add_api_route("/repository/index", repository_index, methods=[_method], response_model=list[RepositoryEntry],
+                         openapi_extra=_json_or_binary(RepositoryIndexRequest, "optional"))
 
 
 @router.post("/repository/models/{name}/load", response_model=dict[str, Any], dependencies=[Depends(require_admin)])

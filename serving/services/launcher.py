@@ -198,7 +198,8 @@ class Launcher:
                 continue
             if p.next_restart_at == 0.0:
                 if p.restarts >= self.max_restarts:
-                    return f"{p.name} died {p.restarts + 1} times (last exit code {p.popen.returncode}); log {p.log_path}"
+                    return (f"{p.name} died {p.restarts + 1} times (last exit code {p.popen.returncode}); "
+                            f"log {p.log_path}")
                 p.next_restart_at = now + self.restart_backoff_s * (2 ** p.restarts)
                 self.on_event(p.name, f"exited with code {p.popen.returncode}; restarting in "
                                       f"{p.next_restart_at - now:.0f}s")

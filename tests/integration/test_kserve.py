@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from svc_helpers import b64, image_bytes, running_service
 
 from serving.services.limits import Limits
-from svc_helpers import b64, image_bytes, running_service
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402

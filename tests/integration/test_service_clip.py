@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from svc_helpers import SeedStatus, assert_error, b64, image_bytes, jpeg_b64, running_service
 
 from serving.services.schemas import (
     AnomalyResponse,
@@ -14,7 +15,6 @@ from serving.services.schemas import (
     EmbedResponse,
     SimilarityResponse,
 )
-from svc_helpers import SeedStatus, assert_error, b64, image_bytes, jpeg_b64, running_service
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,6 @@ import asyncio
 
 import httpx
 import pytest
-
-from serving.config import SECURITY_CLASSES
-from serving.services.limits import Limits
-from serving.services.schemas import BatchDetectResponse, DetectResponse
-from serving.settings import Settings
 from svc_helpers import (
     SeedStatus,
     assert_error,
@@ -23,6 +18,11 @@ from svc_helpers import (
     running_service,
     truncated_jpeg,
 )
+
+from serving.config import SECURITY_CLASSES
+from serving.services.limits import Limits
+from serving.services.schemas import BatchDetectResponse, DetectResponse
+from serving.settings import Settings
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret"

@@ -5,6 +5,7 @@ hosts it (404 naming the other service elsewhere), bbox and image errors followe
 from __future__ import annotations
 
 import pytest
+from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 from serving.services.schemas import (
     ActionResult,
@@ -20,7 +21,6 @@ from serving.services.schemas import (
     ThreatDetectionResult,
     VehicleResult,
 )
-from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 pytestmark = pytest.mark.slow
 HEAVY_MODELS = ["fashion_clip", "vehicle_classifier", "demographics_age", "demographics_gender", "action_recognizer",

@@ -9,6 +9,7 @@ import threading
 
 import httpx
 import pytest
+from svc_helpers import assert_error, jpeg_b64, metric_value, running_service
 
 from serving.adapters.registry import AdapterRegistry
 from serving.config import MB
@@ -16,7 +17,6 @@ from serving.services.app import create_app
 from serving.settings import Settings
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeAdapter, FakeBehaviour
-from svc_helpers import assert_error, jpeg_b64, metric_value, running_service
 
 IMG = jpeg_b64(64, 64)
 

@@ -15,7 +15,6 @@ from serving.config import load_zoo
 from serving.errors import ServingError, UnknownModel
 from serving.router.fanout import EnrichmentRouter, merge_results, plan, service_urls
 from serving.router.schemas import GatewayEnrichRequest
-
 from tests.conftest import REPO
 
 HEAVY, LIGHT = "http://heavy.test", "http://light.test"

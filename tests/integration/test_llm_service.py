@@ -157,15 +157,19 @@ class FakeLlamaServer:
         if body.get("stream"):
             pieces = [self.content[i:i + 5] for i in range(0, len(self.content), 5)]
             sse = "".join("data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1,
-                                                 "model": body["model"], "choices": [{"index": 0, "delta": {"content": p},
+                                                 "model": body["model"], "choices": [{"index": 0,
+                                                                                      "delta": {"content": p},
                                                                                       "finish_reason": None}]}) + "\n\n"
                           for p in pieces)
-            sse += "data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
-                                          "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\ndata: [DONE]\n\n"
+            sse += "data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1,
+                                          "model": body["model"],
+                                          "choices": [{"index": 0, "delta": {},
+                                                       "finish_reason": "stop"}]}) + "\n\ndata: [DONE]\n\n"
             return httpx.Response(200, content=sse.encode(), headers={"Content-Type": "text/event-stream"})
         return httpx.Response(200, json={
             "id": "u1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
+                         "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}})
 
 

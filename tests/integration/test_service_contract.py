@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from svc_helpers import jpeg_b64
 
 from serving.config import MB
 from serving.errors import InsufficientVram, UpstreamRejected
@@ -20,7 +21,6 @@ from serving.services.errors import ErrorBody, sse_error
 from serving.settings import Settings
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeBehaviour, fake_registry
-from svc_helpers import jpeg_b64
 
 REPO = Path(__file__).resolve().parents[2]
 NO_THERMAL = Settings.from_env({"ZOO_GATEWAY_THERMAL": "0"})

@@ -157,7 +157,8 @@ def test_bad_input_is_4xx_then_service_keeps_serving(svc, case):
     elif case == "gif":
         assert_error(client.post("/detect", json={"image": b64(image_bytes(fmt="GIF"))}), 415, "unsupported_media_type")
     elif case == "validation":
-        body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422, "validation_error")
+        body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422,
+                            "validation_error")
         assert "confidence" in body["message"]
         assert_error(client.post("/detect", json={"image": jpeg_b64(), "bogus": 1}), 422, "validation_error")
     elif case == "empty_batch":

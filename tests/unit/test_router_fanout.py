@@ -27,18 +27,26 @@ def urls():
 
 # one fake answer per model, in the seed's EnrichmentResult shape
 ANSWERS = {
-    "threat_detector": lambda det: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low", "bbox": None}},
+    "threat_detector": lambda det: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low",
+                                                         "bbox": None}},
     "pose_estimator": lambda det: {"pose": {"keypoints": [], "posture": "standing", "alerts": []}},
-    "person_reid": lambda det: {"person_embeddings": {det: {"embedding": [0.0] * 512, "embedding_dimension": 512, "model": "osnet_x0_25"}}},
-    "demographics_age": lambda det: {"age_classifications": {det: {"age_range": "25-35", "confidence": 0.8, "raw_prediction": 28.0}}},
+    "person_reid": lambda det: {"person_embeddings": {det: {"embedding": [0.0] * 512, "embedding_dimension": 512,
+                                                            "model": "osnet_x0_25"}}},
+    "demographics_age": lambda det: {"age_classifications": {det: {"age_range": "25-35", "confidence": 0.8,
+                                                                   "raw_prediction": 28.0}}},
     "demographics_gender": lambda det: {"gender_classifications": {det: {"gender": "male", "confidence": 0.9}}},
-    "fashion_clip": lambda det: {"clothing": {"type": "casual", "color": "blue", "is_suspicious": False, "is_service_uniform": False}},
+    "fashion_clip": lambda det: {"clothing": {"type": "casual", "color": "blue", "is_suspicious": False,
+                                              "is_service_uniform": False}},
     "face_detector": lambda det: {"face": {"faces": []}},
-    "vehicle_classifier": lambda det: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9, "is_commercial": False}},
-    "vehicle_damage": lambda det: {"vehicle_damage": {"detections": [], "damage_types": [], "has_high_security_damage": False, "total_damage_count": 0, "highest_confidence": 0.0}},
+    "vehicle_classifier": lambda det: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9,
+                                                   "is_commercial": False}},
+    "vehicle_damage": lambda det: {"vehicle_damage": {"detections": [], "damage_types": [],
+                                                      "has_high_security_damage": False, "total_damage_count": 0,
+                                                      "highest_confidence": 0.0}},
     "license_plate": lambda det: {"license_plate": {"plates": []}},
     "pet_classifier": lambda det: {"pet": {"pet_type": "dog", "confidence": 0.7}},
-    "depth_estimator": lambda det: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35, "proximity_label": "close"}},
+    "depth_estimator": lambda det: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35,
+                                              "proximity_label": "close"}},
 }
 
 
@@ -79,12 +87,14 @@ def test_plan_options_and_class_names(zoo):
     car = {r.model for r in plan(zoo, "car")}
     bicycle = {r.model for r in plan(zoo, "bicycle")}
     assert {"vehicle_classifier", "vehicle_damage", "license_plate"} <= car
-    assert "vehicle_classifier" in bicycle and "vehicle_damage" not in bicycle  # damage triggers list car/truck/bus/motorcycle
+    # damage triggers list car/truck/bus/motorcycle
+    assert "vehicle_classifier" in bicycle and "vehicle_damage" not in bicycle
     assert {r.model for r in plan(zoo, "dog")} == {"pet_classifier"}
 
 
 def test_plan_honours_enrichment_service_override():
-    zoo = load_zoo(REPO / "zoo.yaml", env={"ENRICHMENT_POSE_SERVICE": "heavy", "ENRICHMENT_FASHION_CLIP_SERVICE": "light"})
+    zoo = load_zoo(REPO / "zoo.yaml", env={"ENRICHMENT_POSE_SERVICE": "heavy",
+                                           "ENRICHMENT_FASHION_CLIP_SERVICE": "light"})
     routes = {r.model: r.service for r in plan(zoo, "person")}
     assert routes["pose_estimator"] == "enrichment" and routes["fashion_clip"] == "enrichment-light"
 
@@ -106,7 +116,8 @@ async def test_enrich_person_merges_seed_result(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls), urls)
     async with client:
-        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person", detection_id="det_abc123"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person",
+                                                       detection_id="det_abc123"))
     assert out["errors"] == []
     assert out["detection_id"] == "det_abc123" and out["detection_type"] == "person"
     assert out["threat_detection"]["threat_type"] == "none"

@@ -9,6 +9,7 @@ from serving.settings import Settings
 
 MB = 1024 * 1024
 DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+_LIMIT_FIELDS = ("zoo_max_body_mb", "zoo_max_pixels", "zoo_image_formats", "zoo_max_batch")
 
 
 @dataclass(frozen=True)
@@ -41,5 +42,6 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
-        """`from_settings` over an explicit environment mapping (ConfigError naming a bad variable)."""
-        return cls.from_settings(Settings.from_env(env))
+        """`from_settings` over an explicit environment mapping only (ConfigError naming a bad variable)."""
+        unset = {n: None for n in _LIMIT_FIELDS if not env.get(n.upper())}  # never the process environment
+        return cls.from_settings(Settings.from_env(env, **unset))

@@ -43,9 +43,11 @@ def serve(port: int, zoo_path: str) -> None:
 
     from serving.config import load_zoo
     from serving.services.app import create_app
+    from serving.settings import Settings
 
-    zoo = load_zoo(zoo_path, service="detection")
-    app = create_app(zoo, "detection")
+    settings = Settings.from_env()  # ZOO_BATCH_MAX_SIZE / ZOO_BATCH_MAX_DELAY_MS set by start_server
+    zoo = load_zoo(zoo_path, service="detection", env=settings.overrides)
+    app = create_app(zoo, "detection", settings=settings)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

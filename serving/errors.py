@@ -149,6 +149,21 @@ class UpstreamTimeout(ServingError):
     error_type = "upstream_timeout"
 
 
+class UpstreamRejected(ServingError):
+    """An upstream service (gateway -> service) refused the request with a 4xx: the gateway answers with the
+    upstream's status and error_type, so a bad request stays a bad request end to end."""
+
+    error_type = "bad_request"
+
+    def __init__(self, message: str, *, status_code: int, error_type: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        if not 400 <= status_code < 500:
+            raise ValueError(f"UpstreamRejected carries a 4xx status, not {status_code}")
+        super().__init__(message, details=details)
+        self.status_code = status_code
+        self.error_type = error_type or type(self).error_type
+
+
 # --- not HTTP: start-up -----------------------------------------------------------------------
 class ConfigError(ServingError):
     """An invalid zoo.yaml or environment override; raised at start-up, never while serving."""

@@ -11,13 +11,13 @@ DESIGN.md §7 / seed `get_models_for_detection_type`:
    (per-model service, status and time).
 
 When every call fails with the same client error (4xx: the request itself is bad), the router raises
-it instead of returning an empty result; any other failure is a partial result.
+it as `UpstreamRejected` (the upstream's status and error_type) instead of returning an empty result; any
+other failure is a partial result.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 
 from serving.config import ZooConfig, detection_type_of
-from serving.errors import BadRequest, ServingError, UnknownModel
-from serving.router.schemas import EnrichRequest, new_detection_id
+from serving.errors import UnknownModel, UpstreamRejected
+from serving.router.schemas import GatewayEnrichRequest, new_detection_id
 
 #: keys of the EnrichmentResult that are maps detection_id -> result (merged key by key)
 PER_DETECTION_KEYS = ("age_classifications", "gender_classifications", "person_embeddings")
@@ -43,10 +43,10 @@ def env_key(service: str) -> str:
     return "ZOO_" + re.sub(r"[^A-Z0-9]", "_", service.upper()) + "_URL"
 
 
-def service_urls(zoo: ZooConfig, env: Mapping[str, str] | None = None, host: str = "127.0.0.1") -> dict[str, str]:
+def service_urls(zoo: ZooConfig, env: Mapping[str, str], host: str = "127.0.0.1") -> dict[str, str]:
     """Base URL of every service: http://127.0.0.1:<port>, overridden by services.gateway.upstreams,
-    then by env ZOO_<SERVICE>_URL (e.g. ZOO_ENRICHMENT_LIGHT_URL)."""
-    env = os.environ if env is None else env
+    then by ZOO_<SERVICE>_URL in `env` (e.g. ZOO_ENRICHMENT_LIGHT_URL; the gateway passes
+    `settings.overrides`, the environment read once at start-up)."""
     upstreams: dict[str, str] = {}
     for spec in zoo.services.values():
         if spec.kind == "gateway":
@@ -137,7 +137,8 @@ def merge_results(parts: Sequence[CallResult], *, detection_id: str, detection_t
     return result
 
 
-def _error_fields(resp: httpx.Response) -> tuple[str, str]:
+def error_fields(resp: httpx.Response) -> tuple[str, str]:
+    """(error_type, message) of an upstream error response (the services' ErrorBody, or anything else)."""
     try:
         body = resp.json()
     except ValueError:
@@ -156,7 +157,7 @@ class EnrichmentRouter:
                  observe: Callable[[CallResult], None] | None = None) -> None:
         self.zoo = zoo
         self.client = client
-        self.urls = dict(urls or service_urls(zoo))
+        self.urls = dict(urls or service_urls(zoo, {}))
         self.timeout_s = timeout_s
         self.observe = observe  # e.g. Prometheus counters of the gateway, called once per call
 
@@ -174,10 +175,11 @@ class EnrichmentRouter:
         except httpx.TransportError as e:
             return CallResult(route, False, time_ms=(time.perf_counter() - t0) * 1e3,
                               error_type="service_unavailable",
-                              message=f"{route.service} at {self.urls[route.service]} is unreachable: {e or type(e).__name__}")
+                              message=f"{route.service} at {self.urls[route.service]} is unreachable: "
+                                      f"{e or type(e).__name__}")
         ms = (time.perf_counter() - t0) * 1e3
         if resp.status_code >= 400:
-            etype, msg = _error_fields(resp)
+            etype, msg = error_fields(resp)
             return CallResult(route, False, time_ms=ms, status_code=resp.status_code, error_type=etype, message=msg)
         try:
             data = resp.json()
@@ -188,7 +190,7 @@ class EnrichmentRouter:
                               message=f"{route.service} answered with a non-object body")
         return CallResult(route, True, body=data, time_ms=ms, status_code=resp.status_code)
 
-    async def enrich(self, req: EnrichRequest) -> dict[str, Any]:
+    async def enrich(self, req: GatewayEnrichRequest) -> dict[str, Any]:
         """Fan one detection out; returns the merged EnrichmentResult (see module docstring)."""
         t0 = time.perf_counter()
         det_id = req.detection_id or new_detection_id()
@@ -212,18 +214,12 @@ class EnrichmentRouter:
                 self.observe(p)
         failed = [p for p in parts if not p.ok]
         if parts and len(failed) == len(parts):
-            client_errors = {(p.status_code, p.error_type) for p in failed if p.status_code and 400 <= p.status_code < 500
-                             and p.status_code not in (404, 408, 429)}
+            client_errors = {(p.status_code, p.error_type) for p in failed
+                             if p.status_code and 400 <= p.status_code < 500 and p.status_code not in (404, 408, 429)}
             if len(client_errors) == 1 and all(p.status_code and 400 <= p.status_code < 500 for p in failed):
                 status, etype = next(iter(client_errors))
-                raise _client_error(status, etype or "bad_request", failed[0].message or "bad request")
+                raise UpstreamRejected(failed[0].message or "bad request", status_code=status,
+                                       error_type=etype or "bad_request")
         return merge_results(parts, detection_id=det_id, detection_type=payload["detection_type"],
                              elapsed_ms=(time.perf_counter() - t0) * 1e3)
 
-
-def _client_error(status: int, error_type: str, message: str) -> ServingError:
-    """A ServingError carrying an upstream's 4xx status and error_type through the gateway."""
-    err = BadRequest(message)
-    err.status_code = status
-    err.error_type = error_type
-    return err

@@ -27,10 +27,11 @@ from typing import Any
 import httpx
 
 from serving.config import SECURITY_CLASSES, ZooConfig
-from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamTimeout
+from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from serving.router import risk
-from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, _client_error, _error_fields
-from serving.router.schemas import BBox, Detection, EnrichRequest
+from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, error_fields
+from serving.router.schemas import BBox, FrameDetection, GatewayEnrichRequest
+from serving.services.errors import ErrorBody
 
 
 def _first_service(zoo: ZooConfig, kind: str) -> str | None:
@@ -82,7 +83,7 @@ class FramePipeline:
         self.crop_margin = crop_margin
 
     # ------------------------------------------------------------------ stages
-    async def detect(self, image_b64: str, confidence: float | None) -> list[Detection]:
+    async def detect(self, image_b64: str, confidence: float | None) -> list[FrameDetection]:
         if self.detection_service is None:
             raise ServiceUnavailable("the zoo has no detection service")
         url = f"{self.urls[self.detection_service]}/detect"
@@ -96,11 +97,12 @@ class FramePipeline:
         except (TimeoutError, httpx.TimeoutException) as e:
             raise UpstreamTimeout(f"detection service did not answer within {self.detect_timeout_s:g}s") from e
         except httpx.TransportError as e:
-            raise ServiceUnavailable(f"detection service at {self.urls[self.detection_service]} is unreachable: {e}") from e
+            where = self.urls[self.detection_service]
+            raise ServiceUnavailable(f"detection service at {where} is unreachable: {e}") from e
         if resp.status_code >= 400:
-            etype, msg = _error_fields(resp)
+            etype, msg = error_fields(resp)
             if 400 <= resp.status_code < 500 and resp.status_code != 429:
-                raise _client_error(resp.status_code, etype, f"detection: {msg}")
+                raise UpstreamRejected(f"detection: {msg}", status_code=resp.status_code, error_type=etype)
             raise UpstreamError(f"detection service failed with HTTP {resp.status_code} {etype}: {msg}",
                                 details={"upstream_status": resp.status_code, "upstream_error_type": etype})
         data = resp.json()
@@ -111,13 +113,13 @@ class FramePipeline:
         for r in raw:
             if not isinstance(r, dict):
                 continue
-            d = Detection.from_detector(r)
+            d = FrameDetection.from_detector(r)
             if d.label in SECURITY_CLASSES:
                 dets.append(d)
         dets.sort(key=lambda d: -d.confidence)
         return dets[: self.max_detections]
 
-    async def enrich_one(self, d: Detection, frame: Any, options: dict[str, Any]) -> dict[str, Any] | None:
+    async def enrich_one(self, d: FrameDetection, frame: Any, options: dict[str, Any]) -> dict[str, Any] | None:
         """Crop and fan out one detection; on failure the error is returned in place of a result."""
         w, h = frame.size
         bbox = BBox.parse(d.bbox)
@@ -126,15 +128,14 @@ class FramePipeline:
             return {"errors": [{"stage": "enrich", "detection_id": d.detection_id, "error_type": "invalid_bbox",
                                 "message": f"bbox {d.bbox} leaves nothing to crop in a {w}x{h} frame"}]}
         crop = frame.crop(box)
-        req = EnrichRequest(image=encode_image(crop), detection_type=d.label, detection_id=d.detection_id,
+        req = GatewayEnrichRequest(image=encode_image(crop), detection_type=d.label, detection_id=d.detection_id,
                             options=options)
         try:
             return await self.router.enrich(req)
         except ServingError as e:
-            return {"errors": [{"stage": "enrich", "detection_id": d.detection_id, "error_type": e.error_type,
-                                "message": e.message}]}
+            return {"errors": [ErrorBody.entry(e, stage="enrich", detection_id=d.detection_id)]}
 
-    async def analyze(self, dets: list[Detection], camera_id: str | None, timestamp: str | None,
+    async def analyze(self, dets: list[FrameDetection], camera_id: str | None, timestamp: str | None,
                       errors: list[dict[str, Any]]) -> dict[str, Any]:
         """LLM /analyze, or the local rules when the LLM service cannot answer."""
         payload = {"detections": [d.public() for d in dets], "camera_id": camera_id, "timestamp": timestamp}
@@ -153,7 +154,7 @@ class FramePipeline:
                         return data
                     reason = {"error_type": "upstream_error", "message": "llm /analyze answered without risk_score"}
                 else:
-                    etype, msg = _error_fields(resp)
+                    etype, msg = error_fields(resp)
                     reason = {"error_type": etype, "message": msg, "status_code": resp.status_code}
             except (TimeoutError, httpx.TimeoutException):
                 reason = {"error_type": "upstream_timeout",

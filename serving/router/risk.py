@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from serving.adapters.postprocess import damage
-from serving.router.schemas import Detection, RiskAssessment, level_of
+from serving.router.schemas import FrameDetection, RiskAssessment, level_of
 
 BASE_SCORE = {"person": 20, "vehicle": 10, "object": 5, "animal": 3}
 POSE_ALERT_POINTS = {"crouching": 15, "lying_down": 20, "hands_raised": 25, "fighting_stance": 30}
@@ -66,7 +66,7 @@ def is_night(timestamp: str | None) -> bool:
     return bool(damage.is_night(t))
 
 
-def _enr(d: Detection) -> dict[str, Any]:
+def _enr(d: FrameDetection) -> dict[str, Any]:
     return d.enrichment or {}
 
 
@@ -161,9 +161,23 @@ def _pct(x: Any) -> str:
         return "?"
 
 
-def detection_context(d: Detection) -> list[str]:
-    """Context lines of one detection's enrichment, one fact per line."""
-    enr = _enr(d)
+def _demographics_line(enr: dict[str, Any], detection_id: str) -> str | None:
+    """"Demographics: age 25-35 (80%), female (90%)" from the per-detection maps or a `demographics` object."""
+    age = _per_detection(enr, "age_classifications", detection_id)
+    gender = _per_detection(enr, "gender_classifications", detection_id)
+    demo = enr.get("demographics") if isinstance(enr.get("demographics"), dict) else {}
+    parts = []
+    if age or demo.get("age_range"):
+        parts.append(f"age {(age or demo).get('age_range')}"
+                     + (f" ({_pct(age['confidence'])})" if age and "confidence" in age else ""))
+    if gender or demo.get("gender"):
+        parts.append(f"{(gender or demo).get('gender')}"
+                     + (f" ({_pct(gender['confidence'])})" if gender and "confidence" in gender else ""))
+    return "Demographics: " + ", ".join(parts) if parts else None
+
+
+def _threat_pose_clothing_lines(enr: dict[str, Any]) -> list[str]:
+    """The weapon / threat, pose and clothing lines of one detection's enrichment."""
     lines: list[str] = []
     w = weapon_of(enr)
     if w:
@@ -178,17 +192,18 @@ def detection_context(d: Detection) -> list[str]:
     if c:
         kind = c.get("type") or c.get("clothing_type") or "unknown"
         flags = [f for f, k in (("SUSPICIOUS", "is_suspicious"), ("service uniform", "is_service_uniform")) if c.get(k)]
-        lines.append(f"Clothing: {kind}, {c.get('color', 'unknown colour')}" + (f" ({', '.join(flags)})" if flags else ""))
-    age = _per_detection(enr, "age_classifications", d.detection_id)
-    gender = _per_detection(enr, "gender_classifications", d.detection_id)
-    demo = enr.get("demographics") if isinstance(enr.get("demographics"), dict) else {}
-    parts = []
-    if age or demo.get("age_range"):
-        parts.append(f"age {(age or demo).get('age_range')}" + (f" ({_pct(age['confidence'])})" if age and "confidence" in age else ""))
-    if gender or demo.get("gender"):
-        parts.append(f"{(gender or demo).get('gender')}" + (f" ({_pct(gender['confidence'])})" if gender and "confidence" in gender else ""))
-    if parts:
-        lines.append("Demographics: " + ", ".join(parts))
+        lines.append(f"Clothing: {kind}, {c.get('color', 'unknown colour')}"
+                     + (f" ({', '.join(flags)})" if flags else ""))
+    return lines
+
+
+def detection_context(d: FrameDetection) -> list[str]:
+    """Context lines of one detection's enrichment, one fact per line."""
+    enr = _enr(d)
+    lines = _threat_pose_clothing_lines(enr)
+    demographics = _demographics_line(enr, d.detection_id)
+    if demographics:
+        lines.append(demographics)
     a = _action(enr)
     if a:
         lines.append(f"Action: {a['action']} ({_pct(a.get('confidence'))})")
@@ -217,7 +232,7 @@ def detection_context(d: Detection) -> list[str]:
 
 
 def build_messages(
-    detections: Sequence[Detection],
+    detections: Sequence[FrameDetection],
     *,
     camera_id: str | None = None,
     timestamp: str | None = None,
@@ -289,7 +304,8 @@ def parse_llm_output(text: str) -> RiskAssessment | None:
     m = _SCORE_RE.search(text)
     if m and 0 <= float(m.group(1)) <= 100:
         s = int(round(float(m.group(1))))
-        return RiskAssessment(risk_score=s, risk_level=level_of(s), reasons=[], summary=text.strip()[:300], scoring="llm")
+        return RiskAssessment(risk_score=s, risk_level=level_of(s), reasons=[], summary=text.strip()[:300],
+                              scoring="llm")
     return None
 
 
@@ -314,7 +330,22 @@ class _Hits:
         return [r + (f" (x{self.count[k]})" if self.count[k] > 1 else "") for k, r in self.reason.items()]
 
 
-def _detection_rules(d: Detection, night: bool, hits: _Hits) -> int:
+def _damage_rules(enr: dict[str, Any], night: bool, hits: _Hits) -> int:
+    """Vehicle damage hits of one detection; returns the floor they impose (0 when none)."""
+    dmg = _damage(enr)
+    dtypes = _damage_types(dmg) if dmg else []
+    if not dtypes:
+        return 0
+    found = damage.patterns(dtypes, night)
+    if damage.HIGH_SECURITY_DAMAGE & set(dtypes):
+        hits.add("damage:high", 25, "high-security vehicle damage")
+    for pattern, points in DAMAGE_PATTERN_POINTS.items():
+        if pattern in found:
+            hits.add(f"damage:{pattern}", points, f"vehicle damage: {pattern}")
+    return NIGHT_DAMAGE_FLOOR if "critical alert" in found else 0
+
+
+def _detection_rules(d: FrameDetection, night: bool, hits: _Hits) -> int:
     """Add one detection's rule hits; returns the floor it imposes (0 when none)."""
     enr = _enr(d)
     floor = 0
@@ -339,25 +370,16 @@ def _detection_rules(d: Detection, night: bool, hits: _Hits) -> int:
         hits.add(f"action:{act}", ACTION_POINTS[act], f"action: {act}")
     if _violent(enr):
         hits.add("violence", 40, "violence classifier: violent scene")
-    dmg = _damage(enr)
-    dtypes = _damage_types(dmg) if dmg else []
-    if dtypes:
-        found = damage.patterns(dtypes, night)
-        if damage.HIGH_SECURITY_DAMAGE & set(dtypes):
-            hits.add("damage:high", 25, "high-security vehicle damage")
-        for pattern, points in DAMAGE_PATTERN_POINTS.items():
-            if pattern in found:
-                hits.add(f"damage:{pattern}", points, f"vehicle damage: {pattern}")
-        if "critical alert" in found:
-            floor = max(floor, NIGHT_DAMAGE_FLOOR)
+    floor = max(floor, _damage_rules(enr, night, hits))
     depth = enr.get("depth")
-    if d.detection_type == "person" and isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close"):
+    close = isinstance(depth, dict) and depth.get("proximity_label") in ("close", "very_close")
+    if d.detection_type == "person" and close:
         hits.add("close", 5, "person close to the camera")
     return floor
 
 
 def rule_based(
-    detections: Sequence[Detection], *, timestamp: str | None = None, scoring: str = "rule_based"
+    detections: Sequence[FrameDetection], *, timestamp: str | None = None, scoring: str = "rule_based"
 ) -> RiskAssessment:
     """The rule table of the module docstring; each rule counts once per frame (its strongest instance)."""
     night = is_night(timestamp)
@@ -385,7 +407,7 @@ def rule_based(
 
 
 def assess(
-    detections: Sequence[Detection], llm_text: str | None, *, timestamp: str | None = None
+    detections: Sequence[FrameDetection], llm_text: str | None, *, timestamp: str | None = None
 ) -> tuple[RiskAssessment, str | None]:
     """The final assessment and, when the LLM answer was unusable, why.
 

@@ -1,11 +1,12 @@
 """Request and result shapes of the router, the pipeline and the risk analysis (seed 003).
 
-- `EnrichRequest`: seed "Unified Enrichment Endpoint" request (image, detection_type, bbox, frames,
+- `GatewayEnrichRequest`: seed "Unified Enrichment Endpoint" request (image, detection_type, bbox, frames,
   options) plus an optional `detection_id` (the key of the seed's per-detection maps) and `models`
   (run exactly these models instead of the ones the triggers choose).
-- `Detection`: one detection as the detector reports it, with its enrichment once the router ran.
+- `FrameDetection`: one detection as the detector reports it, with its enrichment once the router ran.
 - `AnalyzeRequest`: what the LLM service's POST /analyze takes.
 - `RiskAssessment`: score, level, reasons, summary and how it was scored.
+- `RiskEvent`: what POST /pipeline/frame answers.
 
 Seed risk score ranges (the seed's table is empty in the copy we have; these are the project's):
 low 0-29, medium 30-59, high 60-84, critical 85-100.
@@ -40,7 +41,7 @@ def new_detection_id() -> str:
     return "det_" + uuid.uuid4().hex[:8]
 
 
-class EnrichRequest(BaseModel):
+class GatewayEnrichRequest(BaseModel):
     """Seed "Unified Enrichment Endpoint" request, as the gateway's POST /enrich takes it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +50,8 @@ class EnrichRequest(BaseModel):
     detection_type: str = Field(description="person|vehicle|animal|object, or a detector class name such as car.")
     bbox: dict[str, float] | list[float] | None = Field(None, description="Region of the image to enrich.")
     frames: list[str] | None = Field(None, description="Base64 frames for multi-frame models (action).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Trigger options (action_recognition, include_depth, ...).")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Trigger options (action_recognition, include_depth, ...).")
     detection_id: str | None = Field(None, description="Key of the per-detection maps of the result.")
     models: list[str] | None = Field(None, description="Run exactly these models instead of the triggered ones.")
     timeout_s: float | None = Field(None, gt=0, le=300, description="Per-call timeout override.")
@@ -63,7 +65,7 @@ class EnrichRequest(BaseModel):
         return v
 
 
-class Detection(BaseModel):
+class FrameDetection(BaseModel):
     """One detection of a frame (detector output), optionally carrying its enrichment."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -84,7 +86,7 @@ class Detection(BaseModel):
         return out
 
     @classmethod
-    def from_detector(cls, raw: dict[str, Any]) -> Detection:
+    def from_detector(cls, raw: dict[str, Any]) -> FrameDetection:
         """Normalise a detector result (keys class/label/class_name, bbox dict or list)."""
         label = raw.get("class") or raw.get("label") or raw.get("class_name") or raw.get("name")
         if not label:
@@ -101,7 +103,7 @@ class AnalyzeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detections: list[Detection] = Field(default_factory=list)
+    detections: list[FrameDetection] = Field(default_factory=list)
     enrichment: dict[str, Any] | None = Field(
         None, description="An EnrichmentResult for the whole event when it is not attached per detection."
     )
@@ -120,3 +122,24 @@ class RiskAssessment(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     summary: str = ""
     scoring: Literal["llm", "rule_based", "rule_based_fallback"] = "rule_based"
+
+
+class RiskEvent(BaseModel):
+    """POST /pipeline/frame at the gateway: one frame's risk event (serving/router/pipeline.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str
+    camera_id: str | None = None
+    timestamp: str
+    risk_score: int = Field(ge=0, le=100)
+    risk_level: RiskLevel
+    reasons: list[str] = Field(default_factory=list)
+    summary: str = ""
+    scoring: str = Field(description="llm | rule_based | rule_based_fallback")
+    model: str | None = None
+    analysis: dict[str, Any] = Field(default_factory=dict, description="The rest of the LLM /analyze answer.")
+    detections: list[dict[str, Any]] = Field(default_factory=list, description="Detections with their enrichment.")
+    image: dict[str, int] = Field(description="{width, height} of the frame.")
+    errors: list[dict[str, Any]] = Field(default_factory=list, description="Every stage that failed and why.")
+    timings_ms: dict[str, float] = Field(description="detect, enrich, analyze, total.")

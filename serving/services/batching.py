@@ -5,8 +5,8 @@ item with a future and waits for its result. The worker takes the first queued i
 collecting until the batch holds `max_batch` items or `max_delay_s` has passed since that first item
 arrived — whichever comes first — and calls `run_batch(items) -> results` once for the whole batch
 (one result per item, same order). Adaptive (default): the delay is only spent when the previous batch
-held several items or more are already queued, so a lone client never waits for company. Up to `max_concurrent` batches run at once (1 by default: on a GPU
-one large batch beats two small ones).
+held several items or more are already queued, so a lone client never waits for company. Up to
+`max_concurrent` batches run at once (1 by default: on a GPU one large batch beats two small ones).
 
 Invariants: every submitted item gets exactly one outcome (its result, the batch's exception, or
 `Overloaded` when the queue is full); a waiter that went away (cancelled) is dropped before its batch is

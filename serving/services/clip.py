@@ -17,9 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from serving.errors import BadRequest
-from serving.services.app import ServiceContext
 from serving.services.common import Stopwatch, model_of_family, predict
+from serving.services.context import Ctx, ServiceContext
 from serving.services.images import decode_image_async, decode_images_async, read_request
+from serving.services.openapi import request_body
 from serving.services.schemas import (
     AnomalyRequest,
     AnomalyResponse,
@@ -38,69 +39,72 @@ def clip_model(ctx: ServiceContext) -> str:
     return model_of_family(ctx, "clip")
 
 
-def _body(schema: type) -> dict[str, Any]:
-    return {"requestBody": {"content": {"application/json": {"schema": schema.model_json_schema()}}}}
+router = APIRouter(tags=["clip"])
 
 
-def build_router(ctx: ServiceContext) -> APIRouter:
-    router = APIRouter(tags=["clip"])
+
+@router.post("/embed", response_model=EmbedResponse, openapi_extra=request_body(EmbedRequest))
+async def embed(ctx: Ctx, request: Request) -> dict[str, Any]:
     model = clip_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, EmbedRequest, ctx.limits)
+        if (req.image is None) == (req.text is None):
+            raise BadRequest("give exactly one of 'image' or 'text'")
+        if req.image is not None:
+            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="embed"))[0]
+        else:
+            out = (await predict(ctx, model, [req.text], task="embed_text"))[0]
+    return {**out, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/embed", response_model=EmbedResponse, openapi_extra=_body(EmbedRequest))
-    async def embed(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, EmbedRequest, ctx.limits)
-            if (req.image is None) == (req.text is None):
-                raise BadRequest("give exactly one of 'image' or 'text'")
-            if req.image is not None:
-                out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="embed"))[0]
-            else:
-                out = (await predict(ctx, model, [req.text], task="embed_text"))[0]
-        return {**out, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/anomaly-score", response_model=AnomalyResponse, openapi_extra=_body(AnomalyRequest))
-    async def anomaly(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, AnomalyRequest, ctx.limits)
-            opts: dict[str, Any] = {"task": "anomaly", "baseline": req.baseline_embedding}
-            if req.threshold is not None:
-                opts["threshold"] = req.threshold
-            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], **opts))[0]
-        return {**out, "model": model, "inference_time_ms": sw.ms}
+@router.post("/anomaly-score", response_model=AnomalyResponse, openapi_extra=request_body(AnomalyRequest))
+async def anomaly(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = clip_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, AnomalyRequest, ctx.limits)
+        opts: dict[str, Any] = {"task": "anomaly", "baseline": req.baseline_embedding}
+        if req.threshold is not None:
+            opts["threshold"] = req.threshold
+        out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], **opts))[0]
+    return {**out, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_body(ClassifyRequest))
-    async def classify(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, ClassifyRequest, ctx.limits)
-            labels = [label.strip() for label in req.labels]
-            if any(not label for label in labels) or len(set(labels)) != len(labels):
-                raise BadRequest("labels must be distinct, non-empty strings")
-            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="classify",
-                                 labels=labels))[0]
-        return {**out, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/similarity", response_model=SimilarityResponse, openapi_extra=_body(SimilarityRequest))
-    async def similarity(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, SimilarityRequest, ctx.limits)
-            out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="similarity",
-                                 texts=[req.text]))[0]
-        return {"similarity": out["similarities"][req.text], "text": req.text, "model": model,
-                "inference_time_ms": sw.ms}
+@router.post("/classify", response_model=ClassifyResponse, openapi_extra=request_body(ClassifyRequest))
+async def classify(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = clip_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, ClassifyRequest, ctx.limits)
+        labels = [label.strip() for label in req.labels]
+        if any(not label for label in labels) or len(set(labels)) != len(labels):
+            raise BadRequest("labels must be distinct, non-empty strings")
+        out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="classify",
+                             labels=labels))[0]
+    return {**out, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/batch-similarity", response_model=BatchSimilarityResponse,
-                 openapi_extra=_body(BatchSimilarityRequest))
-    async def batch_similarity(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, BatchSimilarityRequest, ctx.limits)
-            if (req.image is None) == (not req.images):
-                raise BadRequest("give exactly one of 'image' or 'images'")
-            if req.image is not None:
-                imgs = [await decode_image_async(req.image, ctx.limits)]
-            else:
-                imgs = await decode_images_async(req.images or [], ctx.limits)
-            texts = list(dict.fromkeys(t for t in req.texts))
-            rows = await predict(ctx, model, imgs, task="similarity", texts=texts)
-        return {"results": rows, "count": len(rows), "model": model, "inference_time_ms": sw.ms}
 
-    return router
+@router.post("/similarity", response_model=SimilarityResponse, openapi_extra=request_body(SimilarityRequest))
+async def similarity(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = clip_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, SimilarityRequest, ctx.limits)
+        out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="similarity",
+                             texts=[req.text]))[0]
+    return {"similarity": out["similarities"][req.text], "text": req.text, "model": model,
+            "inference_time_ms": sw.ms}
+
+
+@router.post("/batch-similarity", response_model=BatchSimilarityResponse,
+             openapi_extra=request_body(BatchSimilarityRequest))
+async def batch_similarity(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = clip_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, BatchSimilarityRequest, ctx.limits)
+        if (req.image is None) == (not req.images):
+            raise BadRequest("give exactly one of 'image' or 'images'")
+        if req.image is not None:
+            imgs = [await decode_image_async(req.image, ctx.limits)]
+        else:
+            imgs = await decode_images_async(req.images or [], ctx.limits)
+        texts = list(dict.fromkeys(t for t in req.texts))
+        rows = await predict(ctx, model, imgs, task="similarity", texts=texts)
+    return {"results": rows, "count": len(rows), "model": model, "inference_time_ms": sw.ms}

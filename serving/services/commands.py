@@ -6,7 +6,8 @@
     zoo frame IMAGE [--url http://127.0.0.1:8090] [--camera-id ID] [--confidence C] [--json]
     zoo frame --synthetic [...]          a generated test frame instead of a file
 
-Heavy imports (uvicorn, the app, PIL) stay inside the command functions.
+Heavy imports (uvicorn, the app, PIL) stay inside the command functions. The environment is read once per
+command (`Settings.from_env()`) and passed down: to `load_zoo`, to `create_app`, to the launcher's children.
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _load(zoo_path: Path, service: str | None = None):  # noqa: ANN202
+def _settings():  # noqa: ANN202 - serving.settings.Settings
+    from serving.errors import ConfigError
+    from serving.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as e:
+        _fail(e.message, 2)
+
+
+def _load(zoo_path: Path, settings: Any, service: str | None = None):  # noqa: ANN202
     from serving.config import load_zoo
     from serving.errors import ConfigError
 
     try:
-        return load_zoo(zoo_path, service=service)
+        return load_zoo(zoo_path, service=service, env=settings.overrides)
     except ConfigError as e:
         _fail(e.message, 2)
 
@@ -58,9 +69,10 @@ def serve(
 
     from serving.services.app import create_app
 
-    z = _load(zoo, service)
+    settings = _settings()
+    z = _load(zoo, settings, service)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(z, service)
+    app = create_app(z, service, settings=settings)
     uvicorn.run(app, host=host, port=port or z.services[service].port, log_level=log_level, access_log=False)
 
 
@@ -73,7 +85,8 @@ def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
         t.add_column(col, no_wrap=col in ("service", "url"), overflow="fold")
     for name, p in launcher.procs.items():
         h = p.health or {}
-        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device", "-"))
+        device = h.get("device")
+        dev = (device or {}).get("name", "-") if isinstance(device, dict) else str(h.get("device", "-"))
         state = ready.get(name, "?")
         state = h.get("state", state) if state == "ready" else state
         tiers = h.get("models") or {}
@@ -102,7 +115,8 @@ def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None
 
 def up(
     zoo: Path = typer.Option(Path("zoo.yaml"), "--zoo", help="The zoo file."),
-    services: str | None = typer.Option(None, "--services", help="Comma-separated subset (the gateway is always started)."),
+    services: str | None = typer.Option(None, "--services",
+                                        help="Comma-separated subset (the gateway is always started)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface the services bind."),
     fixtures: bool = typer.Option(True, "--fixtures/--no-fixtures", help="Build missing model fixtures first."),
     ready_timeout: float = typer.Option(600.0, "--ready-timeout", help="Seconds to wait for every /health."),
@@ -113,7 +127,8 @@ def up(
     from serving.services.launcher import Launcher
 
     console = _console()
-    z = _load(zoo)
+    settings = _settings()
+    z = _load(zoo, settings)
     names = list(z.services)
     if services:
         wanted = [s.strip() for s in services.split(",") if s.strip()]
@@ -132,7 +147,7 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     launcher = Launcher(zoo_path=zoo.resolve(), services={n: urls[n] for n in names}, host=host, log_dir=log_dir,
-                        on_event=lambda n, msg: console.print(f"[dim]{n}: {msg}[/]"))
+                        env=settings.overrides, on_event=lambda n, msg: console.print(f"[dim]{n}: {msg}[/]"))
     code = 0
     try:
         launcher.start()
@@ -258,7 +273,8 @@ def frame(
             data = image.read_bytes()
         except OSError as e:
             _fail(f"cannot read {image}: {e}", 2)
-        ctype = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}.get(image.suffix.lower(), "image/jpeg")
+        types = {".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
+        ctype = types.get(image.suffix.lower(), "image/jpeg")
     params: dict[str, Any] = {}
     if camera_id:
         params["camera_id"] = camera_id
@@ -279,7 +295,8 @@ def frame(
         print(json.dumps(event, indent=2))
         return
     console = _console()
-    colour = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "red"}.get(event.get("risk_level"), "white")
+    colours = {"low": "green", "medium": "yellow", "high": "dark_orange", "critical": "red"}
+    colour = colours.get(event.get("risk_level"), "white")
     lines = [f"[bold {colour}]{str(event.get('risk_level')).upper()}[/] risk score {event.get('risk_score')} "
              f"(scoring: {event.get('scoring')})", f"summary: {event.get('summary')}"]
     lines += [f"  - {r_}" for r_ in event.get("reasons") or []]

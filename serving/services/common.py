@@ -1,4 +1,4 @@
-"""Pieces shared by every service router: request limits, the admin guard, the model call.
+"""Pieces shared by every service router: the admin guard, model lookup, the model call.
 
 Every model route goes through `predict(ctx, name, inputs, **options)`, which is exactly
 
@@ -12,52 +12,17 @@ the router's.
 from __future__ import annotations
 
 import hmac
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from serving.errors import ConfigError, ServiceUnavailable, Unauthorized, UnknownModel
+from serving.services.context import ServiceContext, get_context
+from serving.services.limits import Limits as Limits  # re-exported: importers outside services/
 
 if TYPE_CHECKING:  # pragma: no cover
-    from serving.services.app import ServiceContext
-
-MB = 1024 * 1024
-DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits of a service. Env overrides: ZOO_MAX_BODY_MB, ZOO_MAX_PIXELS, ZOO_IMAGE_FORMATS, ZOO_MAX_BATCH."""
-
-    #: bytes of one request body; larger -> 413 payload_too_large before the body is read
-    max_body_bytes: int = 32 * MB
-    #: width x height of one decoded image; larger -> 413 image_too_large, checked from the header
-    max_pixels: int = 40_000_000
-    #: PIL format names accepted after sniffing the bytes (the declared content type is not trusted)
-    allowed_formats: frozenset[str] = field(default=DEFAULT_FORMATS)
-    #: images in one /…/batch request
-    max_batch_images: int = 64
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Limits:
-        env = os.environ if env is None else env
-        kw: dict[str, Any] = {}
-        try:
-            if env.get("ZOO_MAX_BODY_MB"):
-                kw["max_body_bytes"] = int(float(env["ZOO_MAX_BODY_MB"]) * MB)
-            if env.get("ZOO_MAX_PIXELS"):
-                kw["max_pixels"] = int(env["ZOO_MAX_PIXELS"])
-            if env.get("ZOO_MAX_BATCH"):
-                kw["max_batch_images"] = int(env["ZOO_MAX_BATCH"])
-        except ValueError as e:
-            raise ConfigError(f"invalid limit in the environment: {e}") from e
-        if env.get("ZOO_IMAGE_FORMATS"):
-            kw["allowed_formats"] = frozenset(f.strip().upper() for f in env["ZOO_IMAGE_FORMATS"].split(",") if f.strip())
-        return cls(**kw)
+    from serving.vram.manager import OnDemandModelManager
 
 
 def check_admin(ctx: ServiceContext, request: Request) -> None:
@@ -71,30 +36,32 @@ def check_admin(ctx: ServiceContext, request: Request) -> None:
         raise Unauthorized("this admin route needs 'Authorization: Bearer <ZOO_ADMIN_TOKEN>'")
 
 
-def admin_dependency(ctx: ServiceContext) -> Callable[[Request], None]:
-    """A FastAPI dependency enforcing `check_admin` for routers' own admin routes."""
-
-    def dep(request: Request) -> None:
-        check_admin(ctx, request)
-
-    return dep
+def require_admin(request: Request) -> None:
+    """FastAPI dependency of admin routes: `check_admin` against the app's context."""
+    check_admin(get_context(request), request)
 
 
-def require_manager(ctx: ServiceContext):  # noqa: ANN201 - returns the manager
+def require_manager(ctx: ServiceContext) -> OnDemandModelManager:
+    """The service's manager; 503 service_unavailable on the gateway, which hosts no models."""
     if ctx.manager is None:
         raise ServiceUnavailable(f"service {ctx.service!r} hosts no models")
     return ctx.manager
 
 
 def model_of_family(ctx: ServiceContext, family: str) -> str:
-    """The model this service uses for a family: `ctx.extras["<family>_model"]`, else its first one."""
-    name = ctx.extras.get(f"{family}_model")
-    if name:
-        return str(name)
+    """The first model of this service whose zoo.yaml family is `family` (the service's order decides)."""
     for m in ctx.spec.models:
         if ctx.zoo.models[m].family == family:
             return m
     raise ConfigError(f"service {ctx.service!r} has no {family}-family model")
+
+
+def model_of_task(ctx: ServiceContext, task: str) -> str:
+    """The first model of this service whose zoo.yaml task is `task`."""
+    for m in ctx.spec.models:
+        if ctx.zoo.models[m].task == task:
+            return m
+    raise ConfigError(f"service {ctx.service!r} has no model with task {task!r}")
 
 
 def require_model(ctx: ServiceContext, name: str) -> str:

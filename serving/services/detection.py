@@ -10,15 +10,15 @@ Filtering: by default only the seed SECURITY_CLASSES are returned; `classes` nar
 set, `all_classes: true` keeps everything. The default confidence is the model's `options.confidence`
 (YOLO26_CONFIDENCE overrides it in load_zoo).
 
-Batching knobs: `ctx.extras["batching"] = {"max_batch", "max_delay_s", "max_queue"}` (tests and the
-benchmark), else env ZOO_BATCH_MAX_SIZE (default 8; 1 = off), ZOO_BATCH_MAX_DELAY_MS (default 5),
-ZOO_BATCH_MAX_QUEUE (default 256), read once when the router is built.
+Batching knobs (Settings): ZOO_BATCH_MAX_SIZE (default 8; 1 = off), ZOO_BATCH_MAX_DELAY_MS (default 5),
+ZOO_BATCH_MAX_QUEUE (default 256). The batcher is built by `lifespan` and kept on `ctx.batcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,39 +26,27 @@ from fastapi import APIRouter, Request
 from PIL import Image
 
 from serving.config import SECURITY_CLASSES, detection_type_of
-from serving.errors import ConfigError
-from serving.services.app import ServiceContext
 from serving.services.batching import DynamicBatcher
-from serving.services.common import Stopwatch, model_options
+from serving.services.common import Stopwatch, model_of_task, model_options, require_manager
+from serving.services.context import Ctx, ServiceContext
 from serving.services.images import decode_image_async, decode_images_async, read_request
+from serving.services.openapi import request_body
 from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
+
+router = APIRouter(tags=["detection"])
 
 
 @dataclass
-class _Item:
+class DetectItem:
+    """One image waiting in the batcher, with the confidence its request asked for."""
+
     image: Image.Image
     confidence: float
 
 
-def batching_config(ctx: ServiceContext) -> dict[str, Any]:
-    cfg = dict(ctx.extras.get("batching") or {})
-    try:
-        cfg.setdefault("max_batch", int(os.environ.get("ZOO_BATCH_MAX_SIZE", "8")))
-        cfg.setdefault("max_delay_s", float(os.environ.get("ZOO_BATCH_MAX_DELAY_MS", "5")) / 1000.0)
-        cfg.setdefault("max_queue", int(os.environ.get("ZOO_BATCH_MAX_QUEUE", "256")))
-    except ValueError as e:
-        raise ConfigError(f"invalid ZOO_BATCH_* environment value: {e}") from e
-    return cfg
-
-
 def detector_name(ctx: ServiceContext) -> str:
-    name = ctx.extras.get("detect_model")
-    if name:
-        return str(name)
-    for m in ctx.spec.models:
-        if ctx.zoo.models[m].task == "detect":
-            return m
-    raise ConfigError(f"service {ctx.service!r} has no model with task 'detect'")
+    """The service's model with task `detect`."""
+    return model_of_task(ctx, "detect")
 
 
 def filter_detections(result: dict[str, Any], *, confidence: float, classes: set[str] | None,
@@ -75,15 +63,14 @@ def filter_detections(result: dict[str, Any], *, confidence: float, classes: set
     return kept[:max_detections] if max_detections else kept
 
 
-def build_router(ctx: ServiceContext) -> APIRouter:
-    router = APIRouter(tags=["detection"])
+@contextlib.asynccontextmanager
+async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+    """Build, start and finally stop the service's `DynamicBatcher` (kept on `ctx.batcher`)."""
     model = detector_name(ctx)
-    default_conf = float(model_options(ctx, model).get("confidence", 0.5))
-    cfg = batching_config(ctx)
-    manager = ctx.manager
-    assert manager is not None
+    manager = require_manager(ctx)
+    s = ctx.settings
 
-    async def run_batch(items: list[_Item]) -> list[dict[str, Any]]:
+    async def run_batch(items: list[DetectItem]) -> list[dict[str, Any]]:
         conf = min(i.confidence for i in items)
         async with manager.use(model) as adapter:
             return await manager.run(adapter.predict, [i.image for i in items], confidence=conf)
@@ -93,60 +80,66 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         for w in waits:
             ctx.metrics.batch_wait.labels(model).observe(w)
 
-    batcher: DynamicBatcher[_Item, dict[str, Any]] = DynamicBatcher(
-        run_batch, max_batch=cfg["max_batch"], max_delay_s=cfg["max_delay_s"], max_queue=cfg["max_queue"],
-        on_batch=on_batch, name=f"{model}-batcher",
+    batcher: DynamicBatcher[DetectItem, dict[str, Any]] = DynamicBatcher(
+        run_batch, max_batch=s.zoo_batch_max_size, max_delay_s=s.zoo_batch_max_delay_ms / 1000.0,
+        max_queue=s.zoo_batch_max_queue, on_batch=on_batch, name=f"{model}-batcher",
     )
-    ctx.extras["batcher"] = batcher
+    ctx.batcher = batcher
+    batcher.start()
+    try:
+        yield
+    finally:
+        await batcher.stop()
 
-    async def _start() -> None:
-        batcher.start()
 
-    ctx.on_startup.append(_start)
-    ctx.on_shutdown.append(batcher.stop)
+def _batcher(ctx: ServiceContext) -> DynamicBatcher[DetectItem, dict[str, Any]]:
+    assert ctx.batcher is not None, "the detection lifespan did not run"
+    return ctx.batcher
 
-    def class_set(classes: list[str] | None, all_classes: bool) -> set[str] | None:
-        if classes:
-            return set(classes)
-        return None if all_classes else set(SECURITY_CLASSES)
 
-    def response(result: dict[str, Any], dets: list[dict[str, Any]], ms: float) -> dict[str, Any]:
-        return {
-            "detections": dets,
-            "count": len(dets),
-            "image_width": result["image_width"],
-            "image_height": result["image_height"],
-            "model": model,
-            "inference_time_ms": ms,
-        }
+def _class_set(classes: list[str] | None, all_classes: bool) -> set[str] | None:
+    if classes:
+        return set(classes)
+    return None if all_classes else set(SECURITY_CLASSES)
 
-    @router.post("/detect", response_model=DetectResponse, response_model_by_alias=True,
-                 openapi_extra={"requestBody": {"content": {"application/json": {"schema": DetectRequest.model_json_schema()}}}})
-    async def detect(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, DetectRequest, ctx.limits)
-            img = await decode_image_async(req.image, ctx.limits)
-            conf = default_conf if req.confidence is None else req.confidence
-            result = await batcher.submit(_Item(img, conf))
-            dets = filter_detections(result, confidence=conf, classes=class_set(req.classes, req.all_classes),
-                                     max_detections=req.max_detections)
-        return response(result, dets, sw.ms)
 
-    @router.post("/detect/batch", response_model=BatchDetectResponse, response_model_by_alias=True,
-                 openapi_extra={"requestBody": {"content": {"application/json": {"schema": BatchDetectRequest.model_json_schema()}}}})
-    async def detect_batch(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, BatchDetectRequest, ctx.limits)
-            imgs = await decode_images_async(req.images, ctx.limits)
-            conf = default_conf if req.confidence is None else req.confidence
-            results = await asyncio.gather(*(batcher.submit(_Item(i, conf)) for i in imgs))
-            classes = class_set(req.classes, req.all_classes)
-            per_image = []
-            for r in results:
-                dets = filter_detections(r, confidence=conf, classes=classes, max_detections=req.max_detections)
-                per_image.append(response(r, dets, 0.0))
-        for p in per_image:
-            p["inference_time_ms"] = sw.ms
-        return {"results": per_image, "count": len(per_image), "inference_time_ms": sw.ms}
+def _response(model: str, result: dict[str, Any], dets: list[dict[str, Any]], ms: float) -> dict[str, Any]:
+    return {"detections": dets, "count": len(dets), "image_width": result["image_width"],
+            "image_height": result["image_height"], "model": model, "inference_time_ms": ms}
 
-    return router
+
+def _default_confidence(ctx: ServiceContext, model: str) -> float:
+    return float(model_options(ctx, model).get("confidence", 0.5))
+
+
+@router.post("/detect", response_model=DetectResponse, response_model_by_alias=True,
+             openapi_extra=request_body(DetectRequest))
+async def detect(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = detector_name(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, DetectRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        conf = _default_confidence(ctx, model) if req.confidence is None else req.confidence
+        result = await _batcher(ctx).submit(DetectItem(img, conf))
+        dets = filter_detections(result, confidence=conf, classes=_class_set(req.classes, req.all_classes),
+                                 max_detections=req.max_detections)
+    return _response(model, result, dets, sw.ms)
+
+
+@router.post("/detect/batch", response_model=BatchDetectResponse, response_model_by_alias=True,
+             openapi_extra=request_body(BatchDetectRequest))
+async def detect_batch(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = detector_name(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, BatchDetectRequest, ctx.limits)
+        imgs = await decode_images_async(req.images, ctx.limits)
+        conf = _default_confidence(ctx, model) if req.confidence is None else req.confidence
+        batcher = _batcher(ctx)
+        results = await asyncio.gather(*(batcher.submit(DetectItem(i, conf)) for i in imgs))
+        classes = _class_set(req.classes, req.all_classes)
+        per_image = [_response(model, r, filter_detections(r, confidence=conf, classes=classes,
+                                                           max_detections=req.max_detections), 0.0)
+                     for r in results]
+    for p in per_image:
+        p["inference_time_ms"] = sw.ms
+    return {"results": per_image, "count": len(per_image), "inference_time_ms": sw.ms}

@@ -1,24 +1,37 @@
-"""The one place where errors become HTTP responses.
+"""The one place where errors become HTTP responses: one body model, three renderers.
 
-`install_error_handlers(app)` registers the handlers:
-- `ServingError` (the runtime's hierarchy, serving/errors.py) -> its status, JSON
-  `{"error_type", "message", "details"?, "retry_after_s"?}` and a `Retry-After` header when set;
-- request validation errors (FastAPI/pydantic) -> 422 `{"error_type": "validation_error", ...}`;
-- anything else -> 500 `{"error_type": "internal_error"}` (the traceback goes to the log, not the client),
-  answered by `InternalErrorMiddleware` so the connection stays usable.
+Body (`ErrorBody`, every error of every service):
+    {"error_type": machine-readable kind, "message": text, "detail": text, "details"?: {...},
+     "retry_after_s"?: seconds}   (+ "error": text on KServe routes)
+`error_type` / `message` / `details` / `retry_after_s` are the runtime's own fields (serving/errors.py),
+`detail` is what FastAPI clients read. There is no top-level `error` outside KServe: OpenAI's client unwraps
+a top-level `error` as the whole error body, and Triton's reads it as a string; only the KServe renderer
+adds it.
+
+Renderers (each the same `ErrorBody`, with the status and a `Retry-After` in whole seconds when set):
+- `error_response(exc)`: plain HTTP; `install_error_handlers(app)` routes `ServingError`, request
+  validation (422 `validation_error`), Starlette's 404/405 and, through `InternalErrorMiddleware`, anything
+  unhandled (500 `internal_error`, traceback to the log) to it;
+- `kserve_error_response(exc)`: Triton's `{"error": "..."}` added (`KServeRoute`, the /v2 routes' class);
+- `sse_error(exc)`: one Server-Sent Event for a stream whose status line is already sent (OpenAI's in-band
+  `{"error": {"message", "type", ...}}`), used by the LLM service.
+- `ErrorBody.entry(exc, **where)`: an error listed inside a partial result (enrichment, fan-out, pipeline).
 Handlers just raise; middlewares that must answer before routing (body size) call `error_response`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.errors import ServingError
@@ -26,37 +39,94 @@ from serving.errors import ServingError
 log = logging.getLogger(__name__)
 
 
+class ErrorBody(BaseModel):
+    """The JSON body of every error response (see the module docstring); extra keys are allowed so an
+    entry of a partial result can carry where it happened (model, service, stage, status_code)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error_type: str = Field(description="Machine-readable kind: bad_request, insufficient_vram, ...")
+    message: str = Field(description="Human-readable message (same text as `error`).")
+    detail: str = Field(description="Human-readable message (the key FastAPI clients read).")
+    details: dict[str, Any] | None = Field(None, description="Structured context: limits, model, errors.")
+    retry_after_s: float | None = Field(None, description="Seconds to wait before retrying (also Retry-After).")
+    error: str | None = Field(None, description="KServe routes only: the message, where Triton's client reads it.")
+
+    @classmethod
+    def of(cls, error_type: str, message: str, details: dict[str, Any] | None = None,
+           retry_after_s: float | None = None) -> ErrorBody:
+        return cls(error_type=error_type, message=message, detail=message,
+                   details=details or None, retry_after_s=retry_after_s)
+
+    @classmethod
+    def from_exc(cls, exc: BaseException) -> ErrorBody:
+        """A ServingError's fields; anything else is an internal_error naming the exception type."""
+        if isinstance(exc, ServingError):
+            retry = round(exc.retry_after, 3) if exc.retry_after is not None else None
+            return cls.of(exc.error_type, exc.message, exc.details, retry)
+        return cls.of("internal_error", f"internal error: {type(exc).__name__}")
+
+    @classmethod
+    def entry(cls, exc: BaseException, **where: Any) -> dict[str, Any]:
+        """`{**where, error_type, message, status_code, retry_after_s?}`: one failure inside a partial result."""
+        body = cls.from_exc(exc)
+        status = exc.status_code if isinstance(exc, ServingError) else 500
+        message = body.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+        out = {**where, "error_type": body.error_type, "message": message, "status_code": status}
+        if body.retry_after_s is not None:
+            out["retry_after_s"] = body.retry_after_s
+        return out
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def _headers(exc: ServingError) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))} if exc.retry_after is not None else {}
+
+
 def error_response(exc: ServingError) -> JSONResponse:
-    """Render a ServingError: status, JSON body, Retry-After (whole seconds, rounded up)."""
-    headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    """Render a ServingError: status, `ErrorBody`, Retry-After (whole seconds, rounded up)."""
+    return JSONResponse(ErrorBody.from_exc(exc).dump(), status_code=exc.status_code, headers=_headers(exc))
 
 
-def _validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for err in errors:
-        out.append({
-            "loc": [str(p) for p in err.get("loc", ())],
-            "msg": str(err.get("msg", "")),
-            "type": str(err.get("type", "")),
-        })
-    return out
+def kserve_error_response(exc: ServingError) -> JSONResponse:
+    """`error_response` with Triton's `error` key (KServe v2 routes)."""
+    body = ErrorBody.from_exc(exc)
+    body.error = body.message
+    return JSONResponse(body.dump(), status_code=exc.status_code, headers=_headers(exc))
 
 
-def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
-    details = _validation_details(errors)
+class KServeRoute(APIRoute):
+    """Route class of the KServe v2 router: its ServingErrors render with `kserve_error_response`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServingError as exc:
+                return kserve_error_response(exc)
+
+        return route
+
+
+def sse_error(exc: BaseException) -> bytes:
+    """One SSE `data:` event reporting `exc` inside a stream (OpenAI's in-band error object)."""
+    body = ErrorBody.from_exc(exc)
+    message = body.message if isinstance(exc, ServingError) else str(exc)
+    payload = {"error": {**body.dump(), "message": message, "type": body.error_type}}
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def validation_body(errors: list[dict[str, Any]]) -> ErrorBody:
+    """422 body of a request that failed pydantic validation: the first error in `message`, all in details."""
+    details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+               for e in errors]
     first = details[0] if details else {"loc": [], "msg": "invalid request"}
     where = ".".join(p for p in first["loc"] if p not in ("body",)) or "request"
-    return JSONResponse(
-        {
-            "error_type": "validation_error",
-            "message": f"{where}: {first['msg']}",
-            "details": {"errors": details},
-        },
-        status_code=422,
-    )
+    return ErrorBody.of("validation_error", f"{where}: {first['msg']}", {"errors": details})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -71,26 +141,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_response(list(exc.errors()))
+        return JSONResponse(validation_body(list(exc.errors())).dump(), status_code=422)
 
     @app.exception_handler(ValidationError)
     async def _pydantic_validation(request: Request, exc: ValidationError) -> JSONResponse:
-        return validation_response(list(exc.errors()))
+        return JSONResponse(validation_body(list(exc.errors())).dump(), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error_type": kind, "message": str(exc.detail)},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-
-
-def internal_error_response(exc: BaseException) -> JSONResponse:
-    return JSONResponse({"error_type": "internal_error", "message": f"internal error: {type(exc).__name__}"},
-                        status_code=500)
+        return JSONResponse(ErrorBody.of(kind, str(exc.detail)).dump(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
 
 class InternalErrorMiddleware:
@@ -118,4 +179,4 @@ class InternalErrorMiddleware:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            await internal_error_response(exc)(scope, receive, send)
+            await JSONResponse(ErrorBody.from_exc(exc).dump(), status_code=500)(scope, receive, send)

@@ -15,9 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from serving.services.app import ServiceContext
 from serving.services.common import Stopwatch, model_of_family, predict
+from serving.services.context import Ctx, ServiceContext
 from serving.services.images import decode_image_async, read_request
+from serving.services.openapi import request_body
 from serving.services.schemas import (
     DenseCaptionResponse,
     ExtractRequest,
@@ -63,56 +64,62 @@ def ocr_regions(result: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _body(schema: type) -> dict[str, Any]:
-    return {"requestBody": {"content": {"application/json": {"schema": schema.model_json_schema()}}}}
+router = APIRouter(tags=["florence"])
 
 
-def build_router(ctx: ServiceContext) -> APIRouter:
-    router = APIRouter(tags=["florence"])
+async def run(ctx: ServiceContext, image: Any, task: str, text: str | None = None,
+              max_new_tokens: int | None = None) -> dict[str, Any]:
+    """One Florence-2 task on one image with the service's florence2 model."""
+    opts: dict[str, Any] = {"task": task}
+    if text:
+        opts["text"] = text
+    if max_new_tokens:
+        opts["max_new_tokens"] = max_new_tokens
+    return (await predict(ctx, florence_model(ctx), [image], **opts))[0]
+
+
+@router.post("/extract", response_model=ExtractResponse, openapi_extra=request_body(ExtractRequest))
+async def extract(ctx: Ctx, request: Request) -> dict[str, Any]:
     model = florence_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, ExtractRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        out = await run(ctx, img, req.prompt, req.text_input, req.max_new_tokens)
+    return {"prompt": req.prompt, "result": out["result"], "image_size": out.get("image_size"),
+            "model": model, "inference_time_ms": sw.ms}
 
-    async def run(image: Any, task: str, text: str | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
-        opts: dict[str, Any] = {"task": task}
-        if text:
-            opts["text"] = text
-        if max_new_tokens:
-            opts["max_new_tokens"] = max_new_tokens
-        return (await predict(ctx, model, [image], **opts))[0]
 
-    @router.post("/extract", response_model=ExtractResponse, openapi_extra=_body(ExtractRequest))
-    async def extract(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, ExtractRequest, ctx.limits)
-            out = await run(await decode_image_async(req.image, ctx.limits), req.prompt, req.text_input, req.max_new_tokens)
-        return {"prompt": req.prompt, "result": out["result"], "image_size": out.get("image_size"),
-                "model": model, "inference_time_ms": sw.ms}
+@router.post("/ocr", response_model=OcrResponse, openapi_extra=request_body(OcrRequest))
+async def ocr(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = florence_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, OcrRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        text = (await run(ctx, img, "<OCR>", max_new_tokens=req.max_new_tokens))["result"]
+        regions = None
+        if req.with_regions:
+            out = await run(ctx, img, "<OCR_WITH_REGION>", max_new_tokens=req.max_new_tokens)
+            regions = ocr_regions(out["result"])
+    return {"text": str(text).strip(), "regions": regions, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/ocr", response_model=OcrResponse, openapi_extra=_body(OcrRequest))
-    async def ocr(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, OcrRequest, ctx.limits)
-            img = await decode_image_async(req.image, ctx.limits)
-            text = (await run(img, "<OCR>", max_new_tokens=req.max_new_tokens))["result"]
-            regions = None
-            if req.with_regions:
-                regions = ocr_regions((await run(img, "<OCR_WITH_REGION>", max_new_tokens=req.max_new_tokens))["result"])
-        return {"text": str(text).strip(), "regions": regions, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/detect", response_model=FlorenceDetectResponse, openapi_extra=_body(FlorenceDetectRequest))
-    async def detect(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, FlorenceDetectRequest, ctx.limits)
-            task = "<OPEN_VOCABULARY_DETECTION>" if req.text_input else "<OD>"
-            out = await run(await decode_image_async(req.image, ctx.limits), task, req.text_input, req.max_new_tokens)
-        dets = [{"label": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
-        return {"detections": dets, "task": task, "model": model, "inference_time_ms": sw.ms}
+@router.post("/detect", response_model=FlorenceDetectResponse, openapi_extra=request_body(FlorenceDetectRequest))
+async def detect(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = florence_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, FlorenceDetectRequest, ctx.limits)
+        task = "<OPEN_VOCABULARY_DETECTION>" if req.text_input else "<OD>"
+        out = await run(ctx, await decode_image_async(req.image, ctx.limits), task, req.text_input, req.max_new_tokens)
+    dets = [{"label": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
+    return {"detections": dets, "task": task, "model": model, "inference_time_ms": sw.ms}
 
-    @router.post("/dense-caption", response_model=DenseCaptionResponse, openapi_extra=_body(FlorenceImageRequest))
-    async def dense_caption(request: Request) -> dict[str, Any]:
-        with Stopwatch() as sw:
-            req = await read_request(request, FlorenceImageRequest, ctx.limits)
-            out = await run(await decode_image_async(req.image, ctx.limits), "<DENSE_REGION_CAPTION>", None, req.max_new_tokens)
-        regions = [{"caption": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
-        return {"regions": regions, "model": model, "inference_time_ms": sw.ms}
 
-    return router
+@router.post("/dense-caption", response_model=DenseCaptionResponse, openapi_extra=request_body(FlorenceImageRequest))
+async def dense_caption(ctx: Ctx, request: Request) -> dict[str, Any]:
+    model = florence_model(ctx)
+    with Stopwatch() as sw:
+        req = await read_request(request, FlorenceImageRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        out = await run(ctx, img, "<DENSE_REGION_CAPTION>", None, req.max_new_tokens)
+    regions = [{"caption": lab, "bbox": box} for lab, box in labelled_boxes(out["result"])]
+    return {"regions": regions, "model": model, "inference_time_ms": sw.ms}

@@ -10,42 +10,47 @@ Routes:
     GET  /zoo              the status page (HTML over /zoo/status)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
-Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and env
-ZOO_<SERVICE>_URL. Timeouts (seconds, env, read once): ZOO_ENRICH_TIMEOUT_S (30), ZOO_DETECT_TIMEOUT_S
-(30), ZOO_ANALYZE_TIMEOUT_S (120), ZOO_STATUS_TIMEOUT_S (5); ZOO_PIPELINE_MAX_DETECTIONS (8).
-The thermal API is off when ZOO_GATEWAY_THERMAL=0 or `extras={"thermal": False}`.
+Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and
+ZOO_<SERVICE>_URL. Timeouts (seconds, Settings): ZOO_ENRICH_TIMEOUT_S (30), ZOO_DETECT_TIMEOUT_S (30),
+ZOO_ANALYZE_TIMEOUT_S (120), ZOO_STATUS_TIMEOUT_S (5); ZOO_PIPELINE_MAX_DETECTIONS (8).
+The thermal API is off when ZOO_GATEWAY_THERMAL=0.
+
+`setup(ctx)` (called by create_app) builds the shared httpx client, the fan-out, the pipeline and the
+thermal controller into `ctx.gateway` and returns the thermal router to mount; `lifespan(ctx)` starts the
+controller and closes everything at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import html
 import importlib
 import logging
-import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.errors import ConfigError
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
-from serving.router.schemas import BBox, EnrichRequest
+from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
+from serving.services.context import Ctx, GatewayState, ServiceContext
 from serving.services.images import b64_to_bytes, check_bbox, decode_image, read_request
-
-if TYPE_CHECKING:  # pragma: no cover
-    from serving.services.app import ServiceContext
+from serving.services.openapi import request_body
+from serving.services.schemas import EnrichmentResult
 
 log = logging.getLogger(__name__)
+router = APIRouter(tags=["gateway"])
 
 
-class GatewayEnrichBody(EnrichRequest):
-    """EnrichRequest whose image may also arrive as raw bytes or a multipart file."""
+class GatewayEnrichBody(GatewayEnrichRequest):
+    """GatewayEnrichRequest whose image may also arrive as raw bytes or a multipart file."""
 
     image: str | bytes  # type: ignore[assignment]
 
@@ -61,17 +66,38 @@ class FrameBody(BaseModel):
     confidence: float | None = Field(None, ge=0.0, le=1.0, description="Detector confidence override.")
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise ConfigError(f"environment {name}={raw!r} is not a number") from e
-    if value <= 0:
-        raise ConfigError(f"environment {name}={raw!r} must be > 0")
-    return value
+class ServiceStatus(BaseModel):
+    """One service in /zoo/status: its /health and /models/status bodies (None when unreachable)."""
+
+    model_config = ConfigDict(extra="allow")
+    url: str
+    kind: str
+    port: int
+    reachable: bool
+    health: dict[str, Any] | None
+    models: dict[str, Any] | None
+    error: str | None = None
+
+
+class ZooStatus(BaseModel):
+    """GET /zoo/status."""
+
+    gateway: str
+    services: dict[str, ServiceStatus]
+    summary: dict[str, Any] = Field(description="services, reachable, unreachable, vram_budget_mb, vram_used_mb, "
+                                                "loaded_models")
+
+
+class ServiceAddress(BaseModel):
+    url: str
+    kind: str
+    port: int
+
+
+class ZooServices(BaseModel):
+    """GET /zoo/services."""
+
+    services: dict[str, ServiceAddress]
 
 
 def render_status_page(data: dict[str, Any]) -> str:
@@ -101,10 +127,11 @@ def render_status_page(data: dict[str, Any]) -> str:
     )
 
 
-def _mount_thermal(ctx: ServiceContext, router: APIRouter, client: httpx.AsyncClient, urls: dict[str, str]) -> bool:
-    """Mount serving.control.api.thermal_router over HTTP managers of every service, when it exists."""
-    if ctx.extras.get("thermal") is False or os.environ.get("ZOO_GATEWAY_THERMAL", "1") == "0":
-        return False
+def _thermal(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[str, str]) -> tuple[Any, Any, APIRouter] | None:
+    """(controller, store, router) of serving.control.api's thermal API over HTTP managers of every service,
+    or None when it is switched off or the control plane is not installed."""
+    if not ctx.settings.zoo_gateway_thermal:
+        return None
     try:
         api = importlib.import_module("serving.control.api")
         thermal = importlib.import_module("serving.control.thermal")
@@ -112,136 +139,158 @@ def _mount_thermal(ctx: ServiceContext, router: APIRouter, client: httpx.AsyncCl
         store_mod = importlib.import_module("serving.control.store")
     except ModuleNotFoundError as e:
         log.info("control plane not available (%s): no thermal API on the gateway", e.name)
-        return False
+        return None
     managers = {name: managers_mod.HttpManagerClient(urls[name], client, admin_token=ctx.admin_token)
                 for name, spec in ctx.zoo.services.items() if spec.kind != "gateway"}
-    db = store_mod.database_url(default_path=Path(ctx.zoo.models_root) / ".zoo-control.sqlite3")
-    store = store_mod.ControlStore(db)
-    controller = thermal.ThermalController(ctx.zoo, managers, store, tick_interval_s=_env_float("ZOO_THERMAL_TICK_S", 30.0))
-    ctx.extras["thermal_controller"] = controller
-    router.include_router(api.thermal_router(controller, admin_token=ctx.admin_token))
-
-    async def start() -> None:
-        await controller.start()
-
-    async def stop() -> None:
-        await controller.stop()
-        store.close()
-
-    ctx.on_startup.append(start)
-    ctx.on_shutdown.append(stop)
-    return True
+    db_env = {"DATABASE_URL": ctx.settings.database_url} if ctx.settings.database_url else {}
+    store = store_mod.ControlStore(store_mod.database_url(db_env, default_path=Path(ctx.zoo.models_root)
+                                                          / ".zoo-control.sqlite3"))
+    controller = thermal.ThermalController(ctx.zoo, managers, store, tick_interval_s=ctx.settings.zoo_thermal_tick_s)
+    return controller, store, api.thermal_router(controller, admin_token=ctx.admin_token)
 
 
-def build_router(ctx: ServiceContext) -> APIRouter:
-    """Routes of the module docstring."""
-    urls = service_urls(ctx.zoo)
-    status_timeout = _env_float("ZOO_STATUS_TIMEOUT_S", 5.0)
+def setup(ctx: ServiceContext) -> list[APIRouter]:
+    """Build `ctx.gateway` (client, fan-out, pipeline, thermal controller); returns the routers to mount."""
+    s = ctx.settings
+    urls = service_urls(ctx.zoo, s.overrides)
     client = httpx.AsyncClient(transport=ctx.http_transport,
                                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
     calls = ctx.metrics.counter("zoo_enrich_calls_total", "Enrichment fan-out calls by service, model and outcome",
                                 ("service", "model", "outcome"))
     call_seconds = ctx.metrics.histogram("zoo_enrich_call_seconds", "Enrichment fan-out call latency", ("service",))
-    events = ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
-                                 ("level", "scoring"))
 
     def observe(p: CallResult) -> None:
         calls.labels(p.route.service, p.route.model, "ok" if p.ok else (p.error_type or "error")).inc()
         call_seconds.labels(p.route.service).observe(p.time_ms / 1000.0)
 
-    enricher = EnrichmentRouter(ctx.zoo, client, urls, timeout_s=_env_float("ZOO_ENRICH_TIMEOUT_S", 30.0),
-                                observe=observe)
-    pipeline = FramePipeline(
-        ctx.zoo, client, enricher,
-        detect_timeout_s=_env_float("ZOO_DETECT_TIMEOUT_S", 30.0),
-        analyze_timeout_s=_env_float("ZOO_ANALYZE_TIMEOUT_S", 120.0),
-        max_detections=int(_env_float("ZOO_PIPELINE_MAX_DETECTIONS", 8)),
-    )
-    ctx.extras.update(enricher=enricher, pipeline=pipeline, service_urls=urls)
-    ctx.on_shutdown.append(client.aclose)
-    router = APIRouter(tags=["gateway"])
-    thermal_mounted = _mount_thermal(ctx, router, client, urls)
+    enricher = EnrichmentRouter(ctx.zoo, client, urls, timeout_s=s.zoo_enrich_timeout_s, observe=observe)
+    pipeline = FramePipeline(ctx.zoo, client, enricher, detect_timeout_s=s.zoo_detect_timeout_s,
+                             analyze_timeout_s=s.zoo_analyze_timeout_s, max_detections=s.zoo_pipeline_max_detections)
+    ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
+                        ("level", "scoring"))  # registered now: present in /metrics before the first frame
+    thermal = _thermal(ctx, client, urls)
+    ctx.gateway = GatewayState(client=client, urls=urls, enricher=enricher, pipeline=pipeline,
+                               thermal_controller=thermal[0] if thermal else None,
+                               thermal_store=thermal[1] if thermal else None)
 
-    async def _health() -> dict[str, Any]:
-        return {"upstreams": urls, "thermal_api": thermal_mounted}
+    async def health() -> dict[str, Any]:
+        return {"upstreams": urls, "thermal_api": thermal is not None}
 
-    ctx.extras.setdefault("health", _health)
+    ctx.health_probe = health
+    return [thermal[2]] if thermal else []
 
-    @router.post("/enrich")
-    async def enrich(request: Request) -> dict[str, Any]:
-        body = await read_request(request, GatewayEnrichBody, ctx.limits)
-        img = decode_image(body.image, ctx.limits)  # 4xx here, once, instead of from every service
-        if body.bbox is not None:
-            check_bbox(BBox.parse(body.bbox), img.size)
-        for i, f in enumerate(body.frames or []):
-            decode_image(f, ctx.limits, f"frames[{i}]")
-        image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")
-        req = EnrichRequest.model_validate(body.model_dump() | {"image": image_b64})
-        return await enricher.enrich(req)
 
-    @router.post("/pipeline/frame")
-    async def pipeline_frame(request: Request) -> dict[str, Any]:
-        body = await read_request(request, FrameBody, ctx.limits)
-        frame = decode_image(body.image, ctx.limits)
-        raw = b64_to_bytes(body.image) if isinstance(body.image, str) else bytes(body.image)
-        event = await pipeline.run(raw, frame, camera_id=body.camera_id, timestamp=body.timestamp,
-                                   options=body.options, confidence=body.confidence)
-        events.labels(str(event.get("risk_level")), str(event.get("scoring"))).inc()
-        return event
-
-    async def _get(url: str) -> tuple[dict[str, Any] | None, str | None]:
+@contextlib.asynccontextmanager
+async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
+    """Start the thermal controller; at shutdown stop it, close its store and the shared client."""
+    gw = _state(ctx)
+    if gw.thermal_controller is not None:
+        await gw.thermal_controller.start()
+    try:
+        yield
+    finally:
         try:
-            async with asyncio.timeout(status_timeout):
-                r = await client.get(url, timeout=status_timeout)
-        except (TimeoutError, httpx.TimeoutException):
-            return None, f"timed out after {status_timeout:g}s"
-        except httpx.TransportError as e:
-            return None, f"unreachable: {e or type(e).__name__}"
-        try:
-            data = r.json()
-        except ValueError:
-            return None, f"HTTP {r.status_code}, not JSON"
-        return data, None if r.status_code < 400 or isinstance(data, dict) else f"HTTP {r.status_code}"
+            if gw.thermal_controller is not None:
+                await gw.thermal_controller.stop()
+                gw.thermal_store.close()
+        finally:
+            await gw.client.aclose()
 
-    async def _service_status(name: str) -> dict[str, Any]:
-        spec = ctx.zoo.services[name]
-        health, models = await asyncio.gather(_get(f"{urls[name]}/health"), _get(f"{urls[name]}/models/status"))
-        out: dict[str, Any] = {"url": urls[name], "kind": spec.kind, "port": spec.port,
-                               "reachable": health[0] is not None}
-        out["health"] = health[0]
-        out["models"] = models[0]
-        errs = [e for e in (health[1], models[1]) if e]
-        if errs:
-            out["error"] = errs[0]
-        return out
 
-    @router.get("/zoo/status")
-    async def zoo_status() -> dict[str, Any]:
-        names = [n for n, s in ctx.zoo.services.items() if s.kind != "gateway"]
-        results = await asyncio.gather(*(_service_status(n) for n in names))
-        services = dict(zip(names, results, strict=True))
-        up = [n for n, s in services.items() if s["reachable"]]
-        budget = sum((s["models"] or {}).get("vram_budget_mb", 0) for s in services.values())
-        used = sum((s["models"] or {}).get("vram_used_mb", 0) for s in services.values())
-        return {
-            "gateway": ctx.service,
-            "services": services,
-            "summary": {
-                "services": len(names), "reachable": len(up), "unreachable": sorted(set(names) - set(up)),
-                "vram_budget_mb": round(budget, 1), "vram_used_mb": round(used, 1),
-                "loaded_models": sorted(m["name"] for s in services.values()
-                                        for m in (s["models"] or {}).get("loaded_models", [])),
-            },
-        }
+def _state(ctx: ServiceContext) -> GatewayState:
+    assert ctx.gateway is not None, "the gateway's setup did not run"
+    return ctx.gateway
 
-    @router.get("/zoo", response_class=HTMLResponse)
-    async def status_page() -> HTMLResponse:
-        """A human-readable status page over /zoo/status (no JavaScript, refreshes every 10 s)."""
-        return HTMLResponse(render_status_page(await zoo_status()))
 
-    @router.get("/zoo/services")
-    async def zoo_services() -> dict[str, Any]:
-        return {"services": {n: {"url": urls[n], "kind": s.kind, "port": s.port}
-                             for n, s in ctx.zoo.services.items() if s.kind != "gateway"}}
+# Documented, not re-validated: the gateway passes on what the services answered (their own routes validate).
+@router.post("/enrich", response_model=None, responses={200: {"model": EnrichmentResult}},
+             openapi_extra=request_body(GatewayEnrichBody))
+async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
+    body = await read_request(request, GatewayEnrichBody, ctx.limits)
+    img = decode_image(body.image, ctx.limits)  # 4xx here, once, instead of from every service
+    if body.bbox is not None:
+        check_bbox(BBox.parse(body.bbox), img.size)
+    for i, f in enumerate(body.frames or []):
+        decode_image(f, ctx.limits, f"frames[{i}]")
+    image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")
+    req = GatewayEnrichRequest.model_validate(body.model_dump() | {"image": image_b64})
+    return await _state(ctx).enricher.enrich(req)
 
-    return router
+
+@router.post("/pipeline/frame", response_model=None, responses={200: {"model": RiskEvent}},
+             openapi_extra=request_body(FrameBody))
+async def pipeline_frame(ctx: Ctx, request: Request) -> dict[str, Any]:
+    body = await read_request(request, FrameBody, ctx.limits)
+    frame = decode_image(body.image, ctx.limits)
+    raw = b64_to_bytes(body.image) if isinstance(body.image, str) else bytes(body.image)
+    event = await _state(ctx).pipeline.run(raw, frame, camera_id=body.camera_id, timestamp=body.timestamp,
+                                          options=body.options, confidence=body.confidence)
+    events = ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
+                                 ("level", "scoring"))
+    events.labels(str(event.get("risk_level")), str(event.get("scoring"))).inc()
+    return event
+
+
+async def _get(client: httpx.AsyncClient, url: str, status_timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    """(JSON body, None) or (None, why it failed) of one status call."""
+    try:
+        async with asyncio.timeout(status_timeout):
+            r = await client.get(url, timeout=status_timeout)
+    except (TimeoutError, httpx.TimeoutException):
+        return None, f"timed out after {status_timeout:g}s"
+    except httpx.TransportError as e:
+        return None, f"unreachable: {e or type(e).__name__}"
+    try:
+        data = r.json()
+    except ValueError:
+        return None, f"HTTP {r.status_code}, not JSON"
+    return data, None if r.status_code < 400 or isinstance(data, dict) else f"HTTP {r.status_code}"
+
+
+async def _service_status(ctx: ServiceContext, name: str) -> dict[str, Any]:
+    gw = _state(ctx)
+    urls, timeout = gw.urls, ctx.settings.zoo_status_timeout_s
+    spec = ctx.zoo.services[name]
+    health, models = await asyncio.gather(_get(gw.client, f"{urls[name]}/health", timeout),
+                                         _get(gw.client, f"{urls[name]}/models/status", timeout))
+    out: dict[str, Any] = {"url": urls[name], "kind": spec.kind, "port": spec.port,
+                           "reachable": health[0] is not None}
+    out["health"] = health[0]
+    out["models"] = models[0]
+    errs = [e for e in (health[1], models[1]) if e]
+    if errs:
+        out["error"] = errs[0]
+    return out
+
+
+@router.get("/zoo/status", response_model=ZooStatus)
+async def zoo_status(ctx: Ctx) -> dict[str, Any]:
+    names = [n for n, s in ctx.zoo.services.items() if s.kind != "gateway"]
+    results = await asyncio.gather(*(_service_status(ctx, n) for n in names))
+    services = dict(zip(names, results, strict=True))
+    up = [n for n, s in services.items() if s["reachable"]]
+    budget = sum((s["models"] or {}).get("vram_budget_mb", 0) for s in services.values())
+    used = sum((s["models"] or {}).get("vram_used_mb", 0) for s in services.values())
+    return {
+        "gateway": ctx.service,
+        "services": services,
+        "summary": {
+            "services": len(names), "reachable": len(up), "unreachable": sorted(set(names) - set(up)),
+            "vram_budget_mb": round(budget, 1), "vram_used_mb": round(used, 1),
+            "loaded_models": sorted(m["name"] for s in services.values()
+                                    for m in (s["models"] or {}).get("loaded_models", [])),
+        },
+    }
+
+
+@router.get("/zoo", response_class=HTMLResponse)
+async def status_page(ctx: Ctx) -> HTMLResponse:
+    """A human-readable status page over /zoo/status (no JavaScript, refreshes every 10 s)."""
+    return HTMLResponse(render_status_page(await zoo_status(ctx)))
+
+
+@router.get("/zoo/services", response_model=ZooServices)
+async def zoo_services(ctx: Ctx) -> dict[str, Any]:
+    urls = _state(ctx).urls
+    return {"services": {n: {"url": urls[n], "kind": s.kind, "port": s.port}
+                         for n, s in ctx.zoo.services.items() if s.kind != "gateway"}}

@@ -100,7 +100,8 @@ class Launcher:
     host: str = "127.0.0.1"
     log_dir: Path = Path(".zoo/logs")
     python: str = sys.executable
-    env: Mapping[str, str] | None = None
+    #: the children's environment (the CLI passes `Settings.overrides`, the environment it read once)
+    env: Mapping[str, str] = field(default_factory=dict)
     grace_s: float = 20.0
     max_restarts: int = 3
     restart_backoff_s: float = 2.0
@@ -114,7 +115,7 @@ class Launcher:
                 "--host", self.host, "--port", port]
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ if self.env is None else self.env)
+        env = dict(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["ZOO_CONFIG"] = str(self.zoo_path)
         return env
@@ -197,7 +198,8 @@ class Launcher:
                 continue
             if p.next_restart_at == 0.0:
                 if p.restarts >= self.max_restarts:
-                    return f"{p.name} died {p.restarts + 1} times (last exit code {p.popen.returncode}); log {p.log_path}"
+                    return (f"{p.name} died {p.restarts + 1} times (last exit code {p.popen.returncode}); "
+                            f"log {p.log_path}")
                 p.next_restart_at = now + self.restart_backoff_s * (2 ** p.restarts)
                 self.on_event(p.name, f"exited with code {p.popen.returncode}; restarting in "
                                       f"{p.next_restart_at - now:.0f}s")

@@ -8,9 +8,9 @@ every response against these models).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from serving.errors import InvalidBBox
 
@@ -51,20 +51,6 @@ class BBox(BaseModel):
         except Exception as e:
             raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
 
-    def check(self, width: int | None = None, height: int | None = None) -> BBox:
-        """Raise InvalidBBox when inverted/empty or (given the image size) outside the image."""
-        if self.x2 <= self.x1 or self.y2 <= self.y1:
-            raise InvalidBBox(f"bbox is inverted or empty: x1={self.x1} y1={self.y1} x2={self.x2} y2={self.y2}")
-        if width is not None and height is not None:
-            if self.x1 < 0 or self.y1 < 0 or self.x2 > width or self.y2 > height:
-                raise InvalidBBox(
-                    f"bbox ({self.x1}, {self.y1}, {self.x2}, {self.y2}) lies outside the {width}x{height} image"
-                )
-        return self
-
-    def as_list(self) -> list[float]:
-        return [self.x1, self.y1, self.x2, self.y2]
-
     @classmethod
     def coerce(cls, v: Any) -> Any:
         if isinstance(v, (list, tuple)) and len(v) == 4:
@@ -72,8 +58,8 @@ class BBox(BaseModel):
         return v
 
 
-def _bbox_field(v: Any) -> Any:
-    return BBox.coerce(v)
+#: a BBox field that also takes the [x1, y1, x2, y2] list form
+BoxField = Annotated[BBox, BeforeValidator(BBox.coerce)]
 
 
 # ---------------------------------------------------------------------------------------- detection (8095)
@@ -97,7 +83,9 @@ class BatchDetectRequest(_Req):
     max_detections: int | None = Field(None, ge=1, le=1000)
 
 
-class Detection(_Resp):
+class DetectedObject(_Resp):
+    """One object found by the detector (an item of DetectResponse.detections)."""
+
     cls: str = Field(alias="class", description="Class name (person, car, ...).")
     confidence: float = Field(ge=0.0, le=1.0)
     bbox: BBox
@@ -106,7 +94,7 @@ class Detection(_Resp):
 
 
 class DetectResponse(_Resp):
-    detections: list[Detection]
+    detections: list[DetectedObject]
     count: int
     image_width: int
     image_height: int
@@ -280,12 +268,13 @@ class BatchSimilarityResponse(_Resp):
 
 
 # ---------------------------------------------------------------------------------------- enrichment (8094/8096)
-class EnrichRequest(_Req):
-    """POST /enrich: the seed's unified request (+ detection_id, class, models as the gateway sends them)."""
+class EnrichmentServiceRequest(_Req):
+    """POST /enrich of one enrichment service: the seed's unified request (+ detection_id, class, models as the
+    gateway sends them). The gateway's own request is serving.router.schemas.GatewayEnrichRequest."""
 
     image: ImageData = Field(description="The crop, or the full frame when bbox is given.")
     detection_type: str = Field("person", description="person|vehicle|animal|object or a detector class name.")
-    bbox: BBox | None = Field(None, description="Region of `image` to enrich.")
+    bbox: BoxField | None = Field(None, description="Region of `image` to enrich.")
     frames: list[ImageData] | None = Field(None, description="Frames for multi-frame models (action).")
     options: dict[str, Any] = Field(default_factory=dict, description="action_recognition, include_depth, ...")
     detection_id: str | None = Field(None, description="Key of the per-detection maps (default det_0).")
@@ -293,31 +282,27 @@ class EnrichRequest(_Req):
     cls: str | None = Field(None, alias="class", description="Detector class name when detection_type was generalised.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
 
 
 class ClassifyImageRequest(_Req):
     """The single-model enrichment routes: an image, optionally a bbox to crop first."""
 
     image: ImageData
-    bbox: BBox | None = None
+    bbox: BoxField | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
 
 
 class ObjectDistanceRequest(_Req):
     image: ImageData = Field(description="The full frame.")
-    bbox: BBox = Field(description="The object whose distance is estimated.")
+    bbox: BoxField = Field(description="The object whose distance is estimated.")
     options: dict[str, Any] = Field(default_factory=dict)
-    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
 
 
 class ActionRequest(_Req):
     frames: list[ImageData] = Field(min_length=1, description="Frames of the clip, oldest first.")
     labels: list[str] | None = Field(None, description="Candidate actions (default: the model's set).")
-    bbox: BBox | None = Field(None, description="Crop every frame to this region first.")
+    bbox: BoxField | None = Field(None, description="Crop every frame to this region first.")
     options: dict[str, Any] = Field(default_factory=dict)
-    _bbox = field_validator("bbox", mode="before")(classmethod(lambda cls, v: _bbox_field(v)))
 
 
 class VehicleResult(_Resp):
@@ -402,7 +387,13 @@ class PersonEmbedding(_Resp):
 
 
 class EnrichmentResult(_Resp):
-    """Seed EnrichmentResult: per-detection maps plus one key per capability that ran."""
+    """Seed EnrichmentResult: per-detection maps plus one key per capability that ran (POST /enrich of the
+    enrichment services and of the gateway); `errors` lists the models that failed, `models` each model's
+    status and time."""
+
+    detection_id: str | None = None
+    detection_type: str | None = None
+    service: str | None = Field(None, description="The enrichment service that answered (absent at the gateway).")
 
     threat_detection: ThreatDetectionResult | None = None
     age_classifications: dict[str, AgeResult] = Field(default_factory=dict)
@@ -418,3 +409,41 @@ class EnrichmentResult(_Resp):
     inference_time_ms: float
     errors: list[dict[str, Any]] = Field(default_factory=list)
     models: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- single-model routes
+class ModelAnswer(_Resp):
+    """What every single-model enrichment route adds to the model's result."""
+
+    model: str
+    inference_time_ms: float
+
+
+class VehicleClassifyResponse(VehicleResult, ModelAnswer):
+    """POST /vehicle-classify."""
+
+
+class PetClassifyResponse(PetResult, ModelAnswer):
+    """POST /pet-classify."""
+
+
+class PoseAnalyzeResponse(PoseResult, ModelAnswer):
+    """POST /pose-analyze."""
+
+
+class DamageResponse(DamageResult, ModelAnswer):
+    """POST /vehicle-damage."""
+
+
+class ClothingClassifyResponse(ClothingResult, ModelAnswer):
+    """POST /clothing-classify; `segmentation` when options.include_segmentation."""
+
+    segmentation: dict[str, Any] | None = None
+
+
+class DepthResponse(DepthResult, ModelAnswer):
+    """POST /depth-estimate (with the depth map) and /object-distance (without)."""
+
+
+class ActionRecognizeResponse(ActionResult, ModelAnswer):
+    """POST /action-recognize."""

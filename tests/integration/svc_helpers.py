@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import socket
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import uvicorn
 from PIL import Image
 
-from serving.services.app import BackgroundServer, create_app
+from serving.services.app import create_app
 
 
 def image_bytes(w: int = 320, h: int = 240, fmt: str = "JPEG", color: tuple[int, int, int] = (120, 30, 200)) -> bytes:
@@ -59,6 +63,45 @@ def assert_error(resp: httpx.Response, status: int, error_type: str) -> dict[str
     assert body["error_type"] == error_type, body
     assert body["message"]
     return body
+
+
+class BackgroundServer:
+    """Run an ASGI app with uvicorn in a background thread on a loopback port (tests, benchmarks).
+
+        with BackgroundServer(app) as url:   # http://127.0.0.1:<free port>
+            httpx.get(url + "/health")
+    The lifespan runs (manager start/stop); exit waits for a clean shutdown.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, startup_timeout_s: float = 120.0) -> None:
+        self.host = host
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self.startup_timeout_s = startup_timeout_s
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+        self.server = uvicorn.Server(config)
+        self._thread: Any = None
+
+    def __enter__(self) -> str:
+        self._thread = threading.Thread(target=self.server.run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"server on {self.url} exited during start-up")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.url} did not start within {self.startup_timeout_s}s")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 @contextlib.contextmanager

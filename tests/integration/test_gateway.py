@@ -17,25 +17,36 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.router.schemas import level_of
-from serving.services.app import BackgroundServer, create_app
-from tests.integration.svc_helpers import assert_error, b64, image_bytes, jpeg_b64
+from serving.services.app import create_app
+from serving.settings import Settings
+from tests.integration.svc_helpers import BackgroundServer, assert_error, b64, image_bytes, jpeg_b64
+
+NO_THERMAL = Settings.from_env({"ZOO_GATEWAY_THERMAL": "0"})
 
 PORTS = {8095: "detection", 8091: "llm", 8092: "florence", 8093: "clip", 8094: "enrichment", 8096: "enrichment-light"}
 
 ENRICH_ANSWERS = {
-    "threat_detector": lambda d: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low", "bbox": None}},
+    "threat_detector": lambda d: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low",
+                                                       "bbox": None}},
     "pose_estimator": lambda d: {"pose": {"keypoints": [], "posture": "crouching", "alerts": ["crouching"]}},
-    "person_reid": lambda d: {"person_embeddings": {d: {"embedding": [0.0] * 512, "embedding_dimension": 512, "model": "osnet_x0_25"}}},
-    "demographics_age": lambda d: {"age_classifications": {d: {"age_range": "25-35", "confidence": 0.8, "raw_prediction": 30.0}}},
+    "person_reid": lambda d: {"person_embeddings": {d: {"embedding": [0.0] * 512, "embedding_dimension": 512,
+                                                        "model": "osnet_x0_25"}}},
+    "demographics_age": lambda d: {"age_classifications": {d: {"age_range": "25-35", "confidence": 0.8,
+                                                               "raw_prediction": 30.0}}},
     "demographics_gender": lambda d: {"gender_classifications": {d: {"gender": "female", "confidence": 0.9}}},
-    "fashion_clip": lambda d: {"clothing": {"clothing_type": "hoodie", "color": "dark", "is_suspicious": True, "is_service_uniform": False}},
+    "fashion_clip": lambda d: {"clothing": {"clothing_type": "hoodie", "color": "dark", "is_suspicious": True,
+                                            "is_service_uniform": False}},
     "face_detector": lambda d: {"faces": []},
-    "vehicle_classifier": lambda d: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9, "is_commercial": False}},
-    "vehicle_damage": lambda d: {"vehicle_damage": {"detections": [], "damage_types": [], "has_high_security_damage": False,
+    "vehicle_classifier": lambda d: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9,
+                                                 "is_commercial": False}},
+    "vehicle_damage": lambda d: {"vehicle_damage": {"detections": [], "damage_types": [],
+                                                    "has_high_security_damage": False,
                                                     "total_damage_count": 0, "highest_confidence": 0.0}},
     "license_plate": lambda d: {"plates": []},
-    "pet_classifier": lambda d: {"pet": {"pet_type": "dog", "breed": "beagle", "confidence": 0.7, "is_household_pet": True}},
-    "depth_estimator": lambda d: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35, "proximity_label": "close"}},
+    "pet_classifier": lambda d: {"pet": {"pet_type": "dog", "breed": "beagle", "confidence": 0.7,
+                                         "is_household_pet": True}},
+    "depth_estimator": lambda d: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35,
+                                            "proximity_label": "close"}},
 }
 
 
@@ -57,9 +68,11 @@ class FakeZoo:
             return httpx.Response(200, json={"status": "healthy", "service": svc, "state": "RUNNING",
                                              "device": {"name": "cpu", "kind": "cpu"}})
         if path == "/models/status":
-            return httpx.Response(200, json={"vram_budget_mb": 1000.0, "vram_used_mb": 100.0, "vram_available_mb": 900.0,
+            return httpx.Response(200, json={"vram_budget_mb": 1000.0, "vram_used_mb": 100.0,
+                                             "vram_available_mb": 900.0,
                                              "vram_utilization_percent": 10.0, "pending_loads": [],
-                                             "loaded_models": [{"name": f"{svc}_m", "vram_mb": 100.0, "priority": "HIGH",
+                                             "loaded_models": [{"name": f"{svc}_m", "vram_mb": 100.0,
+                                                                "priority": "HIGH",
                                                                 "last_used": None}],
                                              "registered_models": [{"name": f"{svc}_m", "vram_mb": 100.0,
                                                                     "priority": "HIGH", "loaded": True}]})
@@ -77,16 +90,17 @@ class FakeZoo:
             return httpx.Response(200, json={**ENRICH_ANSWERS[model](body["detection_id"]), "inference_time_ms": 2.0})
         if svc == "llm" and path == "/analyze":
             n = len(body["detections"])
-            return httpx.Response(200, json={"risk_score": 42, "risk_level": level_of(42), "reasons": [f"{n} detections"],
+            return httpx.Response(200, json={"risk_score": 42, "risk_level": level_of(42),
+                                             "reasons": [f"{n} detections"],
                                              "summary": "someone at the door", "scoring": "llm", "model": "nemotron"})
         return httpx.Response(404, json={"error_type": "not_found", "message": path})
 
 
 @pytest.fixture
 def gateway(zoo):
-    def make(fake: FakeZoo, **extras):
+    def make(fake: FakeZoo):
         app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None,
-                         extras={"thermal": False, **extras})
+                         settings=NO_THERMAL)
         return TestClient(app)
     return make
 
@@ -108,7 +122,8 @@ def test_enrich_person_fans_out_to_heavy_and_light(gateway):
         c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "car"})
         metrics = c.get("/metrics").text
     assert 'zoo_enrich_calls_total{model="pet_classifier",outcome="ok",service="enrichment-light"} 1.0' in metrics
-    assert 'zoo_enrich_calls_total{model="vehicle_classifier",outcome="service_unavailable",service="enrichment"} 1.0' in metrics
+    assert ('zoo_enrich_calls_total{model="vehicle_classifier",outcome="service_unavailable",service="enrichment"} 1.0'
+            in metrics)
 
 
 def test_enrich_raw_bytes_and_multipart(gateway):
@@ -139,14 +154,16 @@ def test_enrich_light_down_is_partial(gateway):
 def test_enrich_bad_inputs_then_good(gateway):
     fake = FakeZoo()
     with gateway(fake) as c:
-        assert_error(c.post("/enrich", json={"image": "not base64!!", "detection_type": "person"}), 400, "invalid_image")
+        assert_error(c.post("/enrich", json={"image": "not base64!!", "detection_type": "person"}), 400,
+                     "invalid_image")
         assert_error(c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "person",
                                              "bbox": {"x1": 50, "y1": 50, "x2": 10, "y2": 90}}), 400, "invalid_bbox")
         assert_error(c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "person",
                                              "bbox": {"x1": 0, "y1": 0, "x2": 900, "y2": 90}}), 400, "invalid_bbox")
         assert_error(c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "person", "models": ["nope"]}),
                      404, "unknown_model")
-        assert_error(c.post("/enrich", content=b"x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type")
+        assert_error(c.post("/enrich", content=b"x", headers={"Content-Type": "text/plain"}), 415,
+                     "unsupported_media_type")
         assert_error(c.post("/enrich", json={"image": jpeg_b64()}), 422, "validation_error")
         assert not [1 for _, p, _ in fake.calls if p == "/enrich"]  # nothing bad reached a service
         ok = c.post("/enrich", json={"image": jpeg_b64(), "detection_type": "dog"})
@@ -230,10 +247,10 @@ def test_status_page(gateway):
     assert "<td>enrichment-light_m</td>" in r.text and "unreachable" in r.text
 
 
-def test_thermal_api_is_mounted(zoo, tmp_path, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'control.db'}")
+def test_thermal_api_is_mounted(zoo, tmp_path):
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}"})
     fake = FakeZoo()
-    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None)
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), admin_token=None, settings=settings)
     with TestClient(app) as c:
         r = c.get("/thermal/models")
         assert r.status_code == 200, r.text
@@ -243,15 +260,15 @@ def test_thermal_api_is_mounted(zoo, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ real HTTP on loopback
 @pytest.mark.slow
-def test_real_services_with_heavy_stopped_gives_partial_results(built_models, monkeypatch):
+def test_real_services_with_heavy_stopped_gives_partial_results(built_models):
     zoo = built_models("depth_estimator")
     with BackgroundServer(create_app(zoo, "enrichment-light")) as light_url:
         # heavy enrichment: a loopback port with nothing listening (the service is stopped)
-        with BackgroundServer(create_app(zoo, "clip", include_service_router=False)) as stopped:
+        with BackgroundServer(create_app(zoo, "clip")) as stopped:
             pass
-        monkeypatch.setenv("ZOO_ENRICHMENT_LIGHT_URL", light_url)
-        monkeypatch.setenv("ZOO_ENRICHMENT_URL", stopped)
-        gw = create_app(zoo, "gateway", extras={"thermal": False})
+        settings = Settings.from_env({"ZOO_ENRICHMENT_LIGHT_URL": light_url, "ZOO_ENRICHMENT_URL": stopped,
+                                      "ZOO_GATEWAY_THERMAL": "0"})
+        gw = create_app(zoo, "gateway", settings=settings)
         with BackgroundServer(gw) as gw_url, httpx.Client(base_url=gw_url, timeout=120) as c:
             body = {"image": b64(image_bytes(160, 120)), "detection_type": "car", "detection_id": "det_car1",
                     "options": {"include_depth": True}}
@@ -262,7 +279,8 @@ def test_real_services_with_heavy_stopped_gives_partial_results(built_models, mo
             assert out["models"]["depth_estimator"]["status"] == "ok"
             failed = {e["model"]: e for e in out["errors"]}
             assert set(failed) == {"vehicle_classifier", "vehicle_damage", "license_plate"}
-            assert all(e["service"] == "enrichment" and e["error_type"] == "service_unavailable" for e in failed.values())
+            assert all(e["service"] == "enrichment" and e["error_type"] == "service_unavailable"
+                       for e in failed.values())
             st = c.get("/zoo/status").json()
             assert st["services"]["enrichment-light"]["reachable"] is True
             assert st["services"]["enrichment"]["reachable"] is False
@@ -272,7 +290,7 @@ def test_real_services_with_heavy_stopped_gives_partial_results(built_models, mo
 
 async def test_concurrent_pipeline_calls_share_the_client(zoo):
     fake = FakeZoo()
-    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), extras={"thermal": False})
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(fake), settings=NO_THERMAL)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw") as c:
             rs = await asyncio.gather(*(c.post("/pipeline/frame", json={"image": jpeg_b64()}) for _ in range(5)))

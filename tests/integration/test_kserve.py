@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
-from serving.services.common import Limits
 from svc_helpers import b64, image_bytes, running_service
+
+from serving.services.limits import Limits
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -136,7 +136,7 @@ def test_errors_reach_the_client_as_triton_errors(triton):
 
 def test_chat_model_takes_text_tensors(built_models):
     zoo = built_models("nemotron")
-    with running_service(zoo, "llm", admin_token=None, include_service_router=False) as (client, _):
+    with running_service(zoo, "llm", admin_token=None) as (client, _):
         tc = tritonclient_http.InferenceServerClient(url=str(client.base_url).removeprefix("http://"),
                                                      network_timeout=120)
         try:

@@ -11,8 +11,9 @@ import openai
 import pytest
 
 from serving.router.schemas import level_of
-from serving.services.app import BackgroundServer, create_app
-from tests.integration.svc_helpers import assert_error
+from serving.services.app import create_app
+from serving.settings import Settings
+from tests.integration.svc_helpers import BackgroundServer, assert_error
 
 pytestmark = pytest.mark.slow
 
@@ -156,26 +157,30 @@ class FakeLlamaServer:
         if body.get("stream"):
             pieces = [self.content[i:i + 5] for i in range(0, len(self.content), 5)]
             sse = "".join("data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1,
-                                                 "model": body["model"], "choices": [{"index": 0, "delta": {"content": p},
+                                                 "model": body["model"], "choices": [{"index": 0,
+                                                                                      "delta": {"content": p},
                                                                                       "finish_reason": None}]}) + "\n\n"
                           for p in pieces)
-            sse += "data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
-                                          "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\ndata: [DONE]\n\n"
+            sse += "data: " + json.dumps({"id": "u1", "object": "chat.completion.chunk", "created": 1,
+                                          "model": body["model"],
+                                          "choices": [{"index": 0, "delta": {},
+                                                       "finish_reason": "stop"}]}) + "\n\ndata: [DONE]\n\n"
             return httpx.Response(200, content=sse.encode(), headers={"Content-Type": "text/event-stream"})
         return httpx.Response(200, json={
             "id": "u1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
+                         "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}})
 
 
-def test_upstream_forwarding(built_models, monkeypatch):
+def test_upstream_forwarding(built_models):
     zoo = built_models("nemotron")
     answer = json.dumps({"risk_score": 68, "risk_level": "high", "reasons": ["loitering at night"],
                          "summary": "A person lingers by the car."})
     upstream = FakeLlamaServer(answer)
-    monkeypatch.setenv("LLM_UPSTREAM_URL", "http://llama.test:8080")
-    monkeypatch.setenv("LLM_UPSTREAM_MODEL", "nemotron-3-nano-30b-a3b-q4_k_m")
-    app = create_app(zoo, "llm", http_transport=httpx.MockTransport(upstream), admin_token=None)
+    settings = Settings.from_env({"LLM_UPSTREAM_URL": "http://llama.test:8080",
+                                  "LLM_UPSTREAM_MODEL": "nemotron-3-nano-30b-a3b-q4_k_m"})
+    app = create_app(zoo, "llm", http_transport=httpx.MockTransport(upstream), admin_token=None, settings=settings)
     with BackgroundServer(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         r = client.chat.completions.create(model="nemotron", messages=[{"role": "user", "content": "hi"}])
@@ -212,7 +217,7 @@ def test_client_leaving_mid_stream_releases_the_lease(llm):
     assert entry.refcount == 0
 
 
-def test_upstream_down_makes_the_service_unhealthy(built_models, monkeypatch):
+def test_upstream_down_makes_the_service_unhealthy(built_models):
     from fastapi.testclient import TestClient
 
     zoo = built_models("nemotron")
@@ -220,8 +225,8 @@ def test_upstream_down_makes_the_service_unhealthy(built_models, monkeypatch):
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    monkeypatch.setenv("LLM_UPSTREAM_URL", "http://llama.test:8080")
-    app = create_app(zoo, "llm", http_transport=httpx.MockTransport(refuse), admin_token=None)
+    settings = Settings.from_env({"LLM_UPSTREAM_URL": "http://llama.test:8080"})
+    app = create_app(zoo, "llm", http_transport=httpx.MockTransport(refuse), admin_token=None, settings=settings)
     with TestClient(app) as c:
         h = c.get("/health")
         assert h.status_code == 503 and h.json()["state"] == "OFFLINE" and "unreachable" in h.json()["reason"]

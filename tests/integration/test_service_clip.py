@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from svc_helpers import SeedStatus, assert_error, b64, image_bytes, jpeg_b64, running_service
 
 from serving.services.schemas import (
     AnomalyResponse,
@@ -14,7 +15,6 @@ from serving.services.schemas import (
     EmbedResponse,
     SimilarityResponse,
 )
-from svc_helpers import SeedStatus, assert_error, b64, image_bytes, jpeg_b64, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_similarity_agrees_with_embeddings(client):
     s = ok(client.post("/similarity", json={"image": img, "text": "a parked car"}), SimilarityResponse)
     ie = client.post("/embed", json={"image": img}).json()["embedding"]
     te = client.post("/embed", json={"text": "a parked car"}).json()["embedding"]
-    assert s.similarity == pytest.approx(sum(a * b for a, b in zip(ie, te)), abs=1e-3)
+    assert s.similarity == pytest.approx(sum(a * b for a, b in zip(ie, te, strict=True)), abs=1e-3)
     texts = ["a parked car", "a dog", "an empty street"]
     b = ok(client.post("/batch-similarity", json={"images": [img, jpeg_b64(color=(0, 0, 0))], "texts": texts}),
            BatchSimilarityResponse)

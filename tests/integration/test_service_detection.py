@@ -7,10 +7,6 @@ import asyncio
 
 import httpx
 import pytest
-
-from serving.config import SECURITY_CLASSES
-from serving.services.common import Limits
-from serving.services.schemas import BatchDetectResponse, DetectResponse
 from svc_helpers import (
     SeedStatus,
     assert_error,
@@ -23,6 +19,11 @@ from svc_helpers import (
     truncated_jpeg,
 )
 
+from serving.config import SECURITY_CLASSES
+from serving.services.limits import Limits
+from serving.services.schemas import BatchDetectResponse, DetectResponse
+from serving.settings import Settings
+
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret"
 LIMITS = Limits(max_body_bytes=2 * 1024 * 1024, max_pixels=4_000_000, max_batch_images=8)
@@ -32,7 +33,8 @@ LIMITS = Limits(max_body_bytes=2 * 1024 * 1024, max_pixels=4_000_000, max_batch_
 def svc(built_models):
     zoo = built_models("yolo26")
     with running_service(zoo, "detection", limits=LIMITS, admin_token=TOKEN,
-                         extras={"batching": {"max_batch": 8, "max_delay_s": 0.05}}) as (client, app):
+                         settings=Settings.from_env({"ZOO_BATCH_MAX_SIZE": "8", "ZOO_BATCH_MAX_DELAY_MS": "50"})
+                         ) as (client, app):
         yield client, app
 
 
@@ -106,7 +108,7 @@ def test_raw_bytes_and_multipart_give_the_json_answer(svc):
 
 def test_concurrent_requests_are_batched(svc):
     client, app = svc
-    batcher = app.state.ctx.extras["batcher"]
+    batcher = app.state.ctx.batcher
     before = (batcher.stats.batches, batcher.stats.items)
 
     async def fire():
@@ -155,7 +157,8 @@ def test_bad_input_is_4xx_then_service_keeps_serving(svc, case):
     elif case == "gif":
         assert_error(client.post("/detect", json={"image": b64(image_bytes(fmt="GIF"))}), 415, "unsupported_media_type")
     elif case == "validation":
-        body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422, "validation_error")
+        body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422,
+                            "validation_error")
         assert "confidence" in body["message"]
         assert_error(client.post("/detect", json={"image": jpeg_b64(), "bogus": 1}), 422, "validation_error")
     elif case == "empty_batch":

@@ -5,6 +5,7 @@ hosts it (404 naming the other service elsewhere), bbox and image errors followe
 from __future__ import annotations
 
 import pytest
+from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 from serving.services.schemas import (
     ActionResult,
@@ -20,7 +21,6 @@ from serving.services.schemas import (
     ThreatDetectionResult,
     VehicleResult,
 )
-from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 pytestmark = pytest.mark.slow
 HEAVY_MODELS = ["fashion_clip", "vehicle_classifier", "demographics_age", "demographics_gender", "action_recognizer",
@@ -69,7 +69,8 @@ def test_light_person(light):
 def test_heavy_person_with_action(heavy):
     frames = [jpeg_b64(320, 240, (c, 40, 90)) for c in (10, 80, 160, 240)]
     raw, res = enrich(heavy, detection_type="person", bbox=BOX, frames=frames, options={"action_recognition": True})
-    assert {"fashion_clip", "demographics_age", "demographics_gender", "action_recognizer", "face_detector"} <= set(res.models)
+    assert {"fashion_clip", "demographics_age", "demographics_gender", "action_recognizer",
+            "face_detector"} <= set(res.models)
     assert res.errors == []
     AgeResult.model_validate(raw["age_classifications"]["det_0"])
     GenderResult.model_validate(raw["gender_classifications"]["det_0"])
@@ -95,7 +96,8 @@ def test_heavy_vehicle_and_light_animal(heavy, light):
 def test_explicit_models_and_partial_failure(heavy, light):
     raw, res = enrich(light, detection_type="person", models=["person_reid"])
     assert list(res.models) == ["person_reid"] and raw["person_embeddings"]["det_0"]["embedding_dimension"] == 512
-    body = assert_error(light.post("/enrich", json={"image": IMG, "models": ["vehicle_classifier"]}), 404, "unknown_model")
+    body = assert_error(light.post("/enrich", json={"image": IMG, "models": ["vehicle_classifier"]}), 404,
+                        "unknown_model")
     assert "enrichment" in body["message"]
     # action recognition asked for without frames: that model fails, the others answer
     raw, res = enrich(heavy, detection_type="person", options={"action_recognition": True})
@@ -150,8 +152,10 @@ def test_single_routes_on_their_service(heavy, light):
     assert "depth_map_base64" not in out
     _, out = ok(light, "/pose-analyze", PoseResult, image=IMG)
     assert out["model"] == "pose_estimator"
-    for client, path, other in ((light, "/vehicle-classify", "enrichment"), (heavy, "/pet-classify", "enrichment-light"),
-                                (heavy, "/depth-estimate", "enrichment-light"), (light, "/action-recognize", "enrichment")):
+    for client, path, other in ((light, "/vehicle-classify", "enrichment"), (heavy, "/pet-classify",
+                                                                             "enrichment-light"),
+                                (heavy, "/depth-estimate", "enrichment-light"), (light, "/action-recognize",
+                                                                                 "enrichment")):
         body = {"frames": [IMG]} if path == "/action-recognize" else {"image": IMG}
         err = assert_error(client.post(path, json=body), 404, "not_found")
         assert other in err["message"]

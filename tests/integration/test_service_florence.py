@@ -4,10 +4,10 @@ noise, so result mapping is checked with the processor's real output shapes in p
 from __future__ import annotations
 
 import pytest
+from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 from serving.services.florence import labelled_boxes, ocr_regions
 from serving.services.schemas import DenseCaptionResponse, ExtractResponse, FlorenceDetectResponse, OcrResponse
-from svc_helpers import assert_error, image_bytes, jpeg_b64, running_service
 
 pytestmark = pytest.mark.slow
 FAST = {"max_new_tokens": 6}

@@ -9,13 +9,14 @@ import threading
 
 import httpx
 import pytest
+from svc_helpers import assert_error, jpeg_b64, metric_value, running_service
 
 from serving.adapters.registry import AdapterRegistry
 from serving.config import MB
 from serving.services.app import create_app
+from serving.settings import Settings
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeAdapter, FakeBehaviour
-from svc_helpers import assert_error, jpeg_b64, metric_value, running_service
 
 IMG = jpeg_b64(64, 64)
 
@@ -176,10 +177,10 @@ def test_inference_oom_and_internal_error_keep_the_service_serving(zoo):
         DictAdapter.explode = set()
 
 
-def test_admin_token_read_from_environment_once(zoo, monkeypatch):
-    monkeypatch.setenv("ZOO_ADMIN_TOKEN", "from-env")
-    app = create_app(zoo, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()))
-    monkeypatch.delenv("ZOO_ADMIN_TOKEN")
+def test_admin_token_comes_from_settings(zoo):
+    settings = Settings.from_env({"ZOO_ADMIN_TOKEN": "from-env"})
+    app = create_app(zoo, "enrichment-light", device=FakeDevice(4096 * MB), registry=registry(FakeBehaviour()),
+                     settings=settings)
     from fastapi.testclient import TestClient
 
     with TestClient(app) as c:

@@ -29,7 +29,8 @@ TOKEN = "s3cret-admin"
 
 
 def zoo() -> ZooConfig:
-    m = lambda task, caps, mb, **kw: {"family": "fake", "task": task, "source": {"pt": "x.pt"}, "vram_mb": mb,  # noqa: E731
+    m = lambda task, caps, mb, **kw: {"family": "fake", "task": task, "source": {"pt": "x.pt"}, "vram_mb": mb,
+                                       # noqa: E731
                                       "capabilities": caps, "keep_alive_s": 60, **kw}
     return ZooConfig.model_validate({
         "models_root": "/tmp/zoo-thermal-api",
@@ -73,8 +74,7 @@ class Stack:
             self.zoo.models_of("svc"), device=FakeDevice(4000 * MB), registry=fake_registry(FakeBehaviour()),
             budget_bytes=1000 * MB, host_cache_bytes=1000 * MB, safety_factor=1.0, clock=self.clock,
             runner=inline_runner, admission_timeout_s=0.05)
-        self.service_app = create_app(self.zoo, "svc", manager=self.manager, admin_token=TOKEN,
-                                      include_service_router=False)
+        self.service_app = create_app(self.zoo, "svc", manager=self.manager, admin_token=TOKEN)
 
 
 @pytest.fixture
@@ -182,7 +182,8 @@ async def test_put_changes_what_the_service_keeps_resident(stack):
 async def test_bulk_is_all_or_nothing(stack):
     s, client, _, svc_url = stack
     r = await client.post("/thermal/bulk", json={"updates": [{"model_id": "cls", "target_state": "OFF"},
-                                                             {"model_id": "nope", "target_state": "OFF"}]}, headers=AUTH)
+                                                             {"model_id": "nope",
+                                                              "target_state": "OFF"}]}, headers=AUTH)
     assert r.status_code == 404 and (await client.get("/thermal/models/cls")).json()["target_state"] == "COLD"
     r = await client.post("/thermal/bulk?wait=true", json={"model_ids": ["cls", "fine_pose"], "target_state": "HOT"},
                           headers=AUTH)
@@ -202,7 +203,8 @@ async def test_warm_and_metrics(stack):
     assert m["total_models"] == 3 and m["by_current_state"]["HOT"] == 1 and m["by_current_state"]["COLD"] == 2
     assert m["usage"]["cls"]["requests"] == 1 and m["usage"]["cls"]["bytes_in"] == 2048
     assert m["estimated_cost"]["idle_per_hour"] > 0  # one HOT model keeps its endpoint up
-    await client.post("/thermal/bulk?wait=true", json={"model_ids": ["fast_pose"], "target_state": "COLD"}, headers=AUTH)
+    await client.post("/thermal/bulk?wait=true", json={"model_ids": ["fast_pose"], "target_state": "COLD"},
+                      headers=AUTH)
     assert (await client.get("/thermal/metrics")).json()["estimated_cost"]["idle_per_hour"] == 0.0
 
 

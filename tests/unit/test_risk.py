@@ -7,11 +7,11 @@ import json
 import pytest
 
 from serving.router import risk
-from serving.router.schemas import Detection, level_of
+from serving.router.schemas import FrameDetection, level_of
 
 
-def det(label: str, enrichment: dict | None = None, det_id: str = "det_1", conf: float = 0.9) -> Detection:
-    return Detection.model_validate({"class": label, "confidence": conf, "detection_id": det_id,
+def det(label: str, enrichment: dict | None = None, det_id: str = "det_1", conf: float = 0.9) -> FrameDetection:
+    return FrameDetection.model_validate({"class": label, "confidence": conf, "detection_id": det_id,
                                      "bbox": {"x1": 0, "y1": 0, "x2": 10, "y2": 10}, "enrichment": enrichment})
 
 

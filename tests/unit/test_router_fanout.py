@@ -14,8 +14,7 @@ import pytest
 from serving.config import load_zoo
 from serving.errors import ServingError, UnknownModel
 from serving.router.fanout import EnrichmentRouter, merge_results, plan, service_urls
-from serving.router.schemas import EnrichRequest
-
+from serving.router.schemas import GatewayEnrichRequest
 from tests.conftest import REPO
 
 HEAVY, LIGHT = "http://heavy.test", "http://light.test"
@@ -28,18 +27,26 @@ def urls():
 
 # one fake answer per model, in the seed's EnrichmentResult shape
 ANSWERS = {
-    "threat_detector": lambda det: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low", "bbox": None}},
+    "threat_detector": lambda det: {"threat_detection": {"threat_type": "none", "confidence": 0.0, "severity": "low",
+                                                         "bbox": None}},
     "pose_estimator": lambda det: {"pose": {"keypoints": [], "posture": "standing", "alerts": []}},
-    "person_reid": lambda det: {"person_embeddings": {det: {"embedding": [0.0] * 512, "embedding_dimension": 512, "model": "osnet_x0_25"}}},
-    "demographics_age": lambda det: {"age_classifications": {det: {"age_range": "25-35", "confidence": 0.8, "raw_prediction": 28.0}}},
+    "person_reid": lambda det: {"person_embeddings": {det: {"embedding": [0.0] * 512, "embedding_dimension": 512,
+                                                            "model": "osnet_x0_25"}}},
+    "demographics_age": lambda det: {"age_classifications": {det: {"age_range": "25-35", "confidence": 0.8,
+                                                                   "raw_prediction": 28.0}}},
     "demographics_gender": lambda det: {"gender_classifications": {det: {"gender": "male", "confidence": 0.9}}},
-    "fashion_clip": lambda det: {"clothing": {"type": "casual", "color": "blue", "is_suspicious": False, "is_service_uniform": False}},
+    "fashion_clip": lambda det: {"clothing": {"type": "casual", "color": "blue", "is_suspicious": False,
+                                              "is_service_uniform": False}},
     "face_detector": lambda det: {"face": {"faces": []}},
-    "vehicle_classifier": lambda det: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9, "is_commercial": False}},
-    "vehicle_damage": lambda det: {"vehicle_damage": {"detections": [], "damage_types": [], "has_high_security_damage": False, "total_damage_count": 0, "highest_confidence": 0.0}},
+    "vehicle_classifier": lambda det: {"vehicle": {"vehicle_type": "car", "display_name": "car", "confidence": 0.9,
+                                                   "is_commercial": False}},
+    "vehicle_damage": lambda det: {"vehicle_damage": {"detections": [], "damage_types": [],
+                                                      "has_high_security_damage": False, "total_damage_count": 0,
+                                                      "highest_confidence": 0.0}},
     "license_plate": lambda det: {"license_plate": {"plates": []}},
     "pet_classifier": lambda det: {"pet": {"pet_type": "dog", "confidence": 0.7}},
-    "depth_estimator": lambda det: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35, "proximity_label": "close"}},
+    "depth_estimator": lambda det: {"depth": {"estimated_distance_m": 3.5, "relative_depth": 0.35,
+                                              "proximity_label": "close"}},
 }
 
 
@@ -80,12 +87,14 @@ def test_plan_options_and_class_names(zoo):
     car = {r.model for r in plan(zoo, "car")}
     bicycle = {r.model for r in plan(zoo, "bicycle")}
     assert {"vehicle_classifier", "vehicle_damage", "license_plate"} <= car
-    assert "vehicle_classifier" in bicycle and "vehicle_damage" not in bicycle  # damage triggers list car/truck/bus/motorcycle
+    # damage triggers list car/truck/bus/motorcycle
+    assert "vehicle_classifier" in bicycle and "vehicle_damage" not in bicycle
     assert {r.model for r in plan(zoo, "dog")} == {"pet_classifier"}
 
 
 def test_plan_honours_enrichment_service_override():
-    zoo = load_zoo(REPO / "zoo.yaml", env={"ENRICHMENT_POSE_SERVICE": "heavy", "ENRICHMENT_FASHION_CLIP_SERVICE": "light"})
+    zoo = load_zoo(REPO / "zoo.yaml", env={"ENRICHMENT_POSE_SERVICE": "heavy",
+                                           "ENRICHMENT_FASHION_CLIP_SERVICE": "light"})
     routes = {r.model: r.service for r in plan(zoo, "person")}
     assert routes["pose_estimator"] == "enrichment" and routes["fashion_clip"] == "enrichment-light"
 
@@ -107,7 +116,8 @@ async def test_enrich_person_merges_seed_result(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person", detection_id="det_abc123"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person",
+                                                       detection_id="det_abc123"))
     assert out["errors"] == []
     assert out["detection_id"] == "det_abc123" and out["detection_type"] == "person"
     assert out["threat_detection"]["threat_type"] == "none"
@@ -129,7 +139,7 @@ async def test_enrich_light_down_gives_partial_result(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls, down={LIGHT}), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person"))
     failed = {e["model"]: e for e in out["errors"]}
     assert set(failed) == {"threat_detector", "pose_estimator", "person_reid"}
     assert all(e["service"] == "enrichment-light" and e["error_type"] == "service_unavailable" for e in failed.values())
@@ -141,7 +151,7 @@ async def test_enrich_slow_model_times_out_alone(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls, slow={"pose_estimator"}), urls, timeout_s=0.2)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="person"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="person"))
     assert [(e["model"], e["error_type"]) for e in out["errors"]] == [("pose_estimator", "upstream_timeout")]
     assert out["threat_detection"] is not None
     assert out["models"]["pose_estimator"]["status"] == "error"
@@ -152,7 +162,7 @@ async def test_enrich_upstream_503_is_reported_with_its_error_type(zoo, urls):
     busy = {"retry_after_s": 2, "error_type": "insufficient_vram", "message": "no room"}
     router, client = router_for(zoo, service_handler(calls, status={"vehicle_damage": (503, busy)}), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="car"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="car"))
     assert out["errors"] == [{"model": "vehicle_damage", "service": "enrichment", "error_type": "insufficient_vram",
                               "message": "no room", "status_code": 503}]
     assert out["vehicle"]["vehicle_type"] == "car"
@@ -164,7 +174,7 @@ async def test_enrich_bad_image_everywhere_is_a_client_error(zoo, urls):
     router, client = router_for(zoo, service_handler(calls, status={m: (400, bad) for m in ANSWERS}), urls)
     async with client:
         with pytest.raises(ServingError) as ei:
-            await router.enrich(EnrichRequest(image="!!", detection_type="dog"))
+            await router.enrich(GatewayEnrichRequest(image="!!", detection_type="dog"))
     assert ei.value.status_code == 400 and ei.value.error_type == "invalid_image"
 
 
@@ -172,7 +182,7 @@ async def test_enrich_no_models_for_type(zoo, urls):
     calls: list = []
     router, client = router_for(zoo, service_handler(calls), urls)
     async with client:
-        out = await router.enrich(EnrichRequest(image="aGVsbG8=", detection_type="object"))
+        out = await router.enrich(GatewayEnrichRequest(image="aGVsbG8=", detection_type="object"))
     assert calls == [] and out["errors"] == [] and out["models"] == {}
 
 

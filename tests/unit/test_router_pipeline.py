@@ -11,7 +11,7 @@ from PIL import Image
 from serving.errors import ServingError
 from serving.router.fanout import EnrichmentRouter
 from serving.router.pipeline import FramePipeline, crop_box
-from serving.router.schemas import BBox, Detection
+from serving.router.schemas import BBox, FrameDetection
 
 URLS = {"detection": "http://det", "llm": "http://llm", "enrichment": "http://heavy", "enrichment-light": "http://light"}
 
@@ -23,13 +23,13 @@ def test_crop_box_adds_margin_and_clamps():
 
 
 def test_detection_from_detector_shapes():
-    a = Detection.from_detector({"class": "car", "confidence": 0.7, "bbox": [1, 2, 30, 40], "class_id": 2})
-    b = Detection.from_detector({"label": "dog", "confidence": 0.5, "box": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}})
+    a = FrameDetection.from_detector({"class": "car", "confidence": 0.7, "bbox": [1, 2, 30, 40], "class_id": 2})
+    b = FrameDetection.from_detector({"label": "dog", "confidence": 0.5, "box": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}})
     assert (a.label, a.detection_type, a.bbox) == ("car", "vehicle", {"x1": 1, "y1": 2, "x2": 30, "y2": 40})
     assert a.public()["class"] == "car" and a.public()["class_id"] == 2
     assert (b.label, b.detection_type) == ("dog", "animal")
     with pytest.raises(ValueError):
-        Detection.from_detector({"confidence": 0.5})
+        FrameDetection.from_detector({"confidence": 0.5})
 
 
 def make(zoo, handler, **kw):

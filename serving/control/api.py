@@ -91,7 +91,7 @@ def thermal_router(controller: ThermalController, *, admin_token: str | None = N
     @router.get("/thermal/models/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
         view = controller.view(model_id)
-        view["usage"] = controller.store.usage_summary().get(model_id, {"requests": 0})
+        view["usage"] = (await controller.usage_summary()).get(model_id, {"requests": 0})
         return view
 
     @router.put("/thermal/models/{model_id}")
@@ -140,7 +140,7 @@ def thermal_router(controller: ThermalController, *, admin_token: str | None = N
 
     @router.get("/thermal/metrics")
     async def metrics() -> dict[str, Any]:
-        return controller.metrics()
+        return await controller.metrics()
 
     @router.post("/select")
     async def select(request: Request) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, EnrichRequest
 from serving.services.images import b64_to_bytes, check_bbox, decode_image, read_request
+from serving.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.services.app import ServiceContext
@@ -115,7 +116,8 @@ def _mount_thermal(ctx: ServiceContext, router: APIRouter, client: httpx.AsyncCl
         return False
     managers = {name: managers_mod.HttpManagerClient(urls[name], client, admin_token=ctx.admin_token)
                 for name, spec in ctx.zoo.services.items() if spec.kind != "gateway"}
-    db = store_mod.database_url(default_path=Path(ctx.zoo.models_root) / ".zoo-control.sqlite3")
+    settings = Settings.from_env()  # TODO(services): the app's Settings, passed down
+    db = store_mod.database_url(settings, default_path=Path(ctx.zoo.models_root) / ".zoo-control.sqlite3")
     store = store_mod.ControlStore(db)
     controller = thermal.ThermalController(ctx.zoo, managers, store, tick_interval_s=_env_float("ZOO_THERMAL_TICK_S", 30.0))
     ctx.extras["thermal_controller"] = controller

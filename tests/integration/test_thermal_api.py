@@ -181,8 +181,8 @@ async def test_put_changes_what_the_service_keeps_resident(stack):
 
 async def test_bulk_is_all_or_nothing(stack):
     s, client, _, svc_url = stack
-    r = await client.post("/thermal/bulk", json={"updates": [{"model_id": "cls", "target_state": "OFF"},
-                                                             {"model_id": "nope", "target_state": "OFF"}]}, headers=AUTH)
+    updates = [{"model_id": "cls", "target_state": "OFF"}, {"model_id": "nope", "target_state": "OFF"}]
+    r = await client.post("/thermal/bulk", json={"updates": updates}, headers=AUTH)
     assert r.status_code == 404 and (await client.get("/thermal/models/cls")).json()["target_state"] == "COLD"
     r = await client.post("/thermal/bulk?wait=true", json={"model_ids": ["cls", "fine_pose"], "target_state": "HOT"},
                           headers=AUTH)
@@ -202,7 +202,8 @@ async def test_warm_and_metrics(stack):
     assert m["total_models"] == 3 and m["by_current_state"]["HOT"] == 1 and m["by_current_state"]["COLD"] == 2
     assert m["usage"]["cls"]["requests"] == 1 and m["usage"]["cls"]["bytes_in"] == 2048
     assert m["estimated_cost"]["idle_per_hour"] > 0  # one HOT model keeps its endpoint up
-    await client.post("/thermal/bulk?wait=true", json={"model_ids": ["fast_pose"], "target_state": "COLD"}, headers=AUTH)
+    await client.post("/thermal/bulk?wait=true", json={"model_ids": ["fast_pose"], "target_state": "COLD"},
+                      headers=AUTH)
     assert (await client.get("/thermal/metrics")).json()["estimated_cost"]["idle_per_hour"] == 0.0
 
 

@@ -189,7 +189,8 @@ async def test_automatic_promotes_under_load_and_demotes_when_idle_without_flapp
     policy = AutoPolicy(window_s=60, warm_rpm=1, hot_rpm=30, demote_factor=0.5, min_dwell_s=120)
     rig = Rig({"a": {"vram_mb": 300, "thermal": {"default_state": "AUTOMATIC"}}}, policy=policy)
     changes: list[tuple[str, str]] = []
-    rig.ctl.add_listener(lambda ev, f: changes.append((f["from_state"], f["to_state"])) if ev == "state_change" else None)
+    rig.ctl.add_listener(
+        lambda ev, f: changes.append((f["from_state"], f["to_state"])) if ev == "state_change" else None)
     await rig.ctl.start(wait=True)
     assert rig.ctl.view("a")["current_state"] == COLD and rig.ctl.view("a")["target_state"] == "AUTOMATIC"
     # 40 requests a minute: HOT and pinned

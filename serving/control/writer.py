@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
 class StoreWriter:
     """Write-behind queue in front of a `ControlStore`; one thread runs every statement in order."""
 
@@ -72,7 +76,8 @@ class StoreWriter:
     # ------------------------------------------------------------------ awaitables
     async def flush(self) -> None:
         """Return once everything enqueued before this call is written (or its batch failed)."""
-        if self.pending() == 0 and (self._drained is None or self._drained.is_set()):
+        idle = self._drained is None or self._drained.is_set()
+        if self.pending() == 0 and (idle or self._worker is None or self._worker.get_loop() is not _loop()):
             return
         self._kick()
         assert self._drained is not None
@@ -89,10 +94,11 @@ class StoreWriter:
         """Flush, stop the worker and the thread (a later write starts them again)."""
         await self.flush()
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+            worker, self._worker = self._worker, None
+            worker.cancel()
+            if worker.get_loop() is _loop():  # a worker of a closed loop is gone with it
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True)
@@ -104,9 +110,11 @@ class StoreWriter:
         return self._pool
 
     def _kick(self) -> None:
-        if self._worker is None or self._worker.done():
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # first write, or a new event loop (a test client's portal): a fresh worker on this loop
             self._wake, self._drained = asyncio.Event(), asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="control-store-writer")
+            self._worker = loop.create_task(self._run(), name="control-store-writer")
             self._drained.set()
         assert self._wake is not None and self._drained is not None
         if self.pending():

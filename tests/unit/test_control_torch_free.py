@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -52,10 +53,11 @@ print(json.dumps({"paths": paths, "loaded": sorted(m for m in sys.modules if m.s
 """
 
 
-def test_gateway_and_control_plane_import_without_torch():
+def test_gateway_and_control_plane_import_without_torch(tmp_path):
+    shutil.copy(ROOT / "zoo.yaml", tmp_path / "zoo.yaml")  # the gateway's control store lands under tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZOO_", "DATABASE_URL"))}
-    env.update(PYTHONPATH=str(ROOT), DATABASE_URL="sqlite://")  # in-memory control store: no file written
-    proc = subprocess.run([sys.executable, "-c", PROGRAM, ",".join(BLOCKED)], cwd=ROOT, env=env,
+    env.update(PYTHONPATH=str(ROOT), DATABASE_URL="sqlite://")
+    proc = subprocess.run([sys.executable, "-c", PROGRAM, ",".join(BLOCKED)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

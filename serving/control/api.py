@@ -9,7 +9,8 @@
     GET  /thermal/metrics             counts by state, transitions, errors, usage, idle cost
     POST /select                      {"task"?, "capabilities"?, "warm_in_background"?: true}
 
-Writes (PUT, bulk) need `Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is configured.
+Writes (PUT, bulk) need `Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is configured (passed in by
+the app that mounts the router, from its `Settings`; this module reads no environment).
 Handlers raise `ServingError`s; the app's one exception handler renders them as {error_type, message}.
 PUT and bulk return at once with is_transitioning; `?wait=true` returns after the managers applied it.
 """
@@ -17,7 +18,6 @@ PUT and bulk return at once with is_transitioning; `?wait=true` returns after th
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from typing import Any
 
@@ -73,77 +73,57 @@ def admin_guard(token: str | None):
     return check
 
 
-def thermal_router(controller: ThermalController, *, admin_token: str | None = None) -> APIRouter:
-    """The thermal API and POST /select over `controller`. `admin_token` defaults to $ZOO_ADMIN_TOKEN."""
-    token = admin_token if admin_token is not None else os.environ.get("ZOO_ADMIN_TOKEN") or None
-    require_admin = admin_guard(token)
-    router = APIRouter()
+class ThermalHandlers:
+    """The route handlers over one controller (bound methods, so each route stays a small function)."""
 
-    @router.get("/thermal/models")
-    async def list_models(service: str | None = None, state: str | None = None) -> dict[str, Any]:
-        models = controller.views()
+    def __init__(self, controller: ThermalController, admin_token: str | None) -> None:
+        self.controller = controller
+        self.require_admin = admin_guard(admin_token)
+
+    async def list_models(self, service: str | None = None, state: str | None = None) -> dict[str, Any]:
+        models = self.controller.views()
         if service:
             models = [m for m in models if m["service_id"] == service]
         if state:
             models = [m for m in models if state.upper() in (m["current_state"], m["target_state"])]
         return {"total": len(models), "models": models}
 
-    @router.get("/thermal/models/{model_id}")
-    async def get_model(model_id: str) -> dict[str, Any]:
-        view = controller.view(model_id)
-        view["usage"] = controller.store.usage_summary().get(model_id, {"requests": 0})
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        view = self.controller.view(model_id)
+        view["usage"] = (await self.controller.usage_summary()).get(model_id, {"requests": 0})
         return view
 
-    @router.put("/thermal/models/{model_id}")
-    async def put_model(model_id: str, request: Request) -> dict[str, Any]:
-        who = require_admin(request)
-        controller.get(model_id)
+    async def put_model(self, model_id: str, request: Request) -> dict[str, Any]:
+        who = self.require_admin(request)
+        self.controller.get(model_id)
         state = _state_of(await _json_body(request))
-        controller.set_target(model_id, state, updated_by=who)
+        self.controller.set_target(model_id, state, updated_by=who)
         if _wait(request):
-            await controller.wait_idle()
-        return controller.view(model_id)
+            await self.controller.wait_idle()
+        return self.controller.view(model_id)
 
-    @router.post("/thermal/bulk")
-    async def bulk(request: Request) -> dict[str, Any]:
-        who = require_admin(request)
-        body = await _json_body(request)
-        pairs: list[tuple[str, ThermalState]] = []
-        if "updates" in body:
-            if not isinstance(body["updates"], list) or not body["updates"]:
-                raise BadRequest("updates must be a non-empty list of {model_id, target_state}")
-            for i, u in enumerate(body["updates"]):
-                if not isinstance(u, dict) or not isinstance(u.get("model_id", u.get("modelId")), str):
-                    raise BadRequest(f"updates[{i}] needs model_id and target_state")
-                pairs.append((u.get("model_id", u.get("modelId")), _state_of(u, f"updates[{i}].")))
-        else:
-            ids = body.get("model_ids", body.get("modelIds"))
-            if not isinstance(ids, list) or not ids or not all(isinstance(x, str) for x in ids):
-                raise BadRequest("give updates: [{model_id, target_state}] or model_ids: [...] with target_state")
-            state = _state_of(body)
-            pairs = [(x, state) for x in ids]
+    async def bulk(self, request: Request) -> dict[str, Any]:
+        who = self.require_admin(request)
+        pairs = _bulk_pairs(await _json_body(request))
         for model_id, _ in pairs:  # all or nothing: validate every id before changing anything
-            controller.get(model_id)
+            self.controller.get(model_id)
         for model_id, state in pairs:
-            controller.set_target(model_id, state, updated_by=who)
+            self.controller.set_target(model_id, state, updated_by=who)
         if _wait(request):
-            await controller.wait_idle()
-        return {"updated": [controller.view(m) for m, _ in pairs]}
+            await self.controller.wait_idle()
+        return {"updated": [self.controller.view(m) for m, _ in pairs]}
 
-    @router.post("/thermal/warm/{model_id}", status_code=202)
-    async def warm(model_id: str, request: Request) -> JSONResponse:
-        view = controller.request_warm(model_id)
+    async def warm(self, model_id: str, request: Request) -> JSONResponse:
+        view = self.controller.request_warm(model_id)
         if _wait(request):
-            await controller.wait_idle()
-            view = controller.view(model_id)
+            await self.controller.wait_idle()
+            view = self.controller.view(model_id)
         return JSONResponse(view, status_code=202)
 
-    @router.get("/thermal/metrics")
-    async def metrics() -> dict[str, Any]:
-        return controller.metrics()
+    async def metrics(self) -> dict[str, Any]:
+        return await self.controller.metrics()
 
-    @router.post("/select")
-    async def select(request: Request) -> dict[str, Any]:
+    async def select(self, request: Request) -> dict[str, Any]:
         body = await _json_body(request)
         task = body.get("task")
         caps = body.get("capabilities", [])
@@ -151,7 +131,38 @@ def thermal_router(controller: ThermalController, *, admin_token: str | None = N
             raise BadRequest("task must be a string")
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise BadRequest("capabilities must be a list of strings")
-        sel = controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
+        sel = self.controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
         return sel.to_dict()
 
+
+def _bulk_pairs(body: dict[str, Any]) -> list[tuple[str, ThermalState]]:
+    """(model, state) pairs of a bulk body: {"updates": [{model_id, target_state}]} or {"model_ids", "target_state"}."""
+    if "updates" not in body:
+        ids = body.get("model_ids", body.get("modelIds"))
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) for x in ids):
+            raise BadRequest("give updates: [{model_id, target_state}] or model_ids: [...] with target_state")
+        state = _state_of(body)
+        return [(x, state) for x in ids]
+    if not isinstance(body["updates"], list) or not body["updates"]:
+        raise BadRequest("updates must be a non-empty list of {model_id, target_state}")
+    pairs = []
+    for i, u in enumerate(body["updates"]):
+        if not isinstance(u, dict) or not isinstance(u.get("model_id", u.get("modelId")), str):
+            raise BadRequest(f"updates[{i}] needs model_id and target_state")
+        pairs.append((u.get("model_id", u.get("modelId")), _state_of(u, f"updates[{i}].")))
+    return pairs
+
+
+def thermal_router(controller: ThermalController, *, admin_token: str | None = None) -> APIRouter:
+    """The thermal API and POST /select over `controller`. Writes need `admin_token` when it is set
+    (the gateway passes `Settings.zoo_admin_token`); None leaves them open."""
+    h = ThermalHandlers(controller, admin_token)
+    router = APIRouter()
+    router.add_api_route("/thermal/models", h.list_models, methods=["GET"])
+    router.add_api_route("/thermal/models/{model_id}", h.get_model, methods=["GET"])
+    router.add_api_route("/thermal/models/{model_id}", h.put_model, methods=["PUT"])
+    router.add_api_route("/thermal/bulk", h.bulk, methods=["POST"])
+    router.add_api_route("/thermal/warm/{model_id}", h.warm, methods=["POST"], status_code=202)
+    router.add_api_route("/thermal/metrics", h.metrics, methods=["GET"])
+    router.add_api_route("/select", h.select, methods=["POST"])
     return router

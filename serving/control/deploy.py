@@ -223,55 +223,91 @@ def check_request(req: AwsRequest) -> list[str]:
 
 
 def _check(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    """Append to `problems` what `value` breaks of the botocore `shape` (recursively); one checker per type."""
+    checker = _CHECKERS.get(shape.type_name)
+    if checker is not None:
+        checker(shape, value, where, problems)
+
+
+def _bounds(meta: dict[str, Any], n: float) -> bool:
+    """Inside the shape's [min, max] (either may be absent)."""
+    return not ("min" in meta and n < meta["min"] or "max" in meta and n > meta["max"])
+
+
+def _check_structure(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected an object")
+        return
+    for req_name in shape.required_members:
+        if req_name not in value:
+            problems.append(f"{where}.{req_name}: required")
+    for k, v in value.items():
+        if k not in shape.members:
+            problems.append(f"{where}.{k}: unknown member")
+        else:
+            _check(shape.members[k], v, f"{where}.{k}", problems)
+
+
+def _check_list(shape: Any, value: Any, where: str, problems: list[str]) -> None:
     meta = shape.metadata
-    t = shape.type_name
-    if t == "structure":
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object")
-            return
-        for req_name in shape.required_members:
-            if req_name not in value:
-                problems.append(f"{where}.{req_name}: required")
-        for k, v in value.items():
-            if k not in shape.members:
-                problems.append(f"{where}.{k}: unknown member")
-            else:
-                _check(shape.members[k], v, f"{where}.{k}", problems)
-    elif t == "list":
-        if not isinstance(value, list):
-            problems.append(f"{where}: expected a list")
-            return
-        if "min" in meta and len(value) < meta["min"] or "max" in meta and len(value) > meta["max"]:
-            problems.append(f"{where}: {len(value)} items outside [{meta.get('min')}, {meta.get('max')}]")
-        for i, v in enumerate(value):
-            _check(shape.member, v, f"{where}[{i}]", problems)
-    elif t == "map":
-        for k, v in (value or {}).items():
-            _check(shape.key, k, f"{where}<key>", problems)
-            _check(shape.value, v, f"{where}.{k}", problems)
-    elif t == "string":
-        if not isinstance(value, str):
-            problems.append(f"{where}: expected a string")
-            return
-        if "enum" in meta and value not in meta["enum"]:
-            problems.append(f"{where}: {value!r} is not one of the API's values")
-        if "min" in meta and len(value) < meta["min"] or "max" in meta and len(value) > meta["max"]:
-            problems.append(f"{where}: length {len(value)} outside [{meta.get('min')}, {meta.get('max')}]")
-        if "pattern" in meta:
-            try:
-                ok = re.fullmatch(meta["pattern"], value, flags=re.DOTALL) is not None
-            except re.error:  # a Java-only construct: botocore and AWS check it server-side
-                ok = True
-            if not ok:
-                problems.append(f"{where}: {value!r} does not match {meta['pattern']!r}")
-    elif t in ("integer", "long", "float", "double"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{where}: expected a number")
-            return
-        if "min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]:
-            problems.append(f"{where}: {value} outside [{meta.get('min')}, {meta.get('max')}]")
-    elif t == "boolean" and not isinstance(value, bool):
+    if not isinstance(value, list):
+        problems.append(f"{where}: expected a list")
+        return
+    if not _bounds(meta, len(value)):
+        problems.append(f"{where}: {len(value)} items outside [{meta.get('min')}, {meta.get('max')}]")
+    for i, v in enumerate(value):
+        _check(shape.member, v, f"{where}[{i}]", problems)
+
+
+def _check_map(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    for k, v in (value or {}).items():
+        _check(shape.key, k, f"{where}<key>", problems)
+        _check(shape.value, v, f"{where}.{k}", problems)
+
+
+def _check_string(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    meta = shape.metadata
+    if not isinstance(value, str):
+        problems.append(f"{where}: expected a string")
+        return
+    if "enum" in meta and value not in meta["enum"]:
+        problems.append(f"{where}: {value!r} is not one of the API's values")
+    if not _bounds(meta, len(value)):
+        problems.append(f"{where}: length {len(value)} outside [{meta.get('min')}, {meta.get('max')}]")
+    if "pattern" in meta:
+        try:
+            ok = re.fullmatch(meta["pattern"], value, flags=re.DOTALL) is not None
+        except re.error:  # a Java-only construct: botocore and AWS check it server-side
+            ok = True
+        if not ok:
+            problems.append(f"{where}: {value!r} does not match {meta['pattern']!r}")
+
+
+def _check_number(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    meta = shape.metadata
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"{where}: expected a number")
+        return
+    if not _bounds(meta, value):
+        problems.append(f"{where}: {value} outside [{meta.get('min')}, {meta.get('max')}]")
+
+
+def _check_boolean(shape: Any, value: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(value, bool):
         problems.append(f"{where}: expected a boolean")
+
+
+_CHECKERS: dict[str, Callable[[Any, Any, str, list[str]], None]] = {
+    "structure": _check_structure,
+    "list": _check_list,
+    "map": _check_map,
+    "string": _check_string,
+    "integer": _check_number,
+    "long": _check_number,
+    "float": _check_number,
+    "double": _check_number,
+    "boolean": _check_boolean,
+}
 
 
 def check_deployments(deployments: list[EndpointDeployment]) -> list[str]:

@@ -100,7 +100,8 @@ class HttpManagerClient:
             except ValueError:
                 body = {}
             cls = _BY_TYPE.get(body.get("error_type", ""), UpstreamError)
-            raise cls(body.get("message") or f"{method} {url} -> HTTP {r.status_code}", details={"status": r.status_code})
+            raise cls(body.get("message") or f"{method} {url} -> HTTP {r.status_code}",
+                      details={"status": r.status_code})
         return r.json() if r.content else {}
 
     async def configure(self, name: str, **fields: Any) -> None:

@@ -49,7 +49,8 @@ class Usage:
 
 
 def choose_instance(
-    gpu_need_gb: float, host_need_gb: float, instances: Iterable[InstanceType] | None = None, *, headroom_gb: float = 0.0
+    gpu_need_gb: float, host_need_gb: float, instances: Iterable[InstanceType] | None = None, *,
+    headroom_gb: float = 0.0,
 ) -> InstanceType | None:
     """Cheapest instance with gpu_memory >= need + headroom and host memory >= host need."""
     for inst in instances if instances is not None else by_price():
@@ -74,7 +75,8 @@ def warmup_cost(billed_per_hour: float, warmup_s: float) -> float:
     return billed_per_hour * warmup_s / 3600.0
 
 
-def monthly_cost(idle_per_hour: float, active_per_hour: float, warmup: float, scales_to_zero: bool, usage: Usage) -> float:
+def monthly_cost(idle_per_hour: float, active_per_hour: float, warmup: float, scales_to_zero: bool,
+                 usage: Usage) -> float:
     """idle x 730 h + extra while active x active hours + cold starts x warm-up (scale-to-zero only)."""
     extra = max(0.0, active_per_hour - idle_per_hour)
     cost = idle_per_hour * HOURS_PER_MONTH + extra * min(usage.active_hours, HOURS_PER_MONTH)
@@ -258,7 +260,8 @@ def plan_zoo(
         price = inst.billed_per_hour if inst else 0.0
         idle = price * ep.idle_instances
         active = max(idle, price)
-        wu = warmup_cost(price, max((zoo.models[m].thermal.warmup_time_s for s in ep.services for m in s.models), default=0))
+        wu = warmup_cost(price, max((zoo.models[m].thermal.warmup_time_s for s in ep.services for m in s.models),
+                                    default=0))
         monthly = monthly_cost(idle, active, wu, ep.scales_to_zero, usage)
         idle_total += idle
         active_total += active
@@ -266,7 +269,8 @@ def plan_zoo(
         endpoints.append({
             "endpoint": ep.name, "instance_type": inst.name if inst else None,
             "services": [s.name for s in ep.services], "gpu_need_gb": _r(ep.gpu_gb), "host_need_gb": _r(ep.host_gb),
-            "gpu_memory_gb": inst.gpu_memory_gb if inst else None, "host_memory_gb": inst.host_memory_gb if inst else None,
+            "gpu_memory_gb": inst.gpu_memory_gb if inst else None,
+            "host_memory_gb": inst.host_memory_gb if inst else None,
             "idle_instances": ep.idle_instances, "scales_to_zero": ep.scales_to_zero,
             "billed_per_hour": price, "idle_per_hour": _r(idle), "active_per_hour": _r(active),
             "warmup_cost": _r(wu), "monthly_estimate": _r(monthly), "cpu_only": all(s.cpu_only for s in ep.services),
@@ -277,8 +281,9 @@ def plan_zoo(
             share = s.gpu_gb / ep.gpu_gb if ep.gpu_gb else 1.0
             hourly = {}
             for state in ThermalState:
-                n = max((instances_in_state(state, zoo.models[m].thermal.min_instances, zoo.models[m].thermal.max_instances,
-                                            rule.hot_buffer) for m in s.models), default=0)
+                n = max((instances_in_state(state, zoo.models[m].thermal.min_instances,
+                                            zoo.models[m].thermal.max_instances, rule.hot_buffer)
+                         for m in s.models), default=0)
                 hourly[state.value] = _r(price * share * n)
             s_idle = idle * share
             s_wu = warmup_cost(price * share, max(zoo.models[m].thermal.warmup_time_s for m in s.models))
@@ -299,9 +304,11 @@ def plan_zoo(
                                "state": s.states[m].value, **f})
     return {
         "usage": {"active_hours": usage.active_hours, "cold_starts": usage.cold_starts, "requests": usage.requests},
-        "rule": {"gpu_headroom_gb": rule.gpu_headroom_gb, "host_factor": rule.host_factor, "hot_buffer": rule.hot_buffer},
+        "rule": {"gpu_headroom_gb": rule.gpu_headroom_gb, "host_factor": rule.host_factor,
+                 "hot_buffer": rule.hot_buffer},
         "endpoints": endpoints,
         "services": services,
         "models": models,
-        "totals": {"idle_per_hour": _r(idle_total), "active_per_hour": _r(active_total), "monthly_estimate": _r(monthly_total)},
+        "totals": {"idle_per_hour": _r(idle_total), "active_per_hour": _r(active_total),
+                   "monthly_estimate": _r(monthly_total)},
     }

@@ -29,7 +29,7 @@ RESIDENCY_RANK = {"HOT": 0, "WARM": 1, "COLD": 2, "FAILED": 3}
 
 
 @dataclass(frozen=True)
-class Candidate:
+class SelectionCandidate:
     """A frozen view of one model for selection."""
 
     name: str
@@ -51,10 +51,10 @@ class Candidate:
 class Selection:
     """The outcome: what to use, whether it must warm up, and what to warm in the background."""
 
-    selected: Candidate
+    selected: SelectionCandidate
     warmup_required: bool
     warm_in_background: list[str] = field(default_factory=list)
-    ranked: list[Candidate] = field(default_factory=list)
+    ranked: list[SelectionCandidate] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     reason: str = ""
 
@@ -76,7 +76,7 @@ class Selection:
         }
 
 
-def preference_order(cands: Iterable[Candidate]) -> list[str]:
+def preference_order(cands: Iterable[SelectionCandidate]) -> list[str]:
     """Models ordered most preferred first: X.fallback = Y puts X before Y (transitively)."""
     cs = {c.name: c for c in cands}
     depth: dict[str, int] = {}
@@ -93,7 +93,7 @@ def preference_order(cands: Iterable[Candidate]) -> list[str]:
     return sorted(cs, key=lambda n: (chain_len(n), n))
 
 
-def rank(cands: Iterable[Candidate]) -> list[Candidate]:
+def rank(cands: Iterable[SelectionCandidate]) -> list[SelectionCandidate]:
     """HOT > WARM > COLD, then residency, then preference, then name."""
     cands = list(cands)
     pref = {n: i for i, n in enumerate(preference_order(cands))}
@@ -102,7 +102,7 @@ def rank(cands: Iterable[Candidate]) -> list[Candidate]:
 
 
 def select(
-    candidates: Iterable[Candidate], *, task: str | None = None, capabilities: Iterable[str] = ()
+    candidates: Iterable[SelectionCandidate], *, task: str | None = None, capabilities: Iterable[str] = ()
 ) -> Selection:
     """Pick the model for a task/capabilities; see the module docstring. Raises NotFound when no model can
     do it at all, ServiceUnavailable when every able model is OFF or unhealthy."""
@@ -142,11 +142,11 @@ def select(
 
 def candidates_from(
     models: Mapping[str, Any], thermal: Mapping[str, str], residency: Mapping[str, str], healthy: Mapping[str, bool]
-) -> list[Candidate]:
+) -> list[SelectionCandidate]:
     """Candidates from zoo ModelSpecs, current thermal states, manager tiers and health."""
     out = []
     for name, spec in models.items():
-        out.append(Candidate(
+        out.append(SelectionCandidate(
             name=name, task=spec.task, capabilities=frozenset(spec.capabilities),
             thermal_state=thermal.get(name, default_thermal_state(spec).value),
             residency=residency.get(name, "COLD"), healthy=healthy.get(name, True),

@@ -74,7 +74,8 @@ def evaluate_service(
     if not missing_req and not missing_opt:
         return ServiceHealth(RUNNING, sorted(avail), [], [])
     if not missing_req:
-        return ServiceHealth(DEGRADED, sorted(avail), unavailable, [], "optional models unavailable: " + ", ".join(missing_opt))
+        return ServiceHealth(DEGRADED, sorted(avail), unavailable, [],
+                             "optional models unavailable: " + ", ".join(missing_opt))
     if graceful_degradation and avail:
         return ServiceHealth(DEGRADED, sorted(avail), unavailable, missing_req,
                              "required models unavailable: " + ", ".join(missing_req))

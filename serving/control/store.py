@@ -1,14 +1,13 @@
 """Persistent control-plane state: thermal targets/states and usage records (seed 000 part 4 schema).
 
-SQLAlchemy Core over SQLite by default (`sqlite:///<path>`); DATABASE_URL may name any database
-SQLAlchemy has a driver for (e.g. postgresql+psycopg://...). Calls are short synchronous statements;
-the thermal controller calls them from its event loop (a few rows per transition), which SQLite
-serves in well under a millisecond.
+SQLAlchemy Core over SQLite by default (`sqlite:///<path>`); `Settings.database_url` (env DATABASE_URL)
+may name any database SQLAlchemy has a driver for (e.g. postgresql+psycopg://...). Every method is a
+short synchronous statement: call it from a worker thread, never from the event loop (the thermal
+controller goes through `serving.control.writer.StoreWriter`, which owns that thread).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from serving.errors import ConfigError
+from serving.settings import Settings
 
 DEFAULT_DB_PATH = "models/.zoo-control.sqlite3"
 
@@ -88,12 +88,38 @@ class ThermalRow:
     updated_by: str | None = None
 
 
-def database_url(env: dict[str, str] | None = None, default_path: str | Path = DEFAULT_DB_PATH) -> str:
-    """DATABASE_URL, else SQLite at `default_path`."""
-    env = dict(os.environ) if env is None else env
-    url = env.get("DATABASE_URL")
-    if url:
-        return url
+@dataclass
+class UsageRow:
+    """One usage record; `requests` > 1 aggregates several requests and `processing_time_ms` is their total."""
+
+    model_id: str
+    operation: str
+    processing_time_ms: float
+    created_at: float
+    service_id: str | None = None
+    input_size_bytes: int | None = None
+    output_size_bytes: int | None = None
+    request_id: str | None = None
+    requests: int = 1
+
+    def merge(self, other: UsageRow) -> None:
+        """Fold `other` (same model and operation) into this aggregate: sums, latest time, no request id."""
+        self.processing_time_ms += other.processing_time_ms
+        self.requests += other.requests
+        self.created_at = max(self.created_at, other.created_at)
+        self.input_size_bytes = _add(self.input_size_bytes, other.input_size_bytes)
+        self.output_size_bytes = _add(self.output_size_bytes, other.output_size_bytes)
+        self.request_id = None
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else a + b
+
+
+def database_url(settings: Settings, default_path: str | Path = DEFAULT_DB_PATH) -> str:
+    """`settings.database_url` (env DATABASE_URL), else SQLite at `default_path`."""
+    if settings.database_url:
+        return settings.database_url
     return f"sqlite:///{Path(default_path)}"
 
 
@@ -126,11 +152,20 @@ class ControlStore:
         return {r["model_id"]: ThermalRow(**dict(r)) for r in rows}
 
     def save_thermal(self, row: ThermalRow) -> None:
-        values = row.__dict__.copy()
+        self.write(rows=[row])
+
+    def write(self, rows: Iterable[ThermalRow] = (), usage: Iterable[UsageRow] = ()) -> None:
+        """Upsert thermal rows and insert usage records in one transaction."""
         with self.engine.begin() as c:
-            done = c.execute(update(thermal_states).where(thermal_states.c.model_id == row.model_id).values(**values))
-            if done.rowcount == 0:
-                c.execute(insert(thermal_states).values(**values))
+            for row in rows:
+                values = row.__dict__.copy()
+                done = c.execute(update(thermal_states).where(thermal_states.c.model_id == row.model_id)
+                                 .values(**values))
+                if done.rowcount == 0:
+                    c.execute(insert(thermal_states).values(**values))
+            records = [u.__dict__.copy() for u in usage]
+            if records:
+                c.execute(insert(model_usage), records)
 
     def delete_thermal(self, model_ids: Iterable[str]) -> None:
         with self.engine.begin() as c:
@@ -150,12 +185,11 @@ class ControlStore:
         created_at: float,
         requests: int = 1,
     ) -> None:
-        with self.engine.begin() as c:
-            c.execute(insert(model_usage).values(
-                model_id=model_id, service_id=service_id, operation=operation,
-                processing_time_ms=float(processing_time_ms), input_size_bytes=input_size_bytes,
-                output_size_bytes=output_size_bytes, request_id=request_id, created_at=created_at,
-                requests=int(requests)))
+        self.write(usage=[UsageRow(
+            model_id=model_id, service_id=service_id, operation=operation,
+            processing_time_ms=float(processing_time_ms), input_size_bytes=input_size_bytes,
+            output_size_bytes=output_size_bytes, request_id=request_id, created_at=created_at,
+            requests=int(requests))])
 
     def usage(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         q = select(model_usage).order_by(model_usage.c.id.desc()).limit(limit)

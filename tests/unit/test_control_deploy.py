@@ -140,7 +140,8 @@ def test_apply_updates_an_existing_endpoint():
     with Stubber(cs["sagemaker"]) as sm, Stubber(cs["application-autoscaling"]) as aas:
         sm.add_response("describe_endpoint", {
             "EndpointName": dep.endpoint_name, "EndpointArn": ARN.format("endpoint"), "EndpointConfigName": "old",
-            "EndpointStatus": "InService", "CreationTime": dt.datetime(2026, 1, 1), "LastModifiedTime": dt.datetime(2026, 1, 1)},
+            "EndpointStatus": "InService", "CreationTime": dt.datetime(2026, 1, 1),
+            "LastModifiedTime": dt.datetime(2026, 1, 1)},
             {"EndpointName": dep.endpoint_name})
         sm.add_response("create_model", RESPONSES["create_model"], dep.requests[0].params)
         sm.add_response("create_endpoint_config", RESPONSES["create_endpoint_config"], dep.requests[1].params)
@@ -164,8 +165,10 @@ def test_scale_to_zero_apply_waits_for_the_endpoint_and_wires_the_alarm_to_the_p
         for r in dep.requests[:3]:
             sm.add_response(r.operation, RESPONSES[r.operation], r.params)
         sm.add_response("describe_endpoint", {  # the endpoint_in_service waiter
-            "EndpointName": dep.endpoint_name, "EndpointArn": ARN.format("endpoint"), "EndpointConfigName": dep.config_name,
-            "EndpointStatus": "InService", "CreationTime": dt.datetime(2026, 1, 1), "LastModifiedTime": dt.datetime(2026, 1, 1)},
+            "EndpointName": dep.endpoint_name, "EndpointArn": ARN.format("endpoint"),
+            "EndpointConfigName": dep.config_name,
+            "EndpointStatus": "InService", "CreationTime": dt.datetime(2026, 1, 1),
+            "LastModifiedTime": dt.datetime(2026, 1, 1)},
             {"EndpointName": dep.endpoint_name})
         sm.add_response("create_inference_component", RESPONSES["create_inference_component"], dep.requests[3].params)
         aas.add_response("register_scalable_target", {}, dep.requests[4].params)
@@ -206,7 +209,8 @@ def test_create_describe_delete_on_moto(device, state, shape):
         destroyed = [d["operation"] for d in Deployer(cs).destroy(deps)]
         assert destroyed[-3:] == ["delete_endpoint", "delete_endpoint_config", "delete_model"]
         assert ("deregister_scalable_target" in destroyed) == (shape == "always_on")
-        assert cs["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+        targets = cs["application-autoscaling"].describe_scalable_targets(ServiceNamespace="sagemaker")
+        assert targets["ScalableTargets"] == []
         with pytest.raises(sm.exceptions.ClientError):
             sm.describe_endpoint(EndpointName=deps[0].endpoint_name)
         assert sm.list_models()["Models"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []

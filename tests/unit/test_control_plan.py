@@ -73,12 +73,14 @@ def test_instance_rule_against_the_seed_assignments(capsys):
             why = (f"seed uses {seed.gpu_model} although a {ours.gpu_model} ({ours.gpu_memory_gb:g} GB, "
                    f"{ours.host_memory_gb:g} GB host) fits {r['gpu_memory_gb']:g} GB: a throughput choice, not memory")
         elif ours.host_memory_gb > seed.host_memory_gb:
-            why = (f"same {seed.gpu_model}; seed gives {r['gpu_memory_gb']:g} GB only {seed.host_memory_gb:g} GB host RAM, "
+            why = (f"same {seed.gpu_model}; seed gives {r['gpu_memory_gb']:g} GB only "
+                   f"{seed.host_memory_gb:g} GB host RAM, "
                    f"below the staged+warm copy ({2 * r['gpu_memory_gb']:g} GB)")
         else:
             why = (f"same {seed.gpu_model}; seed picks a larger host ({seed.host_memory_gb:g} GB) than "
                    f"{2 * r['gpu_memory_gb']:g} GB needs: vCPU/RAM sizing the rule does not model")
-        lines.append(f"  {r['id']}: {r['gpu_memory_gb']:g} GB -> rule {r['instance_type']}, seed {r['seed_instance_type']}: {why}")
+        lines.append(f"  {r['id']}: {r['gpu_memory_gb']:g} GB -> rule {r['instance_type']}, "
+                     f"seed {r['seed_instance_type']}: {why}")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     # the rule is deterministic: these are the assignments it reproduces, checked one by one

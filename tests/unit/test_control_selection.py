@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from serving.config import load_zoo
-from serving.control.selection import Candidate, candidates_from, preference_order, rank, select
+from serving.control.selection import SelectionCandidate, candidates_from, preference_order, rank, select
 from serving.errors import BadRequest, NotFound, ServiceUnavailable
 
 
 def c(name, state="COLD", residency="COLD", healthy=True, fallback=None, task="pose", caps=("pose",)):
-    return Candidate(name, task, frozenset(caps), state, residency, healthy, 10.0, fallback)
+    return SelectionCandidate(name, task, frozenset(caps), state, residency, healthy, 10.0, fallback)
 
 
 def test_rank_hot_warm_cold():

@@ -6,11 +6,13 @@ import pytest
 
 from serving.control.store import ControlStore, ThermalRow, database_url
 from serving.errors import ConfigError
+from serving.settings import Settings
 
 
 def test_database_url_defaults_to_sqlite_and_honours_database_url(tmp_path):
-    assert database_url({}, tmp_path / "c.db") == f"sqlite:///{tmp_path / 'c.db'}"
-    assert database_url({"DATABASE_URL": "postgresql+psycopg://u@h/db"}) == "postgresql+psycopg://u@h/db"
+    assert database_url(Settings.from_env({}), tmp_path / "c.db") == f"sqlite:///{tmp_path / 'c.db'}"
+    url = database_url(Settings.from_env({"DATABASE_URL": "postgresql+psycopg://u@h/db"}))
+    assert url == "postgresql+psycopg://u@h/db"
     with pytest.raises(ConfigError):
         ControlStore("nosuchdialect://x")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 
 import pytest
 
 from serving.config import MB, ThermalState, ZooConfig
 from serving.control.managers import InProcessManager
-from serving.control.store import ControlStore
+from serving.control.store import ControlStore, ThermalRow, UsageRow
 from serving.control.thermal import COLD, HOT, OFF, WARM, AutoPolicy, ThermalController, auto_level
 from serving.errors import ModelDisabled
 from serving.vram.devices import FakeDevice
@@ -187,7 +189,8 @@ async def test_automatic_promotes_under_load_and_demotes_when_idle_without_flapp
     policy = AutoPolicy(window_s=60, warm_rpm=1, hot_rpm=30, demote_factor=0.5, min_dwell_s=120)
     rig = Rig({"a": {"vram_mb": 300, "thermal": {"default_state": "AUTOMATIC"}}}, policy=policy)
     changes: list[tuple[str, str]] = []
-    rig.ctl.add_listener(lambda ev, f: changes.append((f["from_state"], f["to_state"])) if ev == "state_change" else None)
+    rig.ctl.add_listener(
+        lambda ev, f: changes.append((f["from_state"], f["to_state"])) if ev == "state_change" else None)
     await rig.ctl.start(wait=True)
     assert rig.ctl.view("a")["current_state"] == COLD and rig.ctl.view("a")["target_state"] == "AUTOMATIC"
     # 40 requests a minute: HOT and pinned
@@ -359,3 +362,70 @@ async def test_requests_through_the_manager_drive_automatic_and_usage_records():
     assert rig.ctl.view("a")["current_state"] == HOT and rig.manager.entry("a").pinned
     assert rig.store.usage_summary()["a"]["requests"] == 40  # the preloads of the promotion are not requests
     await rig.close()
+
+
+class GatedStore(ControlStore):
+    """A store whose writes block (in whatever thread runs them) until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__("sqlite://")
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def write(self, rows: list[ThermalRow] = (), usage: list[UsageRow] = ()) -> None:
+        self.writing.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        super().write(rows, usage)
+
+
+async def test_a_slow_store_never_stalls_the_event_loop():
+    """SQLite writes run on the store's thread: while one is held, the loop keeps answering."""
+    store = GatedStore()
+    store.gate.set()
+    rig = Rig({"a": {"vram_mb": 300}}, store=store)
+    await rig.ctl.start(wait=True)
+    store.gate.clear()
+    store.writing.clear()
+    opener = threading.Timer(0.6, store.gate.set)  # the write is held 0.6 s
+    beats: list[float] = []
+
+    async def heartbeat() -> None:
+        while not store.gate.is_set():
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    opener.start()
+    hb = asyncio.create_task(heartbeat())
+    try:
+        rig.ctl.set_target("a", "HOT", updated_by="admin")  # returns at once; the row is written behind
+        for _ in range(50):
+            rig.ctl.record_usage("a", "classify", 2.0)
+        assert await asyncio.to_thread(store.writing.wait, 5), "the write never started"
+        view = rig.ctl.view("a")  # answered while the database write is still blocked
+        assert not store.gate.is_set() and view["target_state"] == HOT
+        await hb
+    finally:
+        opener.cancel()
+        store.gate.set()
+    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    assert len(beats) >= 10 and max(gaps) < 0.3, f"the loop stalled {max(gaps):.2f}s behind a store write"
+    await asyncio.wait_for(rig.ctl.wait_idle(), 5)  # flushes the write-behind queue
+    assert store.load_thermal()["a"].target_state == HOT
+    assert store.usage_summary()["a"]["requests"] == 50
+    await rig.close()
+
+
+async def test_the_write_behind_queue_is_bounded_and_keeps_usage_totals():
+    from serving.control.writer import StoreWriter
+
+    store = GatedStore()
+    writer = StoreWriter(store, max_pending=5)
+    writer.record_usage(UsageRow("a", "classify", 1.0, created_at=1.0, input_size_bytes=10))
+    assert await asyncio.to_thread(store.writing.wait, 5)  # the first batch is held in the store's thread
+    for i in range(100):
+        writer.record_usage(UsageRow("a", "classify", 1.0, created_at=2.0 + i, input_size_bytes=10))
+    assert writer.pending() <= 5 + 1, "pending records beyond max_pending are folded into one aggregate"
+    store.gate.set()
+    await writer.close()
+    assert store.usage_summary()["a"] == {"requests": 101, "processing_ms_total": 101.0, "processing_ms_avg": 1.0,
+                                          "bytes_in": 1010, "bytes_out": 0, "last_request_at": 101.0}

@@ -187,7 +187,7 @@ def test_adapter_on_converted_folder_matches_open_clip(source, converted):
     labels = ["a person wearing a dark hoodie", "a delivery uniform", "casual clothing"]
     got = adapter.predict([image], task="classify", labels=labels)[0]["scores"]
     logits = want_img @ want_txt_of(ref, ref_tok, labels).T * ref.logit_scale.exp() + ref.logit_bias
-    want = dict(zip(labels, logits.softmax(dim=-1)[0].tolist()))
+    want = dict(zip(labels, logits.softmax(dim=-1)[0].tolist(), strict=True))
     print(f"zero-shot probabilities: adapter {got}, open_clip {want}")
     assert all(abs(got[k] - want[k]) < 1e-2 for k in labels)
 

@@ -62,8 +62,9 @@ class FakeHub:
                 m = re.fullmatch(r"/api/models/(.+?)/tree/([^/]+)", path)
                 if m and m.group(1) in hub.repos:
                     files = self._files(m.group(1))
-                    return self._json([{"type": "file", "path": f, "size": p.stat().st_size,
-                                        "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for f, p in files.items()], head)
+                    listing = [{"type": "file", "path": f, "size": p.stat().st_size,
+                                "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for f, p in files.items()]
+                    return self._json(listing, head)
                 m = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
                 if m and m.group(1) in hub.repos:
                     files = self._files(m.group(1))

@@ -27,11 +27,12 @@ from PIL import Image
 
 from serving.config import SECURITY_CLASSES, detection_type_of
 from serving.errors import ConfigError
+from serving.imaging import decode_image_async, decode_images_async
 from serving.services.app import ServiceContext
 from serving.services.batching import DynamicBatcher
 from serving.services.common import Stopwatch, model_options
-from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
+from serving.services.uploads import read_request
 
 
 @dataclass

@@ -33,10 +33,11 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import ConfigError
+from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, EnrichRequest
-from serving.services.images import b64_to_bytes, check_bbox, decode_image, read_request
+from serving.services.uploads import read_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.services.app import ServiceContext
@@ -172,7 +173,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         body = await read_request(request, GatewayEnrichBody, ctx.limits)
         img = decode_image(body.image, ctx.limits)  # 4xx here, once, instead of from every service
         if body.bbox is not None:
-            check_bbox(BBox.parse(body.bbox), img.size)
+            BBox.parse(body.bbox).check_inside(img.size)
         for i, f in enumerate(body.frames or []):
             decode_image(f, ctx.limits, f"frames[{i}]")
         image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")

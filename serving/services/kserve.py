@@ -37,9 +37,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.errors import BadRequest, InvalidImage, NotFound, PayloadTooLarge, ServingError, UnsupportedMediaType
+from serving.imaging import array_to_image, decode_image
 from serving.services.common import check_admin, require_manager, require_model
 from serving.services.errors import error_response
-from serving.services.images import array_to_image, decode_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.services.app import ServiceContext

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from PIL import Image
 
-from serving.errors import BadRequest
+from serving.errors import BadRequest, InvalidBBox
 from serving.imaging import BBox, crop, rgb
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +71,7 @@ class ImageItem:
         object.__setattr__(self, "image", rgb(self.image))
         if self.bbox is not None:
             if not isinstance(self.bbox, BBox):
-                raise BadRequest(f"bbox must be a serving.imaging.BBox, got {type(self.bbox).__name__}")
+                raise InvalidBBox(f"bbox must be a serving.imaging.BBox, got {type(self.bbox).__name__}")
             self.bbox.check_inside(self.image.size)
 
     @cached_property
@@ -110,7 +110,7 @@ class FramesItem:
         object.__setattr__(self, "frames", frames)
         if self.bbox is not None:
             if not isinstance(self.bbox, BBox):
-                raise BadRequest(f"bbox must be a serving.imaging.BBox, got {type(self.bbox).__name__}")
+                raise InvalidBBox(f"bbox must be a serving.imaging.BBox, got {type(self.bbox).__name__}")
             for f in frames:
                 self.bbox.check_inside(f.size, "bbox (on a frame)")
 

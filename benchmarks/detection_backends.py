@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from _report import machine  # benchmarks/ is on sys.path when a script runs
 
@@ -51,7 +52,7 @@ def time_format(zoo, name: str, fmt: str, device, repeats: int) -> dict:
     if adapter.format != fmt:
         raise RuntimeError(f"{fmt} did not load: {adapter.load_errors}")
     adapter.warmup()
-    img = frame()
+    img = Image.fromarray(frame(), "RGB")  # adapters take decoded RGB images
     out = {"format": fmt, "load_s": round(load_s, 4)}
     for batch in (1, 8):
         per_image = []

@@ -64,7 +64,8 @@ MIME = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # ---------------------------------------------------------------------------------------- server side
 def instrument() -> dict[str, list[float]]:
     """Wrap the request path's parsing and decoding functions with timers (this process only)."""
-    from serving.services import detection, images
+    from serving import imaging as images
+    from serving.services import detection
 
     samples: dict[str, list[float]] = {"parse_s": [], "decode_s": [], "b64_s": []}
 

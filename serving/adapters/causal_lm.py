@@ -2,8 +2,8 @@
 template); Nemotron in the zoo. Production serves the GGUF through llama.cpp (seed 003); this adapter
 is the transformers path the project runs everywhere, fixtures included.
 
-predict(inputs, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top_p=1.0, seed=None):
-    inputs: conversations, each a list of {"role": system|user|assistant|tool, "content": str}.
+predict(items, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top_p=1.0, seed=None):
+    items: `Conversation`s, each a list of {"role": system|user|assistant|tool, "content": str}.
     returns per conversation: {"text", "prompt_tokens", "completion_tokens", "finish_reason": stop|length}.
     temperature 0 = greedy; > 0 samples (seeded when `seed` is given).
 stream(messages, **same options): generator of text pieces as they are decoded (TextIteratorStreamer,
@@ -19,6 +19,7 @@ import threading
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
+from serving.adapters.base import Conversation
 from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
@@ -90,9 +91,8 @@ class CausalLMAdapter(TorchModuleAdapter):
         if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}")
         if prompt_len + max_new > self.context_window():
-            raise BadRequest(
-                f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new}) exceeds the context window ({self.context_window()})"
-            )
+            raise BadRequest(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new}) exceeds the context window "
+                             f"({self.context_window()})")
         temperature = float(opts.get("temperature") or 0.0)
         top_p = float(opts.get("top_p", 1.0) if opts.get("top_p") is not None else 1.0)
         if temperature < 0 or not 0 < top_p <= 1:
@@ -119,11 +119,11 @@ class CausalLMAdapter(TorchModuleAdapter):
         }
 
     # --- API -----------------------------------------------------------------------------------
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[Conversation], **options: Any) -> list[dict[str, Any]]:
         import torch
 
         out = []
-        for messages in inputs:
+        for messages in items:
             ids = self.encode(messages)
             kw = self.generate_kwargs(ids.shape[1], options)
             self._seed(options)
@@ -140,7 +140,8 @@ class CausalLMAdapter(TorchModuleAdapter):
 
         ids = self.encode(messages)
         kw = self.generate_kwargs(ids.shape[1], options)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=STREAM_TIMEOUT_S)
         result: dict[str, Any] = {}
 
         def run() -> None:

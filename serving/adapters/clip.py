@@ -1,18 +1,19 @@
 """`clip`: contrastive image-text models, CLIP (openai/clip-vit-large-patch14, 768-d) and SigLIP
 (FashionSigLIP, `options.arch: siglip`), through AutoModel + AutoProcessor.
 
-predict(inputs, task=..., **options) — `task` defaults from the spec (embed -> "embed",
+predict(items, task=..., **options) — `task` defaults from the spec (embed -> "embed",
 zero_shot -> "classify"):
-    "embed":       inputs images -> {"embedding": [d floats, L2-normalised], "embedding_dimension": d}
-    "embed_text":  inputs strings -> same shape, text tower
-    "classify":    inputs images; `labels=[...]` (free prompts) or `prompt_set=` (default options.prompt_set)
+    "embed":       items images -> {"embedding": [d floats, L2-normalised], "embedding_dimension": d}
+    "embed_text":  items `TextItem`s or strings -> same shape, text tower
+    "classify":    items images; `labels=[...]` (free prompts) or `prompt_set=` (default options.prompt_set)
                    -> free prompts: {"label", "confidence", "scores": {prompt: p}}; a registered prompt set
                    returns its own schema (security_clothing -> the seed clothing object)
-    "similarity":  inputs images; `texts=[...]` -> {"similarities": {text: cosine}, "best_match", "best_score"}
-    "anomaly":     inputs images; `baseline=[d floats]` (or one per input: {"image", "baseline"}),
+    "similarity":  items images; `texts=[...]` -> {"similarities": {text: cosine}, "best_match", "best_score"}
+    "anomaly":     items images; `baseline=[d floats]` (or per item: `BaselineItem(image, baseline=...)`),
                    `threshold` (0.3) -> {"anomaly_score", "similarity", "is_anomaly"}
-Zero-shot probabilities are a softmax over logit_scale * cosine (+ logit_bias for SigLIP): the prompts
-are alternatives. Prompt-set text embeddings are computed once per load and kept on the host.
+Image items are `ImageItem`s or decoded images (a bbox is cropped first). Zero-shot probabilities are a
+softmax over logit_scale * cosine (+ logit_bias for SigLIP): the prompts are alternatives. Prompt-set text
+embeddings are computed once per load and kept on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, load_images, model_dtype, split_item
+from serving.adapters.base import BaselineItem, ImageInput, Item, TextInput, image_items, regions, text_of
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.postprocess import clothing
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
@@ -33,7 +35,8 @@ MAX_TEXTS = 256
 class PromptSet:
     """Named groups of prompts and the rule turning their probabilities into a schema."""
 
-    def __init__(self, groups: Mapping[str, Sequence[str]], result: Callable[[dict[str, dict[str, float]], Mapping[str, Any]], dict[str, Any]]):
+    def __init__(self, groups: Mapping[str, Sequence[str]],
+                 result: Callable[[dict[str, dict[str, float]], Mapping[str, Any]], dict[str, Any]]):
         self.groups = {k: list(v) for k, v in groups.items()}
         self.result = result
 
@@ -124,28 +127,28 @@ class ClipAdapter(TorchModuleAdapter):
         scale = float(self.model.logit_scale.detach().float().exp().cpu())
         bias = float(self.model.logit_bias.detach().float().cpu()) if hasattr(self.model, "logit_bias") else 0.0
         probs = (image_emb @ text_emb.T * scale + bias).softmax(dim=-1).tolist()
-        return [dict(zip(prompts, row)) for row in probs]
+        return [dict(zip(prompts, row, strict=True)) for row in probs]
 
     # --- tasks ---------------------------------------------------------------------------------
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
-        if not inputs:
+    def predict(self, items: Sequence[Item], **options: Any) -> list[dict[str, Any]]:
+        if not items:
             return []
         task = options.pop("task", None) or DEFAULT_TASK_BY_SPEC.get(self.ctx.spec.task, "embed")
         handler = self._TASKS.get(task)
         if handler is None:
             raise BadRequest(f"unknown clip task {task!r}; use one of {sorted(self._TASKS)}")
-        return handler(self, inputs, {**(self.ctx.spec.options or {}), **options})
+        return handler(self, items, {**(self.ctx.spec.options or {}), **options})
 
-    def _embed(self, inputs: list[Any], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
-        emb = self.image_embeddings(load_images(inputs))
+    def _embed(self, items: Sequence[ImageInput], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+        emb = self.image_embeddings(regions(items))
         return [{"embedding": row, "embedding_dimension": len(row)} for row in emb.tolist()]
 
-    def _embed_text(self, inputs: list[Any], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
-        emb = self.text_embeddings([str(t) for t in inputs])
+    def _embed_text(self, items: Sequence[TextInput], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+        emb = self.text_embeddings([text_of(t) for t in items])
         return [{"embedding": row, "embedding_dimension": len(row)} for row in emb.tolist()]
 
-    def _classify(self, inputs: list[Any], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
-        emb = self.image_embeddings(load_images(inputs))
+    def _classify(self, items: Sequence[ImageInput], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+        emb = self.image_embeddings(regions(items))
         labels = opts.get("labels")
         if labels:
             out = []
@@ -159,32 +162,31 @@ class ClipAdapter(TorchModuleAdapter):
             raise BadRequest(f"classify needs labels=[...] or a prompt_set among {sorted(PROMPT_SETS)}")
         pset = PROMPT_SETS[name]
         per_group = {g: self.zero_shot(emb, prompts) for g, prompts in pset.groups.items()}
-        return [pset.result({g: per_group[g][i] for g in per_group}, opts) for i in range(len(inputs))]
+        return [pset.result({g: per_group[g][i] for g in per_group}, opts) for i in range(len(items))]
 
-    def _similarity(self, inputs: list[Any], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _similarity(self, items: Sequence[ImageInput], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
         texts = opts.get("texts")
         if not texts:
             raise BadRequest("similarity needs texts=[...]")
         texts = [str(t) for t in texts]
-        sims = (self.image_embeddings(load_images(inputs)) @ self.text_embeddings(texts).T).tolist()
+        sims = (self.image_embeddings(regions(items)) @ self.text_embeddings(texts).T).tolist()
         out = []
         for row in sims:
             i = max(range(len(row)), key=lambda j: row[j])
-            out.append({"similarities": {t: round(s, 4) for t, s in zip(texts, row)},
+            out.append({"similarities": {t: round(s, 4) for t, s in zip(texts, row, strict=True)},
                         "best_match": texts[i], "best_score": round(row[i], 4)})
         return out
 
-    def _anomaly(self, inputs: list[Any], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _anomaly(self, items: Sequence[ImageInput], opts: Mapping[str, Any]) -> list[dict[str, Any]]:
         import torch
 
         threshold = float(opts.get("threshold", DEFAULT_ANOMALY_THRESHOLD))
-        baselines = []
-        for item in inputs:
-            _, extras = split_item(item)
-            baselines.append(extras.get("baseline", opts.get("baseline")))
-        emb = self.image_embeddings(load_images(inputs))
+        typed = image_items(items)
+        baselines = [it.baseline if isinstance(it, BaselineItem) and it.baseline is not None else opts.get("baseline")
+                     for it in typed]
+        emb = self.image_embeddings([it.region for it in typed])
         out = []
-        for row, base in zip(emb, baselines):
+        for row, base in zip(emb, baselines, strict=True):
             if base is None:
                 raise BadRequest("anomaly needs a baseline embedding")
             b = torch.as_tensor(base, dtype=torch.float32).flatten()
@@ -195,7 +197,7 @@ class ClipAdapter(TorchModuleAdapter):
             out.append({"anomaly_score": round(score, 4), "similarity": round(sim, 4), "is_anomaly": score > threshold})
         return out
 
-    _TASKS: dict[str, Callable[[ClipAdapter, list[Any], Mapping[str, Any]], list[dict[str, Any]]]] = {
+    _TASKS: dict[str, Callable[[ClipAdapter, Sequence[Any], Mapping[str, Any]], list[dict[str, Any]]]] = {
         "embed": _embed,
         "embed_text": _embed_text,
         "classify": _classify,

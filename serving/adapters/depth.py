@@ -1,9 +1,9 @@
 """`depth_anything`: Depth Anything V2 (DepthAnythingForDepthEstimation + DPT image processor), relative
 depth -> the seed's {depth_map_base64, estimated_distance_m, relative_depth, proximity_label}.
 
-predict(inputs, include_map=True, max_distance_m=10.0):
-    inputs: images, or {"image": frame, "bbox": {x1, y1, x2, y2}} for the distance of one object
-            (seed /object-distance); without a bbox the centre of the frame is measured (/depth-estimate).
+predict(items, include_map=True, max_distance_m=10.0):
+    items: `ImageItem(frame, bbox)` for the distance of one object (seed /object-distance; the whole
+           frame is measured inside the bbox); a frame without a bbox: its centre (/depth-estimate).
     returns per item: the seed depth object (+ "bbox" when one was given); `depth_map_base64` is an 8-bit
     PNG at the input resolution (near = bright), or None with include_map=False.
 The rules (normalisation, distance scale, proximity bands) live in `postprocess.depth`.
@@ -11,13 +11,14 @@ The rules (normalisation, distance scale, proximity bands) live in `postprocess.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype, split_item
-from serving.adapters.images import bbox_tuple, to_rgb
+from serving.adapters.base import ImageInput, image_items
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.postprocess import depth as depth_rules
 from serving.adapters.torch_base import TorchModuleAdapter
-from serving.errors import BadRequest, InvalidBBox
+from serving.errors import BadRequest
 
 
 class DepthAnythingAdapter(TorchModuleAdapter):
@@ -51,27 +52,17 @@ class DepthAnythingAdapter(TorchModuleAdapter):
         post = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
         return [r["predicted_depth"].detach().cpu().numpy() for r in post]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
-        if not inputs:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         max_distance = float(opts.get("max_distance_m", depth_rules.DEFAULT_MAX_DISTANCE_M))
         if not max_distance > 0:
             raise BadRequest("max_distance_m must be > 0")
         include_map = bool(opts.get("include_map", True))
-        images, bboxes = [], []
-        for item in inputs:
-            payload, extras = split_item(item)
-            img = to_rgb(payload)
-            bbox = extras.get("bbox")
-            if bbox is not None:
-                x1, y1, x2, y2 = bbox_tuple(bbox)
-                if x1 >= img.width or y1 >= img.height or x2 <= 0 or y2 <= 0:
-                    raise InvalidBBox(f"bbox {bbox!r} lies outside the {img.width}x{img.height} image")
-                bbox = (x1, y1, x2, y2)
-            images.append(img)
-            bboxes.append(bbox)
+        typed = image_items(items)
         return [
-            depth_rules.depth_result(d, bbox, max_distance_m=max_distance, include_map=include_map)
-            for d, bbox in zip(self.disparity(images), bboxes)
+            depth_rules.depth_result(d, it.bbox.as_tuple() if it.bbox else None,
+                                     max_distance_m=max_distance, include_map=include_map)
+            for d, it in zip(self.disparity([it.image for it in typed]), typed, strict=True)
         ]

@@ -2,9 +2,9 @@
 florence-community layout) for the seed prompts <CAPTION>, <DETAILED_CAPTION>, <OD>,
 <DENSE_REGION_CAPTION>, <OCR>, <OCR_WITH_REGION> (and the processor's other tasks).
 
-predict(inputs, task="<CAPTION>", text=None, max_new_tokens=256, num_beams=3):
-    inputs: images, or {"image": ..., "task": "<OD>", "text": "..."} to set the task per item
-            (tasks such as <CAPTION_TO_PHRASE_GROUNDING> need `text`).
+predict(items, task="<CAPTION>", text=None, max_new_tokens=256, num_beams=3):
+    items: `ImageItem`s (or decoded images; a bbox is cropped first), or `PromptItem(image, task="<OD>",
+           text="...")` to set the task per item (tasks such as <CAPTION_TO_PHRASE_GROUNDING> need `text`).
     returns per item: {"task", "result", "text", "image_size": [w, h]} where `result` is exactly what
     `Florence2Processor.post_process_generation` returns for the task:
         pure-text tasks (<CAPTION>, <DETAILED_CAPTION>, <OCR>) -> str
@@ -15,10 +15,11 @@ predict(inputs, task="<CAPTION>", text=None, max_new_tokens=256, num_beams=3):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype, split_item
-from serving.adapters.images import crop, to_rgb
+from serving.adapters.base import ImageInput, PromptItem, image_items
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
 
@@ -65,10 +66,10 @@ class Florence2Adapter(TorchModuleAdapter):
         """The processor's post-processing of one generated string (special tokens kept)."""
         return self.processor.post_process_generation(generated, task=task, image_size=image_size)[task]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         import torch
 
-        if not inputs:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         max_new = int(opts.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
@@ -76,12 +77,11 @@ class Florence2Adapter(TorchModuleAdapter):
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}")
         num_beams = max(1, int(opts.get("num_beams", DEFAULT_NUM_BEAMS)))
         images, tasks, prompts = [], [], []
-        for item in inputs:
-            payload, extras = split_item(item)
-            img = crop(payload, extras["bbox"]) if extras.get("bbox") is not None else to_rgb(payload)
-            task = str(extras.get("task") or opts.get("task") or DEFAULT_TASK)
-            prompts.append(self.prompt_of(task, extras.get("text", opts.get("text"))))
-            images.append(img)
+        for item in image_items(items):
+            own = item if isinstance(item, PromptItem) else PromptItem(item.image)
+            task = str(own.task or opts.get("task") or DEFAULT_TASK)
+            prompts.append(self.prompt_of(task, own.text if own.text is not None else opts.get("text")))
+            images.append(item.region)
             tasks.append(task)
         batch = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         kwargs = {k: v.to(self.torch_device) for k, v in batch.items()}
@@ -91,7 +91,7 @@ class Florence2Adapter(TorchModuleAdapter):
         texts = self.processor.batch_decode(generated, skip_special_tokens=False)
         return [
             {"task": task, "result": self.parse(task, text, img.size), "text": text, "image_size": list(img.size)}
-            for task, text, img in zip(tasks, texts, images)
+            for task, text, img in zip(tasks, texts, images, strict=True)
         ]
 
     def metadata(self) -> dict[str, Any]:

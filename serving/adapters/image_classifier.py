@@ -1,8 +1,8 @@
 """`hf_image_classifier`: ViT / ResNet image classifiers (age, gender, vehicle segment, pet, weather,
 violence) through AutoModelForImageClassification + AutoImageProcessor.
 
-predict(inputs, **options):
-    inputs: list of images (PIL, RGB array, bytes) or {"image": ..., "bbox": {x1,y1,x2,y2}} to crop first.
+predict(items, **options):
+    items: `ImageItem`s (or decoded images); a bbox is cropped first.
     options: top_k (int, adds "top_k": [{label, score}]), gender_threshold, violence_threshold.
     returns: one dict per input in the schema of `options.labels` (see LABEL_SETS), e.g. age ->
     {age_range, confidence, raw_prediction}.
@@ -12,10 +12,11 @@ The label set is picked from zoo.yaml `options.labels` through a registry, never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, id2label, load_images, model_dtype
+from serving.adapters.base import ImageInput, regions
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, id2label, model_dtype
 from serving.adapters.postprocess import classify, demographics, vehicle
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import ConfigError
@@ -44,7 +45,8 @@ class ImageClassifierAdapter(TorchModuleAdapter):
         super().__init__(ctx)
         label_set = (ctx.spec.options or {}).get("labels")
         if label_set not in LABEL_SETS:
-            raise ConfigError(f"models.{ctx.name}.options.labels must be one of {sorted(LABEL_SETS)}, got {label_set!r}")
+            raise ConfigError(
+                f"models.{ctx.name}.options.labels must be one of {sorted(LABEL_SETS)}, got {label_set!r}")
         self.label_set: str = label_set
         self.labels: list[str] = []
 
@@ -72,16 +74,16 @@ class ImageClassifierAdapter(TorchModuleAdapter):
         with torch.inference_mode():
             logits = self.model(pixel_values=pixel_values).logits
         probs = logits.float().softmax(dim=-1).cpu().tolist()
-        return [dict(zip(self.labels, row)) for row in probs]
+        return [dict(zip(self.labels, row, strict=True)) for row in probs]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
-        if not inputs:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         rule = LABEL_SETS[self.label_set]
         top_k = int(options.get("top_k", 0) or 0)
         results = []
-        for probs in self.probabilities(load_images(inputs)):
+        for probs in self.probabilities(regions(items)):
             out = rule(probs, opts)
             if top_k > 0:
                 best = sorted(probs.items(), key=lambda kv: -kv[1])[:top_k]

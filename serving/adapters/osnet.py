@@ -7,22 +7,22 @@ with average pooling, a 1x1 conv, global pooling and a 512-d fc (Linear + BN + R
 (16, 64, 96, 128). Parameter names match torchreid's `osnet_x0_25` (minus its training classifier),
 so a torchreid state_dict converts to our safetensors by dropping `classifier.*`.
 
-Weights: `source.safetensors` only (no pickle). Input: person crops (PIL / array / bytes, or
-{"image", "bbox"}), resized to 256x128, ImageNet-normalised. Output per crop, the seed's
+Weights: `source.safetensors` only (no pickle). Input: person crops (`ImageItem`s or decoded
+images; a bbox is cropped first), resized to 256x128, ImageNet-normalised. Output per crop, the seed's
 PersonEmbeddingResult: {"embedding": 512 floats (L2-normalised), "embedding_dimension": 512,
 "model": "osnet_x0_25"}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.adapters.images import crop, to_rgb
+from serving.adapters.base import ImageInput, regions
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import ModelLoadFailed
 
@@ -186,15 +186,14 @@ class OsnetAdapter(TorchModuleAdapter):
         return model
 
     def warmup(self) -> None:
-        self.predict([to_rgb(_blank())])
+        self.predict([_blank()])
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if self.model is None or self.tier != "HOT":
             raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded on the device")
-        if not inputs:
+        if not items:
             return []
-        images = [crop(x["image"], x["bbox"]) if isinstance(x, Mapping) and x.get("bbox") is not None
-                  else to_rgb(x["image"] if isinstance(x, Mapping) else x) for x in inputs]  # fmt: skip
+        images = regions(items)
         dtype = next(self.model.parameters()).dtype
         with torch.inference_mode():
             feats = self.model(preprocess(images, self.torch_device).to(dtype))
@@ -206,6 +205,6 @@ class OsnetAdapter(TorchModuleAdapter):
 
 
 def _blank() -> Any:
-    import numpy as np
+    from PIL import Image
 
-    return np.full((*INPUT_HW, 3), 127, dtype=np.uint8)
+    return Image.new("RGB", (INPUT_HW[1], INPUT_HW[0]), (127, 127, 127))

@@ -10,20 +10,20 @@ Score: BRISQUE's trained SVR (LIVE database) is not available offline, so the sc
 the feature vector from a reference set: z = (f - mean) / std, score = 100 * tanh(|w * z|_rms / scale),
 0 = like the reference (good), 100 = far from it. The constants (window, mean, std, w, scale) are
 the model file (`source.safetensors`); `zoo fixtures` calibrates them on synthetic 1/f ("pink noise")
-images, whose statistics resemble natural images. Output per image:
+images, whose statistics resemble natural images. Input: `ImageItem`s or decoded
+images (a bbox is cropped first). Output per image:
 {"quality_score": 0..100, "quality_label": good|fair|poor, "is_low_quality": bool, "model": "brisque"}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from serving.adapters.base import Adapter
-from serving.adapters.images import crop, to_rgb
+from serving.adapters.base import Adapter, ImageInput, regions
 from serving.errors import ModelLoadFailed
 
 CONSTANTS = ("window", "mean", "std", "weight", "scale")
@@ -145,14 +145,11 @@ class ImageQualityAdapter(Adapter):
     def param_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.constants or {}).values())
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if self.constants is None or self.tier != "HOT":
             raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded")
         out = []
-        for x in inputs:
-            img = crop(x["image"], x["bbox"]) if isinstance(x, Mapping) and x.get("bbox") is not None else to_rgb(
-                x["image"] if isinstance(x, Mapping) else x
-            )
+        for img in regions(items):
             value = score(brisque_features(to_gray(img), self.constants["window"]), self.constants)
             out.append({"quality_score": value, "quality_label": label(value), "is_low_quality": value >= 65,
                         "model": "brisque"})  # fmt: skip

@@ -1,8 +1,8 @@
 """`segformer`: SegFormer semantic segmentation of a person crop into clothes classes
 (mattmdjaga/segformer_b2_clothes: 18 classes) -> per-class pixel fractions and the garments present.
 
-predict(inputs, min_fraction=0.01):
-    inputs: person crops, or {"image": frame, "bbox": {x1, y1, x2, y2}}.
+predict(items, min_fraction=0.01):
+    items: person crops, or `ImageItem(frame, bbox)`.
     returns per item: {"class_fractions": {class: fraction of pixels}, "items": [garments, largest first],
                        "dominant_item", "person_fraction"} (rules in `postprocess.clothing`).
 The label map is upsampled to the input resolution by the processor's post-processing before counting.
@@ -10,9 +10,11 @@ The label map is upsampled to the input resolution by the processor's post-proce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, id2label, load_images, model_dtype
+from serving.adapters.base import ImageInput, regions
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, id2label, model_dtype
 from serving.adapters.postprocess import clothing
 from serving.adapters.torch_base import TorchModuleAdapter
 
@@ -53,17 +55,18 @@ class SegformerAdapter(TorchModuleAdapter):
         sizes = [(img.height, img.width) for img in images]
         return [m.cpu() for m in self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         import torch
 
-        if not inputs:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         min_fraction = float(opts.get("min_fraction", clothing.DEFAULT_MIN_FRACTION))
         out = []
-        for label_map in self.label_maps(load_images(inputs)):
+        for label_map in self.label_maps(regions(items)):
             counts = torch.bincount(label_map.flatten().long(), minlength=len(self.labels)).tolist()
-            out.append(clothing.segmentation_result(dict(zip(self.labels, counts)), min_fraction=min_fraction))
+            per_class = dict(zip(self.labels, counts, strict=False))  # bincount may run past the labels
+            out.append(clothing.segmentation_result(per_class, min_fraction=min_fraction))
         return out
 
     def metadata(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def move_module(module: Any, device: str, *, pin: bool = False) -> Any:
     if pin and device == "cpu" and torch.cuda.is_available():  # pragma: no cover - needs CUDA
         for p in module.parameters():
             p.data = p.data.pin_memory()
-        for name, b in module.named_buffers():
+        for b in module.buffers():
             b.data = b.data.pin_memory()
     return module
 

@@ -2,9 +2,9 @@
 person box in, 17 COCO keypoints out, then the shared posture / security-alert rules
 (`serving.adapters.postprocess.pose`, the same ones the YOLOv8n-pose fallback uses).
 
-predict(inputs, dataset_index=0, min_confidence=0.3):
-    inputs: one person per item: a person crop (the whole image is the box) or
-            {"image": frame, "bbox": {x1, y1, x2, y2}} in frame pixels.
+predict(items, dataset_index=0, min_confidence=0.3):
+    items: one person per item: a person crop (the whole image is the box) or
+           `ImageItem(frame, bbox)` with the box in frame pixels.
     returns per item: {"keypoints": [{"name", "x", "y", "confidence"} x 17], "posture", "alerts",
                        "bbox": {x1, y1, x2, y2}} with keypoints in the input image's pixels.
 ViTPose+ checkpoints are mixture-of-experts (num_experts > 1): `dataset_index` picks the expert head,
@@ -13,13 +13,14 @@ ViTPose+ checkpoints are mixture-of-experts (num_experts > 1): `dataset_index` p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype, split_item
-from serving.adapters.images import bbox_tuple, to_rgb
+from serving.adapters.base import ImageInput, image_items
+from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.postprocess import pose
 from serving.adapters.torch_base import TorchModuleAdapter
-from serving.errors import InvalidBBox
+from serving.imaging import BBox
 
 COCO_DATASET_INDEX = 0
 
@@ -47,30 +48,24 @@ class VitPoseAdapter(TorchModuleAdapter):
         return int(getattr(self.model.config.backbone_config, "num_experts", 1)) if self.model is not None else 1
 
     @staticmethod
-    def coco_box(item_bbox: Any, size: tuple[int, int]) -> list[float]:
-        """[x, y, w, h] (COCO) of the person box, clipped to the image; the whole image without a bbox."""
+    def coco_box(bbox: BBox | None, size: tuple[int, int]) -> list[float]:
+        """[x, y, w, h] (COCO) of the person box (checked inside the image by its `ImageItem`); the whole
+        image without a bbox."""
         w, h = size
-        if item_bbox is None:
+        if bbox is None:
             return [0.0, 0.0, float(w), float(h)]
-        x1, y1, x2, y2 = bbox_tuple(item_bbox)
-        x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
-        if x2 <= x1 or y2 <= y1:
-            raise InvalidBBox(f"bbox {item_bbox!r} lies outside the {w}x{h} image")
-        return [x1, y1, x2 - x1, y2 - y1]
+        return [bbox.x1, bbox.y1, bbox.x2 - bbox.x1, bbox.y2 - bbox.y1]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         import torch
 
-        if not inputs:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         min_conf = float(opts.get("min_confidence", pose.MIN_CONF))
-        images, boxes = [], []
-        for item in inputs:
-            payload, extras = split_item(item)
-            img = to_rgb(payload)
-            images.append(img)
-            boxes.append([self.coco_box(extras.get("bbox"), img.size)])
+        typed = image_items(items)
+        images = [it.image for it in typed]
+        boxes = [[self.coco_box(it.bbox, it.image.size)] for it in typed]
         batch = self.processor(images=images, boxes=boxes, return_tensors="pt")
         pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
         kwargs: dict[str, Any] = {}
@@ -82,9 +77,10 @@ class VitPoseAdapter(TorchModuleAdapter):
         outputs.heatmaps = outputs.heatmaps.float()
         results = self.processor.post_process_pose_estimation(outputs, boxes=boxes)
         out = []
-        for per_image, box in zip(results, boxes):
+        for per_image, box in zip(results, boxes, strict=True):
             person = per_image[0]
-            rows = [(float(x), float(y), float(s)) for (x, y), s in zip(person["keypoints"].tolist(), person["scores"].tolist())]
+            points = zip(person["keypoints"].tolist(), person["scores"].tolist(), strict=True)
+            rows = [(float(x), float(y), float(s)) for (x, y), s in points]
             analyzed = pose.analyze_pose(rows, min_conf)
             x, y, bw, bh = box[0]
             analyzed["bbox"] = {"x1": x, "y1": y, "x2": x + bw, "y2": y + bh}

@@ -1,10 +1,10 @@
 """`xclip`: X-CLIP video-text model (XCLIPModel + XCLIPProcessor) for multi-frame action recognition ->
 the seed's {action, confidence, action_scores}.
 
-predict(inputs, labels=SECURITY_ACTIONS, top_k=5):
-    inputs: one clip per item: a list of frames (images, oldest first) or {"frames": [...]}; at least
-            one frame. Clips are resampled to the model's frame count (8 for xclip-base-patch32):
-            evenly spaced frames, repeated when the clip is shorter.
+predict(items, labels=SECURITY_ACTIONS, top_k=5):
+    items: one clip per item: a `FramesItem` (frames oldest first, optional bbox cropped on each) or a
+           list of decoded frames; at least one frame. Clips are resampled to the model's frame count
+           (8 for xclip-base-patch32): evenly spaced frames, repeated when the clip is shorter.
     returns per item: {"action", "confidence", "action_scores": {label: p} (top_k, descending),
                        "is_suspicious"} (rules in `postprocess.action`).
 Label prompts ("a person running") are encoded together with each clip, as X-CLIP's text encoder is
@@ -13,11 +13,11 @@ conditioned on the video.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from serving.adapters.base import FramesInput, frames_item
 from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
-from serving.adapters.images import to_rgb
 from serving.adapters.postprocess import action as action_rules
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
@@ -55,26 +55,25 @@ class XClipAdapter(TorchModuleAdapter):
 
         self.predict([[Image.new("RGB", (64, 64), (127, 127, 127))]], labels=["walking", "running"])
 
-    def clip_frames(self, item: Any) -> list[Any]:
-        frames = item.get("frames") if isinstance(item, Mapping) else item
-        if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes)) or not frames:
-            raise BadRequest("each xclip input must be a non-empty list of frames")
-        if len(frames) > MAX_FRAMES_IN:
+    def clip_frames(self, item: FramesInput) -> list[Any]:
+        """The clip's frames (cropped to its bbox) resampled to the model's frame count."""
+        clip = frames_item(item)
+        if len(clip.frames) > MAX_FRAMES_IN:
             raise BadRequest(f"at most {MAX_FRAMES_IN} frames per clip")
-        pil = [to_rgb(f) for f in frames]
+        pil = clip.regions
         return [pil[i] for i in sample_indices(len(pil), self.num_frames)]
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[FramesInput], **options: Any) -> list[dict[str, Any]]:
         import torch
 
-        if not inputs:
+        if not items:
             return []
         opts = {**(self.ctx.spec.options or {}), **options}
         labels = [str(x) for x in (opts.get("labels") or action_rules.SECURITY_ACTIONS)]
         if len(labels) > MAX_LABELS or not all(labels):
             raise BadRequest(f"labels must be 1..{MAX_LABELS} non-empty strings")
         top_k = opts.get("top_k", action_rules.DEFAULT_TOP_K)
-        clips = [self.clip_frames(item) for item in inputs]
+        clips = [self.clip_frames(item) for item in items]
         prompts = [action_rules.prompt_for(label) for label in labels]
         batch = self.processor(text=prompts, videos=clips, return_tensors="pt", padding=True)
         pixel_values = batch["pixel_values"]

@@ -32,7 +32,7 @@ YOLO-World: the fixed vocabulary stored in the checkpoint works everywhere (a `v
 are all known becomes a class filter). A new vocabulary needs ultralytics' CLIP text encoder (the `clip`
 package and its ViT-B/32 weights download); when it is missing the request is a 400 with that reason.
 
-predict(inputs, **options): inputs = images (PIL / array / bytes) or {"image": ..., "bbox": ...} crops;
+predict(items, **options): items = `ImageItem`s or decoded images (a bbox is cropped first);
 options: confidence (0..1), classes (names or ids), max_det, imgsz, vocabulary (YOLO-World), timestamp
 (datetime or ISO string; for the damage night rules, default the injected clock). One result per image:
   {"detections": [{"class", "class_id", "confidence", "bbox": {"x1","y1","x2","y2"}}], "image_width",
@@ -49,12 +49,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.adapters.base import Adapter, LoadContext
-from serving.adapters.images import crop, to_rgb
+from serving.adapters.base import Adapter, ImageInput, LoadContext, regions
 from serving.adapters.postprocess import damage, pose, threat
 from serving.errors import BadRequest, DeviceOOM, ModelLoadFailed
 
@@ -113,7 +112,8 @@ def safe_yolo(path: Path, task: str | None = None) -> Any:
             def _load(self, weights: str, task: str | None = None) -> None:
                 if Path(weights).suffix.lower() != ".pt":
                     return super()._load(weights, task)
-                if not tasks._SafeLoad.SUPPORTED:
+                # ultralytics' own test for restricted loading (torch >= 2.6), on torch's public API
+                if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
                     raise ModelLoadFailed("restricted .pt loading needs torch >= 2.6; refusing to unpickle")
                 ckpt, _ = tasks.torch_safe_load(weights, safe_only=True)
                 model = ckpt.get("ema") or ckpt.get("model")
@@ -145,7 +145,7 @@ def _parse_time(value: Any) -> dt.datetime | None:
 
 def _add_pose(result: dict[str, Any], r: Any, adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
     kps = r.keypoints.data.cpu().tolist() if r.keypoints is not None else []
-    for det, points in zip(result["detections"], kps):
+    for det, points in zip(result["detections"], kps, strict=False):
         det.update(pose.analyze_pose(points))
     best = max(result["detections"], key=lambda d: d["confidence"], default=None)
     result["pose"] = {k: best[k] for k in ("keypoints", "posture", "alerts")} if best and "keypoints" in best else None
@@ -225,7 +225,7 @@ class YoloAdapter(Adapter):
         if fmt == "onnx":
             self._blob = path.read_bytes()
         self.yolo = safe_yolo(path, task=self.ctx.spec.task)
-        self._run([to_rgb(_blank(64))], conf=1.0, imgsz=64)  # builds the predictor (AutoBackend) on the device
+        self._run([_blank(64)], conf=1.0, imgsz=64)  # builds the predictor (AutoBackend) on the device
         be = self._backend()
         meta_imgsz = (be.metadata or {}).get("imgsz") or self.yolo.overrides.get("imgsz")
         self.imgsz = self.imgsz or meta_imgsz or 640
@@ -238,7 +238,7 @@ class YoloAdapter(Adapter):
         self.dtype = "float16" if getattr(be, "fp16", False) else "float32"
 
     def warmup(self) -> None:
-        self._run([to_rgb(_blank(max(_as_hw(self.imgsz))))], conf=1.0)
+        self._run([_blank(max(_as_hw(self.imgsz)))], conf=1.0)
 
     def offload(self) -> None:
         be = self._backend()
@@ -272,7 +272,7 @@ class YoloAdapter(Adapter):
             if getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA only
                 _bind_onnx_outputs(be)
         else:  # pragma: no cover - TensorRT needs a GPU
-            self._run([to_rgb(_blank(64))], conf=1.0)
+            self._run([_blank(64)], conf=1.0)
         self.tier = "HOT"
 
     def unload(self) -> None:
@@ -303,11 +303,10 @@ class YoloAdapter(Adapter):
         names = self._backend().names
         return dict(enumerate(names)) if isinstance(names, list) else dict(names)
 
-    def predict(self, inputs: list[Any], **options: Any) -> list[dict[str, Any]]:
+    def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if self.tier != "HOT":
             raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded on the device")
-        images = [crop(x["image"], x["bbox"]) if isinstance(x, Mapping) and x.get("bbox") is not None
-                  else to_rgb(x["image"] if isinstance(x, Mapping) else x) for x in inputs]  # fmt: skip
+        images = regions(items)
         if not images:
             return []
         conf = options.get("confidence", self.confidence)
@@ -394,7 +393,7 @@ class YoloAdapter(Adapter):
 
     def _rebuild_predictor(self) -> None:  # pragma: no cover - after a YOLO-World vocabulary change
         """set_classes dropped the predictor: build it again and share its module."""
-        self._run([to_rgb(_blank(64))], conf=1.0)
+        self._run([_blank(64)], conf=1.0)
         self.yolo.model = self._backend().model
 
     def _detections(self, r: Any) -> dict[str, Any]:
@@ -405,7 +404,7 @@ class YoloAdapter(Adapter):
             xyxy = r.boxes.xyxy.cpu().tolist()
             confs = r.boxes.conf.cpu().tolist()
             cls = r.boxes.cls.cpu().tolist()
-            for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls):
+            for (x1, y1, x2, y2), c, k in zip(xyxy, confs, cls, strict=True):
                 dets.append({
                     "class": str(names[int(k)]), "class_id": int(k), "confidence": float(c),
                     "bbox": {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)},
@@ -414,9 +413,9 @@ class YoloAdapter(Adapter):
 
 
 def _blank(size: int) -> Any:
-    import numpy as np
+    from PIL import Image
 
-    return np.zeros((size, size, 3), dtype=np.uint8)
+    return Image.new("RGB", (size, size))
 
 
 def _as_hw(imgsz: Any) -> tuple[int, int]:

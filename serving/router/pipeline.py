@@ -46,12 +46,10 @@ def encode_image(img: Any, fmt: str = "JPEG", quality: int = 90) -> str:
 
 
 def crop_box(bbox: BBox, width: int, height: int, margin: float = 0.1) -> tuple[int, int, int, int] | None:
-    """Integer crop box of a detection: margin added, clamped to the frame; None when nothing is left."""
-    w, h = bbox.x2 - bbox.x1, bbox.y2 - bbox.y1
-    x1 = max(0, int(bbox.x1 - margin * w))
-    y1 = max(0, int(bbox.y1 - margin * h))
-    x2 = min(width, int(round(bbox.x2 + margin * w)))
-    y2 = min(height, int(round(bbox.y2 + margin * h)))
+    """Integer crop box of a detection: margin added, clamped to the frame (explicitly: the crop rule of
+    serving.imaging never clamps); None when less than 2 pixels are left."""
+    region = bbox.expanded(margin).clamped((width, height))
+    x1, y1, x2, y2 = int(region.x1), int(region.y1), int(round(region.x2)), int(round(region.y2))
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
     return x1, y1, x2, y2

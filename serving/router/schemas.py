@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.config import detection_type_of
-from serving.services.schemas import BBox  # one BBox for the gateway and the services
+from serving.imaging import BBox  # one BBox for the gateway, the services and the adapters
 
 RiskLevel = Literal["low", "medium", "high", "critical"]
 

@@ -6,7 +6,7 @@
 - `application/json`: `{"image": "<base64>"}`, `{"images": ["<base64>", ...]}` or `{"inputs": [...]}`
   (non-image models, e.g. text); every other key, and the keys of `"options": {...}`, are options.
 The option `model` picks the model on a container serving several (ZOO_SERVICES); it is not passed on.
-Images are decoded by serving.services.images.decode_image under the service limits (400 invalid_image,
+Images are decoded by serving.imaging.decode_image under the service limits (400 invalid_image,
 413 image_too_large, 415 unsupported_media_type).
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 from fastapi import Request
 
 from serving.errors import BadRequest, UnsupportedMediaType
+from serving.imaging import decode_image, decode_images
 from serving.services.common import Limits
-from serving.services.images import RAW_IMAGE_TYPES, decode_image, decode_images
+from serving.services.uploads import RAW_IMAGE_TYPES
 
 CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 RESERVED_JSON_KEYS = ("image", "images", "inputs", "options")

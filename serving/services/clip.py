@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from serving.errors import BadRequest
+from serving.imaging import decode_image_async, decode_images_async
 from serving.services.common import Stopwatch, model_of_family, predict
 from serving.services.context import Ctx, ServiceContext
-from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.openapi import request_body
 from serving.services.schemas import (
     AnomalyRequest,
@@ -33,6 +33,7 @@ from serving.services.schemas import (
     SimilarityRequest,
     SimilarityResponse,
 )
+from serving.services.uploads import read_request
 
 
 def clip_model(ctx: ServiceContext) -> str:

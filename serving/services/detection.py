@@ -26,12 +26,13 @@ from fastapi import APIRouter, Request
 from PIL import Image
 
 from serving.config import SECURITY_CLASSES, detection_type_of
+from serving.imaging import decode_image_async, decode_images_async
 from serving.services.batching import DynamicBatcher
 from serving.services.common import Stopwatch, model_of_task, model_options, require_manager
 from serving.services.context import Ctx, ServiceContext
-from serving.services.images import decode_image_async, decode_images_async, read_request
 from serving.services.openapi import request_body
 from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
+from serving.services.uploads import read_request
 
 router = APIRouter(tags=["detection"])
 

@@ -37,17 +37,17 @@ from fastapi import APIRouter, Request
 from PIL import Image
 from pydantic import BaseModel
 
+from serving.adapters.base import FramesItem, ImageItem
 from serving.config import detection_type_of
 from serving.errors import BadRequest, NotFound, ServingError, UnknownModel
+from serving.imaging import BBox, decode_image, decode_images, decode_images_async
 from serving.services.common import Stopwatch, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.errors import ErrorBody
-from serving.services.images import check_bbox, crop, decode_image, decode_images, decode_images_async, read_request
 from serving.services.openapi import request_body
 from serving.services.schemas import (
     ActionRecognizeResponse,
     ActionRequest,
-    BBox,
     ClassifyImageRequest,
     ClothingClassifyResponse,
     DamageResponse,
@@ -59,6 +59,7 @@ from serving.services.schemas import (
     PoseAnalyzeResponse,
     VehicleClassifyResponse,
 )
+from serving.services.uploads import read_request
 
 log = logging.getLogger(__name__)
 PER_DETECTION = ("age_classifications", "gender_classifications", "person_embeddings")
@@ -69,13 +70,16 @@ NO_POSE = {"keypoints": [], "posture": "unknown", "alerts": [], "person_detected
 
 @dataclass
 class Inputs:
-    """A decoded enrichment request: the frame, its crop, the validated bbox, frames, options."""
+    """A decoded enrichment request: the frame, its crop, the bbox (parsed once by the request schema,
+    checked against the frame once by `item`), frames, options."""
 
     frame: Image.Image
     crop: Image.Image
-    bbox: dict[str, float] | None
+    bbox: BBox | None
     frames: list[Image.Image] | None
     options: dict[str, Any]
+    #: the frame with its bbox: what depth (measured inside the box on the whole frame) takes
+    item: ImageItem
 
 
 @dataclass(frozen=True)
@@ -92,16 +96,14 @@ class Capability:
     extract: Callable[[dict[str, Any], str], Any] = lambda r, fam: {k: v for k, v in r.items() if k not in _STRIP}
 
 
-def _frames(x: Inputs) -> list[Image.Image]:
+def _frames(x: Inputs) -> FramesItem:
     if not x.frames:
         raise BadRequest("action recognition needs 'frames' (several frames of the clip)")
-    if x.bbox is None:
-        return x.frames
-    return [crop(f, BBox(**x.bbox), "bbox (on a frame)") for f in x.frames]
+    return FramesItem(tuple(x.frames), x.bbox)
 
 
-def _depth_item(x: Inputs) -> Any:
-    return {"image": x.frame, "bbox": x.bbox} if x.bbox is not None else x.frame
+def _depth_item(x: Inputs) -> ImageItem:
+    return x.item
 
 
 def _pose_extract(r: dict[str, Any], family: str) -> Any:
@@ -174,21 +176,18 @@ async def run_capability(ctx: ServiceContext, model: str, x: Inputs,
     return cap.key, cap.extract(out, ctx.zoo.models[model].family)
 
 
-async def decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
+async def decode_inputs(ctx: ServiceContext, image: Any, bbox: BBox | None, frames: list[Any] | None,
                         options: dict[str, Any]) -> Inputs:
     """Decode and validate in a worker thread (the event loop keeps serving meanwhile)."""
     return await asyncio.to_thread(_decode_inputs, ctx, image, bbox, frames, options)
 
 
-def _decode_inputs(ctx: ServiceContext, image: Any, bbox: Any, frames: list[Any] | None,
+def _decode_inputs(ctx: ServiceContext, image: Any, bbox: BBox | None, frames: list[Any] | None,
                    options: dict[str, Any]) -> Inputs:
-    frame = decode_image(image, ctx.limits)
-    box = None
-    if bbox is not None:
-        x1, y1, x2, y2 = check_bbox(bbox, frame.size)
-        box = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+    item = ImageItem(decode_image(image, ctx.limits), bbox)  # 400 invalid_bbox here, once
     decoded_frames = decode_images(frames, ctx.limits, "frames") if frames else None
-    return Inputs(frame=frame, crop=crop(frame, bbox), bbox=box, frames=decoded_frames, options=dict(options))
+    return Inputs(frame=item.image, crop=item.region, bbox=bbox, frames=decoded_frames, options=dict(options),
+                  item=item)
 
 
 router = APIRouter(tags=["enrichment"])
@@ -324,11 +323,8 @@ async def action_recognize(ctx: Ctx, request: Request) -> dict[str, Any]:
         req = await read_request(request, ActionRequest, ctx.limits)
         model = model_for(ctx, "action")
         frames = await decode_images_async(req.frames, ctx.limits, "frames")
-        box = None
-        if req.bbox is not None:
-            x1, y1, x2, y2 = check_bbox(req.bbox, frames[0].size, "bbox")
-            box = {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
-        x = Inputs(frame=frames[0], crop=frames[0], bbox=box, frames=frames, options=req.options)
+        item = ImageItem(frames[0], req.bbox)  # 400 invalid_bbox here (and on every frame in FramesItem)
+        x = Inputs(frame=frames[0], crop=frames[0], bbox=req.bbox, frames=frames, options=req.options, item=item)
         extra = {"labels": req.labels} if req.labels else None
         _, value = await run_capability(ctx, model, x, extra)
     return _answer(model, value, sw)

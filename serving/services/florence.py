@@ -15,9 +15,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from serving.imaging import decode_image_async
 from serving.services.common import Stopwatch, model_of_family, predict
 from serving.services.context import Ctx, ServiceContext
-from serving.services.images import decode_image_async, read_request
 from serving.services.openapi import request_body
 from serving.services.schemas import (
     DenseCaptionResponse,
@@ -29,6 +29,7 @@ from serving.services.schemas import (
     OcrRequest,
     OcrResponse,
 )
+from serving.services.uploads import read_request
 
 
 def florence_model(ctx: ServiceContext) -> str:

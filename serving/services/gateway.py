@@ -37,13 +37,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
 from serving.services.context import Ctx, GatewayState, ServiceContext
-from serving.services.images import b64_to_bytes, check_bbox, decode_image, read_request
 from serving.services.openapi import request_body
 from serving.services.schemas import EnrichmentResult
+from serving.services.uploads import read_request
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["gateway"])
@@ -208,7 +209,7 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
     body = await read_request(request, GatewayEnrichBody, ctx.limits)
     img = decode_image(body.image, ctx.limits)  # 4xx here, once, instead of from every service
     if body.bbox is not None:
-        check_bbox(BBox.parse(body.bbox), img.size)
+        BBox.parse(body.bbox).check_inside(img.size)
     for i, f in enumerate(body.frames or []):
         decode_image(f, ctx.limits, f"frames[{i}]")
     image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")

@@ -36,11 +36,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import BadRequest, InvalidImage, NotFound
+from serving.imaging import array_to_image, decode_image
 from serving.services.common import require_admin, require_manager, require_model
 from serving.services.context import Ctx, ServiceContext
 from serving.services.errors import KServeRoute
 from serving.services.health import compute_service_state, is_serving
-from serving.services.images import array_to_image, decode_image
 from serving.services.kserve_codec import (
     HEADER_LEN,
     VERSION,

@@ -1,6 +1,6 @@
 """OpenAPI request bodies generated from the request models, for routes that read their body themselves.
 
-Image routes parse their body with `serving.services.images.read_request`, which accepts three encodings
+Image routes parse their body with `serving.services.uploads.read_request`, which accepts three encodings
 of one pydantic model (JSON with base64 images, a raw image body with the other fields in the query string,
 multipart/form-data with file parts). FastAPI cannot infer that from the handler signature, so each such
 route declares `openapi_extra=request_body(Model)`: the JSON schema is the model's own, the raw and

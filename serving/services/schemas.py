@@ -1,7 +1,8 @@
 """Request and response models of the per-GPU services (seed 003 "API Reference" and result schemas).
 
-Requests: images are `str` (base64, the seed's JSON form) or `bytes` (raw body / multipart), decoded by
-serving/services/images.py. Requests forbid unknown fields (a typo is a 422, not a silent default).
+Requests: images are `str` (base64, the seed's JSON form) or `bytes` (raw body / multipart), read by
+serving/services/uploads.py and decoded by serving.imaging. Requests forbid unknown fields (a typo is a
+422, not a silent default).
 Responses allow extra fields: the seed shapes are the floor, adapters may add detail (tests validate
 every response against these models).
 """
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from serving.errors import InvalidBBox
+from serving.imaging import BBox  # the one BBox: parsed here, passed on typed to the adapters
 
 ImageData = str | bytes
 
@@ -23,39 +24,6 @@ class _Req(BaseModel):
 
 class _Resp(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-
-class BBox(BaseModel):
-    """Pixel box in the seed's form {"x1", "y1", "x2", "y2"} (a [x1, y1, x2, y2] list is accepted)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-    @classmethod
-    def parse(cls, value: Any) -> BBox | None:
-        """Accept the seed dict form or a [x1, y1, x2, y2] list; None stays None."""
-        if value is None or isinstance(value, BBox):
-            return value
-        if isinstance(value, (list, tuple)):
-            if len(value) != 4:
-                raise InvalidBBox(f"bbox must have 4 numbers [x1, y1, x2, y2], got {len(value)}")
-            value = dict(zip(("x1", "y1", "x2", "y2"), value, strict=True))
-        if not isinstance(value, dict):
-            raise InvalidBBox("bbox must be an object {x1, y1, x2, y2} or a list of 4 numbers")
-        try:
-            return cls.model_validate(value)
-        except Exception as e:
-            raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
-
-    @classmethod
-    def coerce(cls, v: Any) -> Any:
-        if isinstance(v, (list, tuple)) and len(v) == 4:
-            return dict(zip(("x1", "y1", "x2", "y2"), v, strict=True))
-        return v
 
 
 #: a BBox field that also takes the [x1, y1, x2, y2] list form

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.adapters.postprocess.pose import ALERTS, COCO_KEYPOINT_NAMES, POSTURES
@@ -115,12 +116,12 @@ class ChatResult(Strict):
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def image(h: int = 96, w: int = 72, seed: int = 0) -> np.ndarray:
-    """A reproducible RGB test image: smooth gradients plus noise (not a constant)."""
+def image(h: int = 96, w: int = 72, seed: int = 0) -> Image.Image:
+    """A reproducible decoded RGB test image (what adapters take): smooth gradients plus noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], axis=-1)
-    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8), "RGB")
 
 
 def load_adapter(zoo: Any, name: str) -> Any:

@@ -4,9 +4,21 @@ schema, and survives offload -> restore unchanged."""
 from __future__ import annotations
 
 import pytest
-from _hf_support import AgeResult, GenderResult, PetResult, VehicleResult, ViolenceResult, WeatherResult, check_lifecycle, image, load_adapter
+from _hf_support import (
+    AgeResult,
+    GenderResult,
+    PetResult,
+    VehicleResult,
+    ViolenceResult,
+    WeatherResult,
+    check_lifecycle,
+    image,
+    load_adapter,
+)
 
+from serving.adapters.base import ImageItem
 from serving.errors import ConfigError, InvalidBBox, InvalidImage
+from serving.imaging import BBox
 
 SCHEMAS = {
     "demographics_age": AgeResult,
@@ -27,7 +39,7 @@ def hf_zoo(built_models):
 def test_classifier_predicts_seed_schema(hf_zoo, name):
     adapter = load_adapter(hf_zoo, name)
     img = image()
-    items = [img, {"image": img, "bbox": {"x1": 5, "y1": 10, "x2": 60, "y2": 90}}]
+    items = [img, ImageItem(img, BBox(x1=5, y1=10, x2=60, y2=90))]
     out = adapter.predict(items, top_k=3)
     assert len(out) == 2
     for result in out:
@@ -54,7 +66,7 @@ def test_bad_inputs_are_4xx(hf_zoo):
     with pytest.raises(InvalidImage):
         adapter.predict(["not an image"])
     with pytest.raises(InvalidBBox):
-        adapter.predict([{"image": image(), "bbox": {"x1": 50, "y1": 5, "x2": 10, "y2": 20}}])
+        adapter.predict([ImageItem(image(), BBox(x1=50, y1=5, x2=10, y2=20))])
     assert adapter.predict([]) == []
 
 

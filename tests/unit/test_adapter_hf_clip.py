@@ -7,7 +7,9 @@ import math
 
 import pytest
 from _hf_support import ClothingResult, Embedding, check_lifecycle, image, load_adapter
+from PIL import ImageOps
 
+from serving.adapters.base import BaselineItem, ImageItem
 from serving.errors import BadRequest
 
 
@@ -44,10 +46,10 @@ def test_zero_shot_similarity_anomaly(clip):
     s = clip.predict([image()], task="similarity", texts=labels)[0]
     assert s["best_match"] in labels and all(-1.0 <= v <= 1.0 for v in s["similarities"].values())
     base = clip.predict([image()], task="embed")[0]["embedding"]
-    same, other = clip.predict([image(), {"image": image(seed=5)[::-1].copy()}], task="anomaly", baseline=base)
+    same, other = clip.predict([image(), ImageItem(ImageOps.flip(image(seed=5)))], task="anomaly", baseline=base)
     assert same == {"anomaly_score": 0.0, "similarity": 1.0, "is_anomaly": False}
     assert 0.0 <= other["anomaly_score"] <= 1.0 and other["similarity"] < 1.0
-    per_item = clip.predict([{"image": image(), "baseline": base}], task="anomaly")[0]
+    per_item = clip.predict([BaselineItem(image(), baseline=base)], task="anomaly")[0]
     assert per_item["similarity"] == 1.0
 
 

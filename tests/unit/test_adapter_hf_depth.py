@@ -9,7 +9,9 @@ import pytest
 from _hf_support import DepthResult, check_lifecycle, image, load_adapter
 from PIL import Image
 
+from serving.adapters.base import ImageItem
 from serving.errors import BadRequest, InvalidBBox
+from serving.imaging import BBox
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,8 @@ def depth(built_models):
 
 
 def test_depth_estimate_and_object_distance(depth):
-    frame, box = image(90, 120), {"x1": 10, "y1": 20, "x2": 60, "y2": 80}
-    whole, obj = depth.predict([frame, {"image": frame, "bbox": box}])
+    frame, box = image(90, 120), BBox(x1=10, y1=20, x2=60, y2=80)
+    whole, obj = depth.predict([frame, ImageItem(frame, box)])
     for r in (whole, obj):
         DepthResult.model_validate(r)
         assert r["estimated_distance_m"] == pytest.approx(r["relative_depth"] * 10.0, abs=0.01)
@@ -33,7 +35,7 @@ def test_depth_estimate_and_object_distance(depth):
 
 def test_bad_inputs(depth):
     with pytest.raises(InvalidBBox):
-        depth.predict([{"image": image(), "bbox": [500, 500, 600, 600]}])
+        depth.predict([ImageItem(image(), BBox.parse([500, 500, 600, 600]))])
     with pytest.raises(BadRequest):
         depth.predict([image()], max_distance_m=0)
 

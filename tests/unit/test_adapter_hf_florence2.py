@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from _hf_support import check_lifecycle, image, load_adapter
 
+from serving.adapters.base import PromptItem
 from serving.adapters.florence2 import SEED_TASKS
 from serving.errors import BadRequest
 
@@ -35,7 +36,7 @@ def check_shape(task, result):
 
 def test_every_seed_prompt(florence):
     assert set(SEED_TASKS) <= set(florence.tasks)
-    items = [{"image": image(), "task": t} for t in SEED_TASKS]
+    items = [PromptItem(image(), task=t) for t in SEED_TASKS]
     out = florence.predict(items, max_new_tokens=12, num_beams=1)
     assert [r["task"] for r in out] == list(SEED_TASKS)
     for r in out:
@@ -44,8 +45,8 @@ def test_every_seed_prompt(florence):
 
 
 def test_post_processing_of_generated_text_is_the_processors(florence):
-    od = florence.parse("<OD>", "</s><s>car<loc_54><loc_375><loc_906><loc_707>door<loc_710><loc_276><loc_908><loc_537></s>",
-                        (1000, 1000))
+    od = florence.parse("<OD>", "</s><s>car<loc_54><loc_375><loc_906><loc_707>door<loc_710><loc_276><loc_908>"
+                                "<loc_537></s>", (1000, 1000))
     assert od == {"bboxes": [[54, 375, 906, 707], [710, 276, 908, 537]], "labels": ["car", "door"]}
     ocr = florence.parse("<OCR_WITH_REGION>", "</s><s>ABC 123<loc_100><loc_100><loc_300><loc_100><loc_300><loc_200>"
                          "<loc_100><loc_200></s>", (500, 500))

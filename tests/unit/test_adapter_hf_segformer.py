@@ -7,7 +7,9 @@ import math
 import pytest
 from _hf_support import SegmentationResult, check_lifecycle, image, load_adapter
 
+from serving.adapters.base import ImageItem
 from serving.adapters.postprocess.clothing import GARMENT_CLASSES, SEGFORMER_CLOTHES_LABELS
+from serving.imaging import BBox
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def seg(built_models):
 
 def test_segmentation(seg):
     assert seg.labels == SEGFORMER_CLOTHES_LABELS
-    out = seg.predict([image(), {"image": image(120, 90), "bbox": [0, 0, 45, 60]}])
+    out = seg.predict([image(), ImageItem(image(120, 90), BBox.parse([0, 0, 45, 60]))])
     for r in out:
         SegmentationResult.model_validate(r)
         assert set(r["class_fractions"]) == set(SEGFORMER_CLOTHES_LABELS)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from _hf_support import PoseResult, check_lifecycle, image, load_adapter
 
+from serving.adapters.base import ImageItem
 from serving.errors import InvalidBBox
+from serving.imaging import BBox
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +19,8 @@ def vitpose(built_models):
 def test_pose_per_person(vitpose):
     assert vitpose.num_experts > 1  # ViTPose+ mixture of experts
     frame = image(120, 160)
-    box = {"x1": 20, "y1": 10, "x2": 70, "y2": 110}
-    crop, boxed = vitpose.predict([image(), {"image": frame, "bbox": box}])
+    box = BBox(x1=20, y1=10, x2=70, y2=110)
+    crop, boxed = vitpose.predict([image(), ImageItem(frame, box)])
     for r in (crop, boxed):
         PoseResult.model_validate(r)
     assert crop["bbox"] == {"x1": 0.0, "y1": 0.0, "x2": 72.0, "y2": 96.0}
@@ -31,7 +33,7 @@ def test_pose_per_person(vitpose):
 
 def test_bad_box(vitpose):
     with pytest.raises(InvalidBBox):
-        vitpose.predict([{"image": image(), "bbox": [500, 500, 600, 600]}])
+        vitpose.predict([ImageItem(image(), BBox.parse([500, 500, 600, 600]))])
 
 
 def test_lifecycle(vitpose):

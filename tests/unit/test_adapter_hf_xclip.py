@@ -7,6 +7,7 @@ import math
 import pytest
 from _hf_support import ActionResult, check_lifecycle, image, load_adapter
 
+from serving.adapters.base import FramesItem
 from serving.adapters.postprocess.action import SECURITY_ACTIONS
 from serving.adapters.xclip import sample_indices
 from serving.errors import BadRequest
@@ -26,7 +27,7 @@ def test_sample_indices():
 def test_actions_over_clips(xclip):
     assert xclip.num_frames == 8
     long_clip = [image(seed=i) for i in range(12)]
-    out = xclip.predict([long_clip, {"frames": long_clip[:2]}])
+    out = xclip.predict([long_clip, FramesItem(tuple(long_clip[:2]))])
     for r in out:
         ActionResult.model_validate(r)
         assert r["action"] in SECURITY_ACTIONS and len(r["action_scores"]) == 5

@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from serving.adapters.base import ImageItem
 from serving.adapters.osnet import OSBlock, OSNet, OsnetAdapter
 from serving.adapters.registry import AdapterRegistry
 from serving.errors import ModelLoadFailed
+from serving.imaging import BBox
 from serving.vram.devices import CpuDevice
 
 
@@ -23,7 +25,8 @@ def rzoo(built_models):
 
 
 def make(zoo, root=None):
-    return AdapterRegistry().create("person_reid", zoo.models["person_reid"], Path(root or zoo.models_root), CpuDevice())
+    root = Path(root or zoo.models_root)
+    return AdapterRegistry().create("person_reid", zoo.models["person_reid"], root, CpuDevice())
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def test_embeddings_follow_the_seed_schema(adapter):
 
 def test_crop_inputs(adapter):
     big = person(3, size=(200, 300))
-    cropped = adapter.predict([{"image": big, "bbox": [10, 20, 90, 260]}])[0]["embedding"]
+    cropped = adapter.predict([ImageItem(big, BBox.parse([10, 20, 90, 260]))])[0]["embedding"]
     direct = adapter.predict([big.crop((10, 20, 90, 260))])[0]["embedding"]
     assert np.allclose(cropped, direct, atol=1e-6)
 

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.adapters.base import ImageItem
 from serving.adapters.postprocess.pose import COCO_KEYPOINT_NAMES, POSTURES
 from serving.adapters.registry import AdapterRegistry
 from serving.adapters.yolo import YoloAdapter, format_candidates
 from serving.errors import BadRequest, InvalidImage, ModelLoadFailed
+from serving.imaging import BBox as Box
 from serving.vram.devices import CpuDevice, FakeDevice
 
 YOLO_MODELS = ("yolo26", "yolo_world", "vehicle_damage", "license_plate", "face_detector", "threat_detector",
@@ -217,7 +219,7 @@ def test_bad_inputs_are_4xx(loaded, image):
 
 
 def test_crop_inputs_report_the_crop_size(loaded, image):
-    out = loaded("face_detector").predict([{"image": image, "bbox": {"x1": 10, "y1": 20, "x2": 110, "y2": 220}}])
+    out = loaded("face_detector").predict([ImageItem(image, Box(x1=10, y1=20, x2=110, y2=220))])
     assert (out[0]["image_width"], out[0]["image_height"]) == (100, 200)
 
 

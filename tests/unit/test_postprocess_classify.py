@@ -51,8 +51,9 @@ def test_normalize_weather(label, cond):
 
 
 def test_weather_result():
-    probs = dict(zip(WEATHER_MODEL_LABELS, [0.1, 0.1, 0.6, 0.1, 0.1]))
-    assert weather_result(probs) == {"weather": "rain", "label": "rain/storm", "confidence": 0.6, "low_visibility": True}
+    probs = dict(zip(WEATHER_MODEL_LABELS, [0.1, 0.1, 0.6, 0.1, 0.1], strict=True))
+    assert weather_result(probs) == {"weather": "rain", "label": "rain/storm", "confidence": 0.6,
+                                     "low_visibility": True}
     assert weather_result({"sun/clear": 0.9, "rain/storm": 0.1})["low_visibility"] is False
 
 
@@ -63,8 +64,9 @@ def test_is_violent_label(label, violent):
 
 
 def test_violence_result():
-    assert violence_result(dict(zip(VIOLENCE_MODEL_LABELS, [0.2, 0.8]))) == {
+    assert violence_result(dict(zip(VIOLENCE_MODEL_LABELS, [0.2, 0.8], strict=True))) == {
         "is_violent": True, "confidence": 0.8, "violence_score": 0.8}
-    assert violence_result(dict(zip(VIOLENCE_MODEL_LABELS, [0.7, 0.3]))) == {
+    assert violence_result(dict(zip(VIOLENCE_MODEL_LABELS, [0.7, 0.3], strict=True))) == {
         "is_violent": False, "confidence": 0.7, "violence_score": 0.3}
-    assert violence_result(dict(zip(VIOLENCE_MODEL_LABELS, [0.7, 0.3])), threshold=0.25)["is_violent"] is True
+    low = dict(zip(VIOLENCE_MODEL_LABELS, [0.7, 0.3], strict=True))
+    assert violence_result(low, threshold=0.25)["is_violent"] is True

@@ -30,7 +30,8 @@ def test_seed_prompts_are_all_there():
 
 
 def test_dark_hoodie_is_the_seed_example():
-    out = clothing_result({**probs(), "person wearing dark hoodie": 0.85, **{p: 0.15 / 17 for p in SECURITY_CLOTHING_PROMPTS[1:]}})
+    rest = {p: 0.15 / 17 for p in SECURITY_CLOTHING_PROMPTS[1:]}
+    out = clothing_result({**probs(), "person wearing dark hoodie": 0.85, **rest})
     assert out == {"clothing_type": "hoodie", "color": "dark", "style": "suspicious", "confidence": 0.85,
                    "is_suspicious": True, "is_service_uniform": False}
 

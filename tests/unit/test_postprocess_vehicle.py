@@ -30,8 +30,8 @@ def test_is_commercial(cls, commercial):
 
 @pytest.mark.parametrize(
     ("cls", "name"),
-    [("work_van", "work van"), ("non_motorized_vehicle", "non-motorized vehicle"), ("single_unit_truck", "single-unit truck"),
-     ("car", "car")],
+    [("work_van", "work van"), ("non_motorized_vehicle", "non-motorized vehicle"),
+     ("single_unit_truck", "single-unit truck"), ("car", "car")],
 )
 def test_display_name(cls, name):
     assert display_name(cls) == name

@@ -35,7 +35,8 @@ def softmax(logits: Sequence[float]) -> list[float]:
     return [e / s for e in exps]
 
 
-def normalise_scores(scores: Mapping[str, float], top_k: int | None = DEFAULT_TOP_K, digits: int = 4) -> dict[str, float]:
+def normalise_scores(scores: Mapping[str, float], top_k: int | None = DEFAULT_TOP_K,
+                     digits: int = 4) -> dict[str, float]:
     """Probabilities -> rescaled to sum to 1, sorted descending, the best `top_k`, rounded."""
     total = sum(max(0.0, float(v)) for v in scores.values())
     if total <= 0:
@@ -46,11 +47,12 @@ def normalise_scores(scores: Mapping[str, float], top_k: int | None = DEFAULT_TO
     return {k: round(v, digits) for k, v in items}
 
 
-def action_result(labels: Sequence[str], logits: Sequence[float], top_k: int | None = DEFAULT_TOP_K) -> dict[str, object]:
+def action_result(labels: Sequence[str], logits: Sequence[float],
+                  top_k: int | None = DEFAULT_TOP_K) -> dict[str, object]:
     """{action, confidence, action_scores, is_suspicious} from one clip's logits over `labels`."""
     if len(labels) != len(logits) or not labels:
         raise ValueError("labels and logits must be non-empty and of the same length")
-    probs = dict(zip(labels, softmax([float(x) for x in logits])))
+    probs = dict(zip(labels, softmax([float(x) for x in logits]), strict=True))
     best = max(probs, key=lambda k: probs[k])
     return {
         "action": best,

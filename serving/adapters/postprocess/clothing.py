@@ -34,7 +34,8 @@ SECURITY_CLOTHING: tuple[ClothingPrompt, ...] = (
     ClothingPrompt("person wearing face mask", "face_mask", "suspicious", suspicious=True),
     ClothingPrompt("person wearing ski mask or balaclava", "balaclava", "suspicious", suspicious=True),
     ClothingPrompt("person with hood up hiding their face", "hoodie", "suspicious", suspicious=True),
-    ClothingPrompt("person wearing all black clothing and gloves", "all_black", "suspicious", color="black", suspicious=True),
+    ClothingPrompt("person wearing all black clothing and gloves", "all_black", "suspicious", color="black",
+                   suspicious=True),
     ClothingPrompt("delivery uniform", "delivery_uniform", "service", service_uniform=True),
     ClothingPrompt("Amazon delivery vest", "amazon_vest", "service", service_uniform=True),
     ClothingPrompt("FedEx uniform", "fedex_uniform", "service", service_uniform=True),
@@ -106,7 +107,8 @@ GARMENT_CLASSES = frozenset({"Hat", "Sunglasses", "Upper-clothes", "Skirt", "Pan
 DEFAULT_MIN_FRACTION = 0.01
 
 
-def segmentation_result(pixel_counts: Mapping[str, int], min_fraction: float = DEFAULT_MIN_FRACTION) -> dict[str, object]:
+def segmentation_result(pixel_counts: Mapping[str, int],
+                        min_fraction: float = DEFAULT_MIN_FRACTION) -> dict[str, object]:
     """{class_fractions, items, dominant_item, person_fraction} from {class: pixel count}.
 
     Fractions are over all pixels; `items` are the garments covering at least `min_fraction` of the

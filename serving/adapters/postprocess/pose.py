@@ -54,11 +54,12 @@ def keypoint_dicts(points: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
         raise ValueError(f"expected {len(COCO_KEYPOINT_NAMES)} keypoints, got {len(points)}")
     return [
         {"name": name, "x": float(p[0]), "y": float(p[1]), "confidence": float(p[2]) if len(p) > 2 else 1.0}
-        for name, p in zip(COCO_KEYPOINT_NAMES, points)
+        for name, p in zip(COCO_KEYPOINT_NAMES, points, strict=True)
     ]
 
 
-def visible(keypoints: Sequence[Mapping[str, Any]] | Sequence[Sequence[float]], min_conf: float = MIN_CONF) -> dict[str, Point]:
+def visible(keypoints: Sequence[Mapping[str, Any]] | Sequence[Sequence[float]],
+            min_conf: float = MIN_CONF) -> dict[str, Point]:
     """{name: (x, y)} of the keypoints with confidence >= min_conf; accepts seed dicts or (x, y, conf) rows."""
     out: dict[str, Point] = {}
     for i, kp in enumerate(keypoints):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from serving.vram.policy import INF, POLICIES, Candidate, get_policy
+from serving.vram.policy import INF, POLICIES, VictimCandidate, get_policy
 
 CRIT, HIGH, MED, LOW = 0, 1, 2, 3
 
 
 def C(name, nbytes, prio=MED, last=0.0, keep=900.0, reload=1.0, rate=0.0, nxt=None):
-    return Candidate(name, nbytes, prio, last, keep, reload, rate, nxt)
+    return VictimCandidate(name, nbytes, prio, last, keep, reload, rate, nxt)
 
 
 CASES = [

@@ -391,7 +391,6 @@ class OnDemandModelManager:
     def _on_inference_oom(self, e: ModelEntry) -> None:
         """OOM during inference: the request fails (503), the model stays, its footprint is raised."""
         e.measured_bytes = int((e.measured_bytes or self.need_bytes(e)) * 1.25)
-        e.inference_ooms += 1
         if self.ledger.device.fits(e.measured_bytes, replacing=e.name):
             self.ledger.device.reserve(e.name, e.measured_bytes)
         self._emit(ev.Oom(e.name, "inference"))

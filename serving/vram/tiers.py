@@ -87,7 +87,6 @@ class TierMover:
             e.load_s = max(self.clock() - start, 0.0) or (time.perf_counter() - t0)
             await self._record_footprint(e, max(load_delta, 0), max(peak_delta, 0))
         e.tier = HOT
-        e.loaded_at = self.clock()
         e.failures = 0
         e.last_error = None
         self._fit_reservation(e)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -313,3 +314,16 @@ def test_small_helpers():
     assert parse_custom_attributes("confidence=0.3; top_k=2,trace=abc;junk") == {
         "confidence": 0.3, "top_k": 2, "trace": "abc"}
     assert decode_token(encode_token(7)) == 7 and decode_token(None) == 0
+
+
+def test_the_container_manager_honours_the_zoo_limits(deploy_root, behaviour):
+    """The SageMaker manager is built from the service's ManagerSettings: max_inflight/max_queue included."""
+    zoo_file = deploy_root / "model" / "zoo.yaml"
+    raw = yaml.safe_load(zoo_file.read_text())
+    raw["services"]["detection"].update(max_inflight=2, max_queue=5)
+    zoo_file.write_text(yaml.safe_dump(raw))
+    with serve({"ZOO_CONFIG": str(zoo_file), "ZOO_SERVICES": "detection", "VRAM_BUDGET_GB": "3"},
+               deploy_root, behaviour) as c:
+        view = c.app.state.sagemaker.manager.view()
+        assert (view.max_inflight, view.max_queue) == (2, 5)
+        assert view.budget_bytes == 3 * 1024 * MB

@@ -108,7 +108,8 @@ def test_zoo_validate_cli(tmp_path):
 
     ok = CliRunner().invoke(app, ["validate", "--zoo", str(ZOO)])
     assert ok.exit_code == 0 and "enrichment" in ok.output
-    bad = CliRunner().invoke(app, ["validate", "--zoo", str(write(tmp_path, lambda r: r["models"]["yolo26"].update(vram_mb=0)))])
+    bad_zoo = write(tmp_path, lambda r: r["models"]["yolo26"].update(vram_mb=0))
+    bad = CliRunner().invoke(app, ["validate", "--zoo", str(bad_zoo)])
     assert bad.exit_code == 2 and "models.yolo26.vram_mb" in bad.output
 
 

@@ -8,11 +8,11 @@ their declared bytes), so eviction between SageMaker models and the 507 path are
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import base64
+import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,9 +23,9 @@ from PIL import Image
 from serving.config import MB
 from serving.errors import BadRequest, UnsafePath
 from serving.sagemaker.app import SageMakerSettings, create_app
-from serving.sagemaker.payloads import parse_custom_attributes
 from serving.sagemaker.artifacts import MANIFEST, hint_name, resolve_artifact
 from serving.sagemaker.models import decode_token, encode_token
+from serving.sagemaker.payloads import parse_custom_attributes
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeBehaviour, fake_registry
 
@@ -122,10 +122,10 @@ def test_invocations_reject_bad_input_with_4xx(client):
 
 
 def test_multi_model_load_list_get_invoke_unload(client):
-    r = client.post("/models", json={"model_name": "a", "url": str(client.app.state.sagemaker.settings.root / "models/a/model")})
+    root = client.app.state.sagemaker.settings.root
+    r = client.post("/models", json={"model_name": "a", "url": str(root / "models/a/model")})
     assert r.status_code == 200, r.text
     assert r.json()["modelName"] == "a" and r.json()["zooModel"] == "yolo26"
-    root = client.app.state.sagemaker.settings.root
     # the same name again: 409, whatever the url
     r = client.post("/models", json={"model_name": "a", "url": str(root / "models/b/model")})
     assert r.status_code == 409
@@ -146,7 +146,8 @@ def test_list_models_paginates(client):
     root = client.app.state.sagemaker.settings.root
     for name in ("a", "b"):
         sub = "a" if name == "a" else "b"
-        assert client.post("/models", json={"model_name": name, "url": str(root / f"models/{sub}/model")}).status_code == 200
+        r = client.post("/models", json={"model_name": name, "url": str(root / f"models/{sub}/model")})
+        assert r.status_code == 200
     everything = client.get("/models").json()
     assert [m["modelName"] for m in everything["models"]] == ["yolo26", "a", "b"]
     assert "nextPageToken" not in everything

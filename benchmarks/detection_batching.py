@@ -259,8 +259,8 @@ def main() -> None:
                         "max_batch": args.max_batch, "max_delay_ms": args.delay_ms, "seconds": args.seconds,
                         "warmup_s": args.warmup, "rounds": args.rounds, "transport": "HTTP/1.1 loopback, JSON base64"},
               "model_only": ceiling, "rows": rows, "ratios": ratios}
-    print(f"machine: {info['cpu']} x{info['cpus']}, {info['platform']}, python {info['python']}, "
-          f"load {info['loadavg_1m_at_start']}")
+    print(f"machine: {info['cpu']} x{info['cores']}, {info['platform']}, python {info['python']}, "
+          f"load {info['loadavg_1_5_15_at_start']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(f"model only ({ceiling['format']}): {ceiling['ms_per_image_batch_1']:.1f} ms/image at batch 1, "
           f"{ceiling[f'ms_per_image_batch_{args.max_batch}']:.1f} ms/image at batch {args.max_batch} "

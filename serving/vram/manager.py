@@ -2,15 +2,17 @@
 
 Who owns state (STYLE.md #5): the manager, alone. One asyncio event loop owns `entries`, the `ledger`,
 `_inflight` and the counters; every check-then-write on them happens synchronously (no `await` in
-between). The manager is composed, not inherited:
-- `serving.vram.snapshot` builds what the policy and the other rooms read (pure, synchronous);
-- `serving.vram.policy` chooses victims (pure; the `always` two-pass rule and the WARM order live there);
-- `serving.vram.tiers.TierMover` moves models between tiers; the manager hands it its state and seams;
-- `serving.vram.status` renders the frozen `ManagerView` into the seed's status JSON.
+between). The manager is composed, not inherited; it builds its parts and hands them its state:
+- `snapshot`: pure builders, entries -> policy candidates (with the one `CostModel`) and frozen views;
+- `policy`: chooses victims (pure; the `always` two-pass rule and the WARM order live there);
+- `admission.Admission`: reserves room for a load, evicting through the tier mover or waiting for leases;
+- `loads.Loads`: single-flight loads: admission first, then a load slot, then the bring-up;
+- `tiers.TierMover`: every tier change and adapter call (it does not import the manager);
+- `gate.InferenceGate`: bounded inference concurrency and queue;
+- `status`: renders the frozen `ManagerView` into the pydantic `ManagerStatus` (the seed's status JSON).
 Blocking work (adapter load, offload, restore, unload, inference, device probes, footprint writes) runs
 through the injected `runner`; while it runs the entry is marked transitional (`busy`) or its load is in
-flight, so no one else touches it. Admission (waiting for leases to release) happens before a load takes
-its slot on the device (`load_concurrency`), so one blocked admission never stalls another model's load.
+flight, so no one else touches it. Other rooms read `view()` / `model_view()` and call public methods.
 
 Invariants (tests/unit/test_manager_statemachine.py checks them after every step):
 - ledger.device.used <= budget and ledger.host.used <= host budget at every instant;

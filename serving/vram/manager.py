@@ -362,8 +362,11 @@ class OnDemandModelManager:
         if e.tier == WARM or e.busy or name in self._inflight:
             return self.model_status(name)
         self.tiers.check_backoff(e)
-        self.tiers.adapter_for(e)
-        assert e.adapter is not None
+        if e.adapter is None:
+            adapter = await self.tiers.new_adapter(e)
+            if e.adapter is not None or e.tier not in (COLD, FAILED) or e.busy or name in self._inflight:
+                return self.model_status(name)  # someone else moved it meanwhile
+            e.adapter = adapter
         if not e.adapter.supports_host_load:
             return await self.preload(name)  # this family can only be loaded through the device
         await self.tiers.load_to_host(e, e.host_bytes or need)

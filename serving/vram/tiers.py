@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Container, Mapping
 from pathlib import Path
 
+from serving.adapters.base import Adapter
 from serving.adapters.registry import AdapterRegistry
 from serving.errors import InsufficientVram, ModelLoadFailed
 from serving.vram import events as ev
@@ -57,17 +58,18 @@ class TierMover:
         self.emit, self.notify, self.loading, self.load_slot = emit, notify, loading, load_slot
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
 
-    def adapter_for(self, e: ModelEntry) -> None:
-        """Create the entry's adapter if it has none (cheap: the weights load later)."""
-        if e.adapter is None:
-            e.adapter = self.registry.create(e.name, e.spec, self.models_root, self.device)
+    async def new_adapter(self, e: ModelEntry) -> Adapter:
+        """A fresh adapter for `e` (weights not loaded). Off the loop: the first one of a family imports its
+        framework (seconds for ultralytics or transformers) and paths are resolved on disk."""
+        adapter: Adapter = await self.runner(self.registry.create, e.name, e.spec, self.models_root, self.device)
+        return adapter
 
     # ------------------------------------------------------------------ up: COLD/WARM -> HOT
     async def bring_up(self, e: ModelEntry) -> None:
         """COLD/WARM -> HOT with measurement. The reservation for `e` is already in the ledger."""
         start = self.clock()
         t0 = time.perf_counter()
-        before = self.device.allocated_bytes()
+        before = await self.runner(self.device.allocated_bytes)  # probes off the loop (CUDA may block)
         from_tier = e.tier
         if e.tier == WARM and e.adapter is not None:
             await self.runner(e.adapter.restore)
@@ -75,13 +77,13 @@ class TierMover:
             restore_wall = time.perf_counter() - t0
             e.restore_s = max(self.clock() - start, 0.0) or restore_wall
         else:
-            self.adapter_for(e)
-            assert e.adapter is not None
+            if e.adapter is None:  # single-flight: only this load task touches e now
+                e.adapter = await self.new_adapter(e)
             await self.runner(e.adapter.load)
             await self.runner(self.device.reset_peak)
-            load_delta = self.device.allocated_bytes() - before
+            load_delta = await self.runner(self.device.allocated_bytes) - before
             await self.runner(e.adapter.warmup)
-            peak_delta = self.device.peak_bytes() - before
+            peak_delta = await self.runner(self.device.peak_bytes) - before
             if not self.device.measures_allocations:
                 load_delta = peak_delta = await self.runner(e.adapter.param_bytes)
             e.load_s = max(self.clock() - start, 0.0) or (time.perf_counter() - t0)

@@ -127,10 +127,6 @@ class SageMakerSettings:
     def model_dir(self) -> Path:
         return self.root / "model"
 
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
 
 class LoadModelRequest(BaseModel):
     """Body of POST /models (SageMaker multi-model contract)."""

@@ -67,15 +67,8 @@ class ManagerView:
     max_queue: int = 0  # inference calls allowed to wait beyond that
 
     @property
-    def available_bytes(self) -> int:
-        return self.budget_bytes - self.used_bytes
-
-    @property
     def pending_loads(self) -> list[str]:
         return sorted(n for n, m in self.models.items() if m.loading)
 
     def names(self) -> list[str]:
         return list(self.models)
-
-    def tier_of(self, name: str) -> str:
-        return self.models[name].tier

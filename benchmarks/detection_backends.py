@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from _report import machine  # benchmarks/ is on sys.path when a script runs
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +97,7 @@ def main() -> None:
             ratios[r["format"]] = {f"batch{b}_p50_vs_pt": round(r[f"batch{b}"]["p50_ms_per_image"]
                                                                / base[f"batch{b}"]["p50_ms_per_image"], 4)
                                    for b in (1, 8)}
-    result = {"model": args.model, "device": device.name, "device_model": device.model_name,
+    result = {"model": args.model, "device": device.name, "device_model": device.hardware_name,
               "machine": machine(("torch", "onnxruntime", "ultralytics", "tensorrt")),
               "repeats": repeats, "formats": rows, "skipped": skipped, "ratios": ratios}
     text = json.dumps(result, indent=1)

@@ -191,6 +191,32 @@ def machine() -> dict:
     return _machine(("torch", "onnxruntime", "ultralytics", "numpy"))
 
 
+def run_servers(args: argparse.Namespace, img: bytes) -> dict[tuple[str, int], list[dict]]:
+    """Both servers (batching off/on) under each client count, `rounds` times; results per (mode, clients)."""
+    servers = {"off": start_server(1, args.delay_ms, args.zoo, args.threads),
+               "on": start_server(args.max_batch, args.delay_ms, args.zoo, args.threads)}
+    cells: dict[tuple[str, int], list[dict]] = {}
+    try:
+        for _, (proc, url) in servers.items():
+            wait_ready(url, proc)
+        for _ in range(args.rounds):
+            for n in args.clients:
+                for mode in ("off", "on"):
+                    r = asyncio.run(load(servers[mode][1], n, args.seconds, args.warmup, img))
+                    cells.setdefault((mode, n), []).append(r)
+                    print(f"  {mode:>3} clients={n}: {r['throughput_rps']:.1f} req/s p95 {r['p95_ms']:.1f} ms "
+                          f"batch {r['mean_batch']:.2f}", file=sys.stderr)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        for proc, _ in servers.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return cells
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -218,27 +244,7 @@ def main() -> None:
     img = test_image(w, h)
     info = machine()
     ceiling = model_only(zoo, args.max_batch, w, h)
-    servers = {"off": start_server(1, args.delay_ms, args.zoo, args.threads),
-               "on": start_server(args.max_batch, args.delay_ms, args.zoo, args.threads)}
-    cells: dict[tuple[str, int], list[dict]] = {}
-    try:
-        for _, (proc, url) in servers.items():
-            wait_ready(url, proc)
-        for _ in range(args.rounds):
-            for n in args.clients:
-                for mode in ("off", "on"):
-                    r = asyncio.run(load(servers[mode][1], n, args.seconds, args.warmup, img))
-                    cells.setdefault((mode, n), []).append(r)
-                    print(f"  {mode:>3} clients={n}: {r['throughput_rps']:.1f} req/s p95 {r['p95_ms']:.1f} ms "
-                          f"batch {r['mean_batch']:.2f}", file=sys.stderr)
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    cells = run_servers(args, img)
 
     def med(mode: str, n: int, key: str) -> float:
         return statistics.median(r[key] for r in cells[(mode, n)])
@@ -255,8 +261,8 @@ def main() -> None:
                         "max_batch": args.max_batch, "max_delay_ms": args.delay_ms, "seconds": args.seconds,
                         "warmup_s": args.warmup, "rounds": args.rounds, "transport": "HTTP/1.1 loopback, JSON base64"},
               "model_only": ceiling, "rows": rows, "ratios": ratios}
-    print(f"machine: {info['cpu']} x{info['cpus']}, {info['platform']}, python {info['python']}, "
-          f"load {info['loadavg_1m_at_start']}")
+    print(f"machine: {info['cpu']} x{info['cores']}, {info['platform']}, python {info['python']}, "
+          f"load {info['loadavg_1_5_15_at_start']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     print(f"model only ({ceiling['format']}): {ceiling['ms_per_image_batch_1']:.1f} ms/image at batch 1, "
           f"{ceiling[f'ms_per_image_batch_{args.max_batch}']:.1f} ms/image at batch {args.max_batch} "

@@ -40,44 +40,47 @@ def zipf(n: int = 3000, seed: int = 1) -> None:
     write("zipf.jsonl", ev)
 
 
+def _rate_per_min(h: float, kind: str) -> float:
+    day = 7 <= h < 21
+    rush = 7 <= h < 9 or 17 <= h < 19
+    if kind == "person":
+        return 1.2 if rush else (0.5 if day else 0.05)
+    if kind == "vehicle":
+        return 0.8 if rush else (0.25 if day else 0.03)
+    if kind == "pet":
+        return 0.02 if day else 0.25
+    return 0.0
+
+
+def _sighting(rng: random.Random, t: float, kind: str) -> list[dict]:
+    """The trace lines of one sighting of `kind` at time t (same random draws, in the same order)."""
+    if kind == "person":
+        # someone walks by: a few frames with a person, sometimes with a car
+        opts = {}
+        if rng.random() < 0.15:
+            opts["action_recognition"] = True
+        if rng.random() < 0.05:
+            opts["include_violence"] = True
+        dets = ["person"] + (["car"] if rng.random() < 0.2 else [])
+        return [{"t": round(t + 2 * k, 3), "detections": dets, "ms": 40, "options": opts}
+                for k in range(rng.randint(1, 4))]
+    if kind == "vehicle":
+        label = rng.choice(["car", "car", "car", "truck", "bus", "motorcycle"])
+        return [{"t": round(t + 3 * k, 3), "detections": [label], "ms": 30} for k in range(rng.randint(1, 3))]
+    return [{"t": round(t, 3), "detections": [rng.choice(["dog", "cat"])], "ms": 20}]
+
+
 def camera(hours: float = 24.0, seed: int = 2) -> None:
     rng = random.Random(seed)
     ev = []
-
-    def rate_per_min(h: float, kind: str) -> float:
-        day = 7 <= h < 21
-        rush = 7 <= h < 9 or 17 <= h < 19
-        if kind == "person":
-            return 1.2 if rush else (0.5 if day else 0.05)
-        if kind == "vehicle":
-            return 0.8 if rush else (0.25 if day else 0.03)
-        if kind == "pet":
-            return 0.02 if day else 0.25
-        return 0.0
-
     t = 0.0
     end = hours * 3600
     while t < end:
         t += rng.expovariate(1 / 10.0)
         h = (t / 3600) % 24
         for kind in ("person", "vehicle", "pet"):
-            if rng.random() < rate_per_min(h, kind) / 6.0:
-                if kind == "person":
-                    # someone walks by: a few frames with a person, sometimes with a car
-                    opts = {}
-                    if rng.random() < 0.15:
-                        opts["action_recognition"] = True
-                    if rng.random() < 0.05:
-                        opts["include_violence"] = True
-                    dets = ["person"] + (["car"] if rng.random() < 0.2 else [])
-                    for k in range(rng.randint(1, 4)):
-                        ev.append({"t": round(t + 2 * k, 3), "detections": dets, "ms": 40, "options": opts})
-                elif kind == "vehicle":
-                    label = rng.choice(["car", "car", "car", "truck", "bus", "motorcycle"])
-                    for k in range(rng.randint(1, 3)):
-                        ev.append({"t": round(t + 3 * k, 3), "detections": [label], "ms": 30})
-                else:
-                    ev.append({"t": round(t, 3), "detections": [rng.choice(["dog", "cat"])], "ms": 20})
+            if rng.random() < _rate_per_min(h, kind) / 6.0:
+                ev.extend(_sighting(rng, t, kind))
         if rng.random() < 0.004:
             ev.append({"t": round(t, 3), "model": "weather_classifier", "ms": 15})
         if rng.random() < 0.002:

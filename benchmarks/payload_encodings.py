@@ -222,6 +222,28 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def measure(args: argparse.Namespace, frames: dict[str, tuple[str, bytes]], bodies: dict[tuple[str, str], Any],
+            ) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], dict[tuple[str, str], int]]:
+    """Every (frame, encoding) cell against one server subprocess, `rounds` times; plus the wire bytes."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-payload-bench-") as scratch:
+        proc, url = start_server(__file__, ["--model", args.model, "--zoo", args.zoo, "--models-root", scratch])
+        try:
+            wait_ready(url, proc, "/health")
+            for rnd in range(args.rounds):
+                for f in frames:
+                    for e in ENCODINGS:
+                        body, headers = bodies[(f, e)]
+                        r = asyncio.run(cell(url, body, headers, args.requests, args.warmup))
+                        cells.setdefault((f, e), []).append(r)
+                        print(f"  round {rnd + 1} {f:<15} {e:<12} e2e p50 {r['e2e_p50_ms']:7.2f} ms, "
+                              f"server decode {r['server_decode_ms']:6.2f} ms", file=sys.stderr)
+            wires = {k: wire_bytes(url, *bodies[k]) for k in bodies}
+        finally:
+            stop_servers([proc])
+    return cells, wires
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)
@@ -256,22 +278,7 @@ def main() -> None:
             frames[f"{w}x{h} {fmt}"] = (fmt, frame_bytes(w, h, fmt))
     bodies = {(f, e): encode(data, fmt, e) for f, (fmt, data) in frames.items() for e in ENCODINGS}
 
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="zoo-payload-bench-") as scratch:
-        proc, url = start_server(__file__, ["--model", args.model, "--zoo", args.zoo, "--models-root", scratch])
-        try:
-            wait_ready(url, proc, "/health")
-            for rnd in range(args.rounds):
-                for f in frames:
-                    for e in ENCODINGS:
-                        body, headers = bodies[(f, e)]
-                        r = asyncio.run(cell(url, body, headers, args.requests, args.warmup))
-                        cells.setdefault((f, e), []).append(r)
-                        print(f"  round {rnd + 1} {f:<15} {e:<12} e2e p50 {r['e2e_p50_ms']:7.2f} ms, "
-                              f"server decode {r['server_decode_ms']:6.2f} ms", file=sys.stderr)
-            wires = {k: wire_bytes(url, *bodies[k]) for k in bodies}
-        finally:
-            stop_servers([proc])
+    cells, wires = measure(args, frames, bodies)
 
     rows = []
     med: dict[tuple[str, str], dict[str, float]] = {}
@@ -291,8 +298,8 @@ def main() -> None:
             "server_decode": ratio(med[(f, e)]["server_decode_ms"], base["server_decode_ms"]),
             "e2e_p50": ratio(med[(f, e)]["e2e_p50_ms"], base["e2e_p50_ms"]),
         } for e in ENCODINGS if e != BASELINE}
-    model_desc = ("yolo26 zoo fixture (random weights, real ultralytics inference on this CPU)" if args.model == "yolo26"
-                  else "fake detector (FakeAdapter on a FakeDevice, no model cost)")
+    model_desc = ("yolo26 zoo fixture (random weights, real ultralytics inference on this CPU)"
+                  if args.model == "yolo26" else "fake detector (FakeAdapter on a FakeDevice, no model cost)")
     result = {
         "benchmark": "payload_encodings",
         "machine": info,

@@ -25,7 +25,8 @@ def table(results: dict[str, dict]) -> str:
             mbp = p["misses_by_priority"]
             lines.append(
                 f"| {name}{mark} | {p['swap_s']:.1f} | {p['loads']} | {p['restores']} | {p['hits']} | "
-                f"{p['bytes_loaded'] / 1e9:.1f} | {p['p99_added_ms']:.0f} | {mbp['HIGH']}/{mbp['MEDIUM']}/{mbp['LOW']} |")
+                f"{p['bytes_loaded'] / 1e9:.1f} | {p['p99_added_ms']:.0f} | "
+                f"{mbp['HIGH']}/{mbp['MEDIUM']}/{mbp['LOW']} |")
         ratios = ", ".join(f"{k} = {v}" for k, v in r["ratios"].items())
         lines.append(f"\nRatios: {ratios}\n")
     return "\n".join(lines)

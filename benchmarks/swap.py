@@ -130,7 +130,8 @@ def main() -> None:
     warm_fit = fit(warm_pts)
     result = {
         "device": args.device,
-        "device_name": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                        else platform.processor() or "cpu"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "scale": args.scale,
@@ -138,7 +139,8 @@ def main() -> None:
         "cold_fit": fit(cold_pts),
         "restore_fit": warm_fit,
         "pinned_h2d_gbps": round(bw, 3),
-        "restore_fraction_of_h2d_limit": round(warm_fit["bandwidth_gbps"] / bw, 3) if warm_fit["bandwidth_gbps"] else None,
+        "restore_fraction_of_h2d_limit": (round(warm_fit["bandwidth_gbps"] / bw, 3)
+                                          if warm_fit["bandwidth_gbps"] else None),
         "median_restore_over_cold": round(statistics.median(r["restore_over_cold"] for r in rows), 4) if rows else None,
     }
     text = json.dumps(result, indent=1)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from serving.vram.cost import CostModel
+
+_COST = CostModel()  # the command-line defaults are the cost model's
 bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side in one run.", no_args_is_help=True)
 
 
@@ -46,17 +49,19 @@ def bench_policy(
     budget_fraction: float | None = typer.Option(
         None, "--budget-fraction", help="F x the summed footprints of the models the trace touches"),
     host_cache_mb: float | None = typer.Option(None, "--host-cache-mb", help="default: the service's host_cache_gb"),
-    init_s: float = typer.Option(0.5, "--init-s", help="fixed init seconds of a cold load"),
-    disk_gbps: float = typer.Option(1.0, "--disk-gbps", help="disk read bandwidth, GB/s"),
-    pinned_gbps: float = typer.Option(12.0, "--pinned-gbps", help="pinned host->device bandwidth, GB/s"),
-    policies: str = typer.Option("", "--policies", help="comma-separated subset (default: all)"),
+    init_s: float = typer.Option(_COST.init_s, "--init-s", help="fixed init seconds of a cold load"),
+    disk_gbps: float = typer.Option(_COST.disk_bps / 1e9, "--disk-gbps", help="disk read bandwidth, GB/s"),
+    pinned_gbps: float = typer.Option(
+        _COST.pinned_bps / 1e9, "--pinned-gbps", help="pinned host->device bandwidth, GB/s"),
+    policies: str = typer.Option("", "--policies", help="comma-separated subset (default: every registered one)"),
 ) -> None:
     """Replay a trace through the real manager on a FakeDevice under each policy; print JSON."""
     from serving.bench.policy import run_policy_bench
 
     result = run_policy_bench(
         zoo_path=zoo, service=service, trace_path=trace, budget_mb=budget_mb, budget_fraction=budget_fraction,
-        host_cache_mb=host_cache_mb, init_s=init_s, disk_bps=disk_gbps * 1e9, pinned_bps=pinned_gbps * 1e9,
+        host_cache_mb=host_cache_mb,
+        cost=CostModel(init_s=init_s, disk_bps=disk_gbps * 1e9, pinned_bps=pinned_gbps * 1e9),
         policies=[p for p in policies.split(",") if p] or None,
     )
     typer.echo(json.dumps(result, indent=1))

@@ -2,13 +2,14 @@
 
 Validated once at start-up by pydantic; an invalid file fails with the field path and what to change.
 Environment overrides of seed 003 (VRAM_BUDGET_GB, PORT, *_MODEL_PATH, YOLO26_CONFIDENCE,
-ENRICHMENT_<MODEL>_SERVICE) are read once, in `load_zoo`, never later.
+ENRICHMENT_<MODEL>_SERVICE) come from the process `Settings` (serving/settings.py, the environment read
+once) and are applied in `load_zoo`, never later. `load_zoo` also checks `family`, `task` and `policy`
+against their registries, so a typo is a ConfigError at start-up, not a 503 retried forever.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError, UnsafePath
+from serving.settings import Settings
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -57,7 +59,7 @@ class Priority(enum.IntEnum):
     LOW = 3
 
 
-class ThermalState(str, enum.Enum):
+class ThermalState(str, enum.Enum):  # noqa: UP042 - StrEnum would change str() of the members
     OFF = "OFF"
     COLD = "COLD"
     WARM = "WARM"
@@ -101,22 +103,23 @@ class ModelSpec(_Strict):
     """One model of the zoo."""
 
     family: str = Field(description="Adapter key in serving.adapters.registry (e.g. yolo, clip, causal_lm).")
-    task: str = Field(description="What the model does: detect, pose, segment, classify, embed, depth, action, chat, ...")
+    task: str = Field(description="What it does, one of its family's tasks (adapters.registry.FAMILY_TASKS).")
     source: dict[str, str] = Field(
-        description="Files relative to models_root by format: engine, onnx, pt (YOLO), hf (a transformers folder), safetensors."
+        description="Files relative to models_root by format: engine, onnx, pt (YOLO), hf (a transformers folder), "
+        "safetensors."
     )
     hf_id: str | None = Field(None, description="Hub repository of the real weights, used by `zoo pull` only.")
-    env_path: str | None = Field(None, description="Environment variable that overrides the path (seed 003, e.g. VEHICLE_MODEL_PATH).")
+    env_path: str | None = Field(None, description="Env variable overriding the path (seed: VEHICLE_MODEL_PATH).")
     vram_mb: float = Field(gt=0, description="Declared VRAM estimate in MB until a footprint is measured.")
     priority: Priority = Field(Priority.MEDIUM, description="CRITICAL, HIGH, MEDIUM or LOW (seed 003).")
     residency: Literal["always", "on_demand"] = Field("on_demand", description="always = loaded at start.")
-    keep_alive_s: float = Field(900.0, ge=0, description="Idle seconds before HOT -> WARM -> COLD (seed: scaleToZeroAfterMinutes).")
-    triggers: list[str] = Field(default_factory=list, description="Detection types or class names that need this model.")
-    trigger_option: str | None = Field(None, description="Only triggered when the request's options[trigger_option] is true.")
-    aliases: list[str] = Field(default_factory=list, description="Short names for ENRICHMENT_<ALIAS>_SERVICE overrides.")
+    keep_alive_s: float = Field(900.0, ge=0, description="Idle seconds before HOT -> WARM -> COLD (seed 000).")
+    triggers: list[str] = Field(default_factory=list, description="Detection types or class names needing it.")
+    trigger_option: str | None = Field(None, description="Triggered only when options[trigger_option] is true.")
+    aliases: list[str] = Field(default_factory=list, description="Short names for ENRICHMENT_<ALIAS>_SERVICE.")
     capabilities: list[str] = Field(default_factory=list, description="What it can serve, for selection (e.g. pose).")
-    fallback: str | None = Field(None, description="Model to use when this one is not ready (seed: ViTPose -> YOLOv8n-pose).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Family-specific settings (labels, prompts, thresholds).")
+    fallback: str | None = Field(None, description="Used when this one is not ready (ViTPose -> YOLOv8n-pose).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Family settings (labels, prompts, ...).")
     thermal: ThermalSpec = Field(default_factory=ThermalSpec)
     description: str = ""
 
@@ -153,16 +156,11 @@ class ModelSpec(_Strict):
         return int(self.vram_mb * MB)
 
 
-class ServiceSpec(_Strict):
-    """One per-GPU service process and its manager."""
+class ManagerSettings(_Strict):
+    """How one OnDemandModelManager behaves. The keys sit flat in a zoo.yaml service (a `ServiceSpec` is a
+    `ManagerSettings`); `OnDemandModelManager.from_settings` is the one place that turns them into a
+    manager, so the services and the SageMaker container cannot drift."""
 
-    kind: Literal["detection", "llm", "florence", "clip", "enrichment", "gateway"] = Field(
-        description="Which router module serves it."
-    )
-    container: str = Field("", description="Container name in compose.gpu.yml (seed 003).")
-    port: int = Field(ge=1, le=65535)
-    device: str = Field("auto", description="cpu, cuda:N, or auto (cuda:<gpu> when present, else cpu).")
-    gpu: int = Field(0, ge=0, description="GPU index used by device=auto and by compose.gpu.yml.")
     vram_budget_gb: float = Field(0.0, ge=0, description="Budget of this manager (env VRAM_BUDGET_GB overrides).")
     host_cache_gb: float = Field(0.0, ge=0, description="Warm tier: host RAM for parked weights.")
     headroom_mb: float = Field(256.0, ge=0, description="Device memory left free for activations and other tenants.")
@@ -173,9 +171,17 @@ class ServiceSpec(_Strict):
     sweep_interval_s: float = Field(15.0, gt=0, description="How often the idle sweeper runs.")
     max_inflight: int = Field(4, ge=1, description="Inference calls running at once on this device.")
     max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 429.")
-    models: list[str] = Field(default_factory=list)
-    required_models: list[str] = Field(default_factory=list, description="Service is DEGRADED without these (seed 000).")
-    upstreams: dict[str, str] = Field(default_factory=dict, description="gateway: service name -> base URL override.")
+    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay after a failed load (doubles each time).")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay after failed loads.")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_known(cls, v: str) -> str:
+        from serving.vram.policy import POLICIES  # stdlib-only module: no cycle, no torch
+
+        if v not in POLICIES:
+            raise ValueError(f"unknown eviction policy {v!r}; use one of {', '.join(sorted(POLICIES))}")
+        return v
 
     @property
     def vram_budget_bytes(self) -> int:
@@ -184,6 +190,40 @@ class ServiceSpec(_Strict):
     @property
     def host_cache_bytes(self) -> int:
         return int(self.host_cache_gb * GB)
+
+    @property
+    def headroom_bytes(self) -> int:
+        return int(self.headroom_mb * MB)
+
+    def manager_kwargs(self) -> dict[str, Any]:
+        """The tuning keywords of `OnDemandModelManager` these settings stand for (bytes, seconds)."""
+        return {
+            "budget_bytes": self.vram_budget_bytes, "host_cache_bytes": self.host_cache_bytes,
+            "policy": self.policy, "headroom_bytes": self.headroom_bytes, "safety_factor": self.safety_factor,
+            "load_concurrency": self.load_concurrency, "admission_timeout_s": self.admission_timeout_s,
+            "max_inflight": self.max_inflight, "max_queue": self.max_queue,
+            "sweep_interval_s": self.sweep_interval_s, "backoff_base_s": self.backoff_base_s,
+            "backoff_max_s": self.backoff_max_s,
+        }
+
+    def manager_settings(self) -> ManagerSettings:
+        """Just the manager's part (drops the fields of a subclass such as ServiceSpec)."""
+        return ManagerSettings.model_validate(self.model_dump(include=set(ManagerSettings.model_fields)))
+
+
+class ServiceSpec(ManagerSettings):
+    """One per-GPU service process and its manager (the `ManagerSettings` keys sit flat beside these)."""
+
+    kind: Literal["detection", "llm", "florence", "clip", "enrichment", "gateway"] = Field(
+        description="Which router module serves it."
+    )
+    container: str = Field("", description="Container name in compose.gpu.yml (seed 003).")
+    port: int = Field(ge=1, le=65535)
+    device: str = Field("auto", description="cpu, cuda:N, or auto (cuda:<gpu> when present, else cpu).")
+    gpu: int = Field(0, ge=0, description="GPU index used by device=auto and by compose.gpu.yml.")
+    models: list[str] = Field(default_factory=list)
+    required_models: list[str] = Field(default_factory=list, description="DEGRADED without these (seed 000).")
+    upstreams: dict[str, str] = Field(default_factory=dict, description="gateway: service name -> base URL override.")
 
 
 class ZooConfig(_Strict):
@@ -201,31 +241,37 @@ class ZooConfig(_Strict):
         owner: dict[str, str] = {}
         for sname, svc in self.services.items():
             if svc.port in ports:
-                raise ValueError(f"services.{sname}.port {svc.port} is already used by services.{ports[svc.port]}; pick another port")
+                raise ValueError(f"services.{sname}.port {svc.port} is already used by services.{ports[svc.port]}; "
+                                 "pick another port")
             ports[svc.port] = sname
             for m in svc.models:
                 if m not in self.models:
                     raise ValueError(f"services.{sname}.models: unknown model {m!r}; add it under models: or remove it")
                 if m in owner:
-                    raise ValueError(f"model {m!r} is listed by services.{owner[m]} and services.{sname}; a model belongs to one service")
+                    raise ValueError(f"model {m!r} is listed by services.{owner[m]} and services.{sname}; "
+                                     "a model belongs to one service")
                 owner[m] = sname
-            for m in svc.required_models:
-                if m not in svc.models:
-                    raise ValueError(f"services.{sname}.required_models: {m!r} is not in that service's models")
-            if svc.kind != "gateway" and svc.models and svc.vram_budget_gb <= 0:
-                raise ValueError(f"services.{sname}.vram_budget_gb must be > 0 for a service with models")
-            if svc.kind != "gateway":
-                budget = svc.vram_budget_bytes
-                for m in svc.models:
-                    if self.models[m].vram_bytes > budget > 0:
-                        raise ValueError(
-                            f"models.{m}.vram_mb ({self.models[m].vram_mb:g}) exceeds services.{sname}.vram_budget_gb "
-                            f"({svc.vram_budget_gb:g} GB); raise the budget or move the model"
-                        )
+            self._check_service_budget(sname, svc)
         for mname, spec in self.models.items():
             if spec.fallback and spec.fallback not in self.models:
                 raise ValueError(f"models.{mname}.fallback: unknown model {spec.fallback!r}")
         return self
+
+    def _check_service_budget(self, sname: str, svc: ServiceSpec) -> None:
+        for m in svc.required_models:
+            if m not in svc.models:
+                raise ValueError(f"services.{sname}.required_models: {m!r} is not in that service's models")
+        if svc.kind == "gateway":
+            return
+        if svc.models and svc.vram_budget_gb <= 0:
+            raise ValueError(f"services.{sname}.vram_budget_gb must be > 0 for a service with models")
+        budget = svc.vram_budget_bytes
+        for m in svc.models:
+            if self.models[m].vram_bytes > budget > 0:
+                raise ValueError(
+                    f"models.{m}.vram_mb ({self.models[m].vram_mb:g}) exceeds services.{sname}.vram_budget_gb "
+                    f"({svc.vram_budget_gb:g} GB); raise the budget or move the model"
+                )
 
     # --- queries ---------------------------------------------------------------------------------
     def service_of(self, model: str) -> str | None:
@@ -288,9 +334,9 @@ def _format_validation_error(exc: ValidationError) -> str:
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None) -> None:
+    """Seed 003's environment overrides, applied to the raw YAML before validation."""
     models = raw.get("models") or {}
     services = raw.get("services") or {}
-    root = Path(raw["models_root"])
     if service and service in services:
         svc = services[service]
         for var, field, conv in (("VRAM_BUDGET_GB", "vram_budget_gb", float), ("PORT", "port", int)):
@@ -303,42 +349,73 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None)
         key = "ZOO_" + re.sub(r"[^A-Z0-9]", "_", sname.upper()) + "_VRAM_BUDGET_GB"
         if env.get(key):
             svc["vram_budget_gb"] = float(env[key])
-    for mname, spec in models.items():
-        var = spec.get("env_path")
-        if var and env.get(var):
-            value = env[var]
-            full = resolve_inside(root, value)  # absolute allowed only inside models_root
-            rel = str(full.relative_to(Path(root).resolve()))
-            fmt = _FORMAT_BY_SUFFIX.get(full.suffix, "hf")
-            spec["source"] = {fmt: rel}
+    _apply_model_paths(models, env, Path(raw["models_root"]))
     if env.get("YOLO26_CONFIDENCE"):
         for spec in models.values():
-            if spec.get("family") == "yolo" and spec.get("task") == "detect" and "yolo26" in str(spec.get("env_path", "")).lower():
+            is_yolo26 = "yolo26" in str(spec.get("env_path", "")).lower()
+            if spec.get("family") == "yolo" and spec.get("task") == "detect" and is_yolo26:
                 spec.setdefault("options", {})["confidence"] = float(env["YOLO26_CONFIDENCE"])
-    # ENRICHMENT_<MODEL or ALIAS>_SERVICE=heavy|light|<service name>
+    raw["route_overrides"] = _route_overrides(models, services, env)
+
+
+def _apply_model_paths(models: dict[str, Any], env: Mapping[str, str], root: Path) -> None:
+    """<MODEL>_MODEL_PATH (a model's `env_path`): one file or folder, inside models_root."""
+    for spec in models.values():
+        var = spec.get("env_path")
+        if var and env.get(var):
+            full = resolve_inside(root, env[var])  # absolute allowed only inside models_root
+            rel = str(full.relative_to(Path(root).resolve()))
+            spec["source"] = {_FORMAT_BY_SUFFIX.get(full.suffix, "hf"): rel}
+
+
+def _route_overrides(models: dict[str, Any], services: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """ENRICHMENT_<MODEL or ALIAS>_SERVICE=heavy|light|<service name> -> {model: service}."""
     route: dict[str, str] = {}
     names = {"heavy": "enrichment", "light": "enrichment-light"}
     for mname, spec in models.items():
-        keys = [mname] + list(spec.get("aliases", []))
-        for k in keys:
+        for k in [mname, *spec.get("aliases", [])]:
             var = "ENRICHMENT_" + re.sub(r"[^A-Z0-9]", "_", k.upper()) + "_SERVICE"
             if env.get(var):
                 target = names.get(env[var].lower(), env[var])
                 if target not in services:
                     raise ConfigError(f"environment {var}={env[var]!r}: use heavy, light or a service name")
                 route[mname] = target
-    raw["route_overrides"] = route
+    return route
+
+
+def _check_registries(zoo: ZooConfig) -> None:
+    """Every model's family and task must be known (serving.adapters.registry.FAMILY_TASKS)."""
+    from serving.adapters.registry import FAMILY_TASKS  # torch-free table
+
+    problems = []
+    for name, spec in zoo.models.items():
+        tasks = FAMILY_TASKS.get(spec.family)
+        if tasks is None:
+            problems.append(f"  models.{name}.family: unknown family {spec.family!r}; use one of "
+                            f"{', '.join(sorted(FAMILY_TASKS))}")
+        elif spec.task not in tasks:
+            problems.append(f"  models.{name}.task: family {spec.family!r} has no task {spec.task!r}; use one of "
+                            f"{', '.join(tasks)}")
+    if problems:
+        raise ConfigError("invalid zoo file:\n" + "\n".join(problems))
 
 
 def load_zoo(
     path: str | Path = "zoo.yaml",
     *,
     service: str | None = None,
+    settings: Settings | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ZooConfig:
-    """Read, override from the environment and validate zoo.yaml. Raises ConfigError with field paths."""
-    env = os.environ if env is None else env
-    path = Path(env.get("ZOO_CONFIG", path)) if env.get("ZOO_CONFIG") else Path(path)
+    """Read, override from the environment and validate zoo.yaml. Raises ConfigError with field paths.
+
+    The environment comes from `settings` (else `Settings.from_env(env)`; `env=None` reads the process
+    environment once, here): ZOO_CONFIG replaces `path`, ZOO_MODELS_ROOT the models_root, and the
+    seed's override variables apply (see the module docstring)."""
+    if settings is None:
+        settings = Settings.from_env(env)
+    overrides = settings.overrides
+    path = Path(settings.zoo_config) if settings.zoo_config else Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
@@ -349,10 +426,12 @@ def load_zoo(
         raise ConfigError(f"zoo file {str(path)!r} must be a mapping with services: and models:")
     if service is not None and service not in (raw.get("services") or {}):
         raise ConfigError(f"unknown service {service!r}; known: {', '.join(raw.get('services') or {})}")
-    root = Path(env.get("ZOO_MODELS_ROOT") or raw.get("models_root") or "./models")
+    root = Path(settings.zoo_models_root or raw.get("models_root") or "./models")
     raw["models_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
-    _apply_env(raw, env, service)
+    _apply_env(raw, overrides, service)
     try:
-        return ZooConfig.model_validate(raw)
+        zoo = ZooConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e)) from None
+    _check_registries(zoo)
+    return zoo

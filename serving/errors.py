@@ -173,3 +173,12 @@ class ConfigError(ServingError):
 
 class DeviceOOM(Exception):
     """Out of memory on a device, as translated by a `Device` from its backend's own exception."""
+
+
+class ModelBusy(ServingError):
+    """The model is leased (in use) or in a tier transition, so it cannot be unloaded or retired now; retry
+    after the requests using it finish. Raised by `OnDemandModelManager.unload` / `retire`."""
+
+    status_code = 503
+    error_type = "model_busy"
+    default_retry_after = 2.0

@@ -1,7 +1,8 @@
 """Family key -> adapter class. Modules are imported lazily so that a service only imports the
 frameworks its own models need (importing ultralytics or transformers costs seconds).
 
-Adding a family = one module that defines an `Adapter` subclass + one line in `_BUILTIN`.
+Adding a family = one module that defines an `Adapter` subclass + one line in `_BUILTIN` + its tasks in
+`FAMILY_TASKS` (zoo.yaml is checked against that table when it loads; the table imports nothing).
 Tests and the benchmark pass their own `AdapterRegistry` (e.g. fake adapters) to the manager.
 """
 
@@ -32,6 +33,21 @@ _BUILTIN: dict[str, str] = {
     "osnet": "serving.adapters.osnet:OsnetAdapter",
     "causal_lm": "serving.adapters.causal_lm:CausalLMAdapter",
     "image_quality": "serving.adapters.quality:ImageQualityAdapter",
+}
+
+#: family -> the `task` values zoo.yaml may give its models (checked by serving.config.load_zoo); torch-free.
+FAMILY_TASKS: dict[str, tuple[str, ...]] = {
+    "yolo": ("detect", "pose", "segment"),
+    "hf_image_classifier": ("classify",),
+    "clip": ("embed", "zero_shot"),
+    "florence2": ("vlm",),
+    "vitpose": ("pose",),
+    "depth_anything": ("depth",),
+    "xclip": ("action",),
+    "segformer": ("segment",),
+    "osnet": ("reid",),
+    "causal_lm": ("chat",),
+    "image_quality": ("quality",),
 }
 
 AdapterFactory = Callable[[LoadContext], Adapter]

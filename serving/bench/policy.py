@@ -1,9 +1,11 @@
 """`zoo bench policy`: replay a trace through the real manager on a FakeDevice, once per policy.
 
-Cost model (DESIGN.md §10): a cold load costs `init_s + bytes / disk_bps`, a warm-tier restore
-`bytes / pinned_bps`; the fake adapters spend that time on a virtual clock, so the figures are exact
-and repeatable. Requests are replayed in time order; when loads make the replay fall behind, later
-requests wait (their added latency includes the queueing), as on a real single-device service.
+Cost model (DESIGN.md §10, serving/vram/cost.py): a cold load costs `init_s + bytes / disk_bps`, a
+warm-tier restore `bytes / pinned_bps`; the fake adapters spend that time on a virtual clock and the
+manager estimates reload costs with the same `CostModel`, so the figures are exact and repeatable.
+The policies compared are every policy registered in serving/vram/policy.py (`POLICIES`).
+Requests are replayed in time order; when loads make the replay fall behind, later requests wait (their
+added latency includes the queueing), as on a real single-device service.
 
 Trace lines: `{"t": 12.5, "model": "pose_estimator", "ms": 40}` or
 `{"t": 12.5, "detections": ["person", "car"], "ms": 40, "options": {...}}` (expanded through the zoo's
@@ -22,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import MB, Priority, ZooConfig, load_zoo
+from serving.vram import events as ev
+from serving.vram.cost import CostModel
 from serving.vram.devices import FakeDevice
-from serving.vram.fakes import CostModel, FakeBehaviour, FakeClock, fake_registry
+from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
 from serving.vram.manager import OnDemandModelManager, inline_runner
 from serving.vram.policy import INF, POLICIES
-
-BASELINES = ("lru", "ollama", "size-lru", "priority-lru", "gdsf", "priority-gdsf", "belady")
 
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
@@ -47,18 +49,18 @@ def expand(events: Iterable[dict[str, Any]], zoo: ZooConfig, service: str) -> li
     """(t, model, ms) requests for the models of `service`."""
     served = set(zoo.services[service].models)
     out: list[tuple[float, str, float]] = []
-    for ev in events:
-        ms = float(ev.get("ms", 0.0))
-        if "model" in ev:
-            if ev["model"] in served:
-                out.append((float(ev["t"]), ev["model"], ms))
+    for line in events:
+        ms = float(line.get("ms", 0.0))
+        if "model" in line:
+            if line["model"] in served:
+                out.append((float(line["t"]), line["model"], ms))
             continue
         seen: list[str] = []
-        for label in ev["detections"]:
-            for m in zoo.models_for_detection(label, ev.get("options"), service=service):
+        for label in line["detections"]:
+            for m in zoo.models_for_detection(label, line.get("options"), service=service):
                 if m not in seen:
                     seen.append(m)
-        out.extend((float(ev["t"]), m, ms) for m in seen)
+        out.extend((float(line["t"]), m, ms) for m in seen)
     return out
 
 
@@ -99,20 +101,20 @@ async def simulate(
         specs, device=device, registry=fake_registry(behaviour), models_root=zoo.models_root,
         budget_bytes=budget_bytes, host_cache_bytes=host_bytes, policy=policy, safety_factor=1.0,
         headroom_bytes=0, clock=clock, runner=inline_runner, oracle=oracle if policy == "belady" else None,
-        admission_timeout_s=1.0,
+        admission_timeout_s=1.0, cost=cost,
     )
     hits = misses = 0
     misses_by_priority: dict[str, int] = {p.name: 0 for p in Priority}
 
-    def listen(event: str, fields: dict[str, Any]) -> None:
+    def listen(event: ev.ManagerEvent) -> None:
         nonlocal hits, misses
-        if event == "hit":
+        if isinstance(event, ev.Hit):
             hits += 1
-        elif event == "miss":
+        elif isinstance(event, ev.Miss):
             misses += 1
-            misses_by_priority[Priority(specs[fields["model"]].priority).name] += 1
+            misses_by_priority[Priority(specs[event.model].priority).name] += 1
 
-    manager.add_listener(listen)
+    manager.subscribe(listen)
     added: list[float] = []
     swap_s = 0.0
     for i, (t, model, _ms) in enumerate(requests):
@@ -151,11 +153,11 @@ def run_policy_bench(
     budget_mb: float | None = None,
     budget_fraction: float | None = None,
     host_cache_mb: float | None = None,
-    init_s: float = 0.5,
-    disk_bps: float = 1e9,
-    pinned_bps: float = 12e9,
+    cost: CostModel | None = None,
     policies: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Replay the trace once per policy (default: every registered one, plus the service's)."""
+    cost = cost or CostModel()
     zoo = load_zoo(zoo_path, env={})
     if service not in zoo.services:
         raise SystemExit(f"unknown service {service!r}")
@@ -171,13 +173,13 @@ def run_policy_bench(
     biggest = max((zoo.models[m].vram_bytes for m in touched), default=0)
     budget = max(budget, biggest)  # every model must fit alone
     host = int(host_cache_mb * MB) if host_cache_mb is not None else zoo.services[service].host_cache_bytes
-    cost = CostModel(init_s=init_s, disk_bps=disk_bps, pinned_bps=pinned_bps)
     default = zoo.services[service].policy
-    names = policies or [p for p in BASELINES if p in POLICIES]
+    names = list(policies or POLICIES)
     if default not in names:
         names.append(default)
     results = {
-        name: asyncio.run(simulate(zoo, service, requests, policy=name, budget_bytes=budget, host_bytes=host, cost=cost))
+        name: asyncio.run(
+            simulate(zoo, service, requests, policy=name, budget_bytes=budget, host_bytes=host, cost=cost))
         for name in names
     }
     out: dict[str, Any] = {
@@ -189,7 +191,7 @@ def run_policy_bench(
         "working_set_mb": round(working_set / MB, 1),
         "budget_mb": round(budget / MB, 1),
         "host_cache_mb": round(host / MB, 1),
-        "cost_model": {"init_s": init_s, "disk_gbps": disk_bps / 1e9, "pinned_gbps": pinned_bps / 1e9},
+        "cost_model": {"init_s": cost.init_s, "disk_gbps": cost.disk_bps / 1e9, "pinned_gbps": cost.pinned_bps / 1e9},
         "policies": results,
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }

@@ -29,7 +29,7 @@ Which models (serving/sagemaker/artifacts.py):
 - else an artifact in {root}/model: the one zoo model it holds (manifest `zoo-model.json`,
   SAGEMAKER_MODEL as a hint, or its files), registered under its zoo name, loaded at start.
 - else none: a multi-model endpoint, whose opaque `model_name`s map to the zoo model each artifact holds.
-All share one MultiModelManager and one VRAM budget (VRAM_BUDGET_GB, else the budgets of the zoo
+All share one OnDemandModelManager and one VRAM budget (VRAM_BUDGET_GB, else the budgets of the zoo
 services involved, else the device's memory); serving/sagemaker/models.py says how SageMaker's loading
 and our eviction cooperate.
 """
@@ -39,18 +39,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from serving.adapters.registry import AdapterRegistry
-from serving.config import GB, MB, ServiceSpec, ZooConfig, load_zoo
+from serving.config import GB, MB, ManagerSettings, ZooConfig, load_zoo
 from serving.errors import (
     ConfigError,
     Conflict,
@@ -59,13 +58,15 @@ from serving.errors import (
     ServingError,
 )
 from serving.sagemaker.artifacts import ResolvedArtifact, resolve_artifact, service_models, zoo_name_for
-from serving.sagemaker.models import ModelTable, MultiModelManager, Registered
+from serving.sagemaker.models import ModelTable, Registered
+from serving.sagemaker.payloads import read_payload
 from serving.services.app import BodyLimitMiddleware
 from serving.services.common import Limits, Stopwatch
 from serving.services.errors import install_error_handlers
-from serving.sagemaker.payloads import read_payload
+from serving.settings import Settings
 from serving.vram.devices import Device, device_from_spec
 from serving.vram.footprints import FootprintStore
+from serving.vram.manager import OnDemandModelManager
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 
 @dataclass
 class SageMakerSettings:
-    """What `zoo sagemaker serve` needs; `from_env` reads the variables SageMaker and the image set."""
+    """What `zoo sagemaker serve` needs, from the process `Settings` (the variables SageMaker and the image
+    set, read once) plus command-line overrides."""
 
     zoo_path: Path = Path("zoo.yaml")  # ZOO_CONFIG
     image_zoo_path: Path | None = None  # ZOO_IMAGE_CONFIG: used when zoo_path does not exist
@@ -84,35 +86,36 @@ class SageMakerSettings:
     device: str = "auto"  # ZOO_DEVICE
     budget_gb: float | None = None  # VRAM_BUDGET_GB
     host_cache_gb: float | None = None  # ZOO_HOST_CACHE_GB
-    env: Mapping[str, str] = field(default_factory=dict)
+    settings: Settings = field(default_factory=lambda: Settings.from_env({}))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SageMakerSettings:
-        env = dict(os.environ if env is None else env)
-
-        def num(var: str) -> float | None:
-            if not env.get(var):
-                return None
-            try:
-                return float(env[var])
-            except ValueError:
-                raise ConfigError(f"environment {var}={env[var]!r} is not a number") from None
-
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SageMakerSettings:
+        """From the process settings; `overrides` that are not None win (command-line options)."""
         s = cls(
-            zoo_path=Path(env.get("ZOO_CONFIG") or "zoo.yaml"),
-            image_zoo_path=Path(env["ZOO_IMAGE_CONFIG"]) if env.get("ZOO_IMAGE_CONFIG") else None,
-            services=[x.strip() for x in (env.get("ZOO_SERVICES") or "").split(",") if x.strip()],
-            root=Path(env.get("SAGEMAKER_ROOT") or "/opt/ml"),
-            model=env.get("SAGEMAKER_MODEL") or None,
-            device=env.get("ZOO_DEVICE") or "auto",
-            budget_gb=num("VRAM_BUDGET_GB"),
-            host_cache_gb=num("ZOO_HOST_CACHE_GB"),
-            env=env,
+            zoo_path=Path(settings.zoo_config or "zoo.yaml"),
+            image_zoo_path=Path(settings.zoo_image_config) if settings.zoo_image_config else None,
+            services=[x.strip() for x in (settings.zoo_services or "").split(",") if x.strip()],
+            root=Path(settings.sagemaker_root or "/opt/ml"),
+            model=settings.sagemaker_model or None,
+            device=settings.zoo_device or "auto",
+            budget_gb=settings.vram_budget_gb,
+            host_cache_gb=settings.zoo_host_cache_gb,
+            settings=settings,
         )
         for key, value in overrides.items():
             if value is not None:
                 setattr(s, key, value)
         return s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SageMakerSettings:
+        """`Settings.from_env(env)` (the process environment when None), then `from_settings`."""
+        return cls.from_settings(Settings.from_env(env), **overrides)
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The environment snapshot taken with the settings (for overrides named from zoo.yaml)."""
+        return self.settings.overrides
 
     def zoo_file(self) -> Path:
         if not self.zoo_path.exists() and self.image_zoo_path and self.image_zoo_path.exists():
@@ -123,10 +126,6 @@ class SageMakerSettings:
     @property
     def model_dir(self) -> Path:
         return self.root / "model"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
 
 
 class LoadModelRequest(BaseModel):
@@ -143,7 +142,7 @@ class ContainerState:
     settings: SageMakerSettings
     zoo: ZooConfig
     limits: Limits
-    manager: MultiModelManager | None = None
+    manager: OnDemandModelManager | None = None
     table: ModelTable | None = None
     default_model: str | None = None
     ready: bool = False
@@ -206,33 +205,21 @@ async def boot(
     try:
         plan = await asyncio.to_thread(plan_models, s, zoo)
         owners = [zoo.services[o] for o in plan.owners]
-        svc = owners[0] if owners else ServiceSpec(kind="detection", port=8080)
+        tuning = owners[0].manager_settings() if owners else ManagerSettings()
         if device is None:
             device = await asyncio.to_thread(device_from_spec, s.device, 0)
-        headroom = int(svc.headroom_mb * MB)
         if s.budget_gb is not None:
             budget = int(s.budget_gb * GB)
         elif sum(o.vram_budget_gb for o in owners) > 0:
             budget = sum(o.vram_budget_bytes for o in owners)
         else:
-            budget = max(device.total_bytes() - headroom, 0)
+            budget = max(await asyncio.to_thread(device.total_bytes) - tuning.headroom_bytes, 0)
         host_gb = s.host_cache_gb if s.host_cache_gb is not None else (
             sum(o.host_cache_gb for o in owners) if owners else 2.0)
-        manager = MultiModelManager(
-            {},
-            device=device,
-            registry=registry or AdapterRegistry(),
-            models_root=s.root,
-            budget_bytes=budget,
-            host_cache_bytes=int(host_gb * GB),
-            policy=svc.policy,
-            headroom_bytes=headroom,
-            safety_factor=svc.safety_factor,
-            load_concurrency=svc.load_concurrency,
-            admission_timeout_s=svc.admission_timeout_s,
-            sweep_interval_s=svc.sweep_interval_s,
+        manager = OnDemandModelManager.from_settings(
+            {}, tuning, device=device, registry=registry, models_root=s.root, clock=clock,
+            budget_bytes=budget, host_cache_bytes=int(host_gb * GB),  # the container's, not one service's
             footprints=FootprintStore(None),  # SageMaker names are opaque: footprints live per process
-            **({"clock": clock} if clock else {}),
         )
         table = ModelTable(manager)
         for reg, resolved in plan.models:
@@ -285,7 +272,8 @@ def create_app(
     clock: Callable[[], float] | None = None,
 ) -> FastAPI:
     """The container's app. The zoo file is read now (a bad one fails fast); models load after start."""
-    zoo = load_zoo(settings.zoo_file(), env=settings.env)
+    # the container chose its zoo file already (ZOO_CONFIG, else the image's): load exactly that one
+    zoo = load_zoo(settings.zoo_file(), settings=settings.settings.model_copy(update={"zoo_config": None}))
     state = ContainerState(settings=settings, zoo=zoo, limits=Limits.from_env(settings.env))
 
     @contextlib.asynccontextmanager
@@ -305,57 +293,75 @@ def create_app(
     app.state.sagemaker = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.limits.max_body_bytes)
-
-    @app.get("/ping")
-    async def ping() -> Response:
-        if state.error:
-            return JSONResponse({"status": "failed", "message": state.error}, status_code=503)
-        if not state.ready or state.manager is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        if not state.manager.healthy():
-            return JSONResponse({"status": "unhealthy", "message": str(state.manager.view().sweeper_error)},
-                                status_code=503)
-        return Response(status_code=200)
-
-    @app.post("/invocations")
-    async def invocations(request: Request) -> JSONResponse:
-        return await invoke(state, None, request)
-
-    @app.post("/models")
-    async def load_model(body: LoadModelRequest, request: Request) -> JSONResponse:
-        table = state.require_table()
-        if body.model_name in table.models:  # 409 before touching the artifact
-            raise Conflict(f"model {body.model_name!r} is already loaded", details={"model": body.model_name})
-        hints = (request.headers.get(TARGET_MODEL_HEADER), body.model_name)
-        resolved = await asyncio.to_thread(
-            resolve_artifact, state.zoo, settings.root, body.url, hints, residency="on_demand")
-        reg = Registered(body.model_name, body.url, resolved.zoo_model, resolved.how)
-        return JSONResponse(await table.load(reg, resolved.spec))
-
-    @app.get("/models")
-    async def list_models(
-        next_page_token: str | None = Query(None),
-        page_size: int | None = Query(None, ge=1, le=10_000),
-        limit: int | None = Query(None, ge=1, le=10_000),
-    ) -> JSONResponse:
-        return JSONResponse(state.require_table().page(next_page_token, page_size or limit))
-
-    @app.get("/models/{name}")
-    async def get_model(name: str) -> JSONResponse:
-        table = state.require_table()
-        return JSONResponse(table.get(name).describe(table.manager))
-
-    @app.delete("/models/{name}")
-    async def unload_model(name: str) -> JSONResponse:
-        table = state.require_table()
-        await table.unload(name)
-        if state.default_model == name:
-            state.default_model = None
-        return JSONResponse({"modelName": name, "status": "unloaded"})
-
-    @app.post("/models/{name}/invoke")
-    async def invoke_model(name: str, request: Request) -> JSONResponse:
-        return await invoke(state, name, request)
-
+    app.include_router(router)
     return app
 
+
+# ------------------------------------------------------------------------------------------- routes
+router = APIRouter()
+
+
+def _state(request: Request) -> ContainerState:
+    state: ContainerState = request.app.state.sagemaker
+    return state
+
+
+@router.get("/ping")
+async def ping(request: Request) -> Response:
+    state = _state(request)
+    if state.error:
+        return JSONResponse({"status": "failed", "message": state.error}, status_code=503)
+    if not state.ready or state.manager is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    if not state.manager.healthy():
+        return JSONResponse({"status": "unhealthy", "message": str(state.manager.view().sweeper_error)},
+                            status_code=503)
+    return Response(status_code=200)
+
+
+@router.post("/invocations")
+async def invocations(request: Request) -> JSONResponse:
+    return await invoke(_state(request), None, request)
+
+
+@router.post("/models")
+async def load_model(body: LoadModelRequest, request: Request) -> JSONResponse:
+    state = _state(request)
+    table = state.require_table()
+    if body.model_name in table.models:  # 409 before touching the artifact
+        raise Conflict(f"model {body.model_name!r} is already loaded", details={"model": body.model_name})
+    hints = (request.headers.get(TARGET_MODEL_HEADER), body.model_name)
+    resolved = await asyncio.to_thread(
+        resolve_artifact, state.zoo, state.settings.root, body.url, hints, residency="on_demand")
+    reg = Registered(body.model_name, body.url, resolved.zoo_model, resolved.how)
+    return JSONResponse(await table.load(reg, resolved.spec))
+
+
+@router.get("/models")
+async def list_models(
+    request: Request,
+    next_page_token: str | None = Query(None),
+    page_size: int | None = Query(None, ge=1, le=10_000),
+    limit: int | None = Query(None, ge=1, le=10_000),
+) -> JSONResponse:
+    return JSONResponse(_state(request).require_table().page(next_page_token, page_size or limit))
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, request: Request) -> JSONResponse:
+    table = _state(request).require_table()
+    return JSONResponse(table.get(name).describe(table.manager))
+
+
+@router.delete("/models/{name}")
+async def unload_model(name: str, request: Request) -> JSONResponse:
+    state = _state(request)
+    await state.require_table().unload(name)
+    if state.default_model == name:
+        state.default_model = None
+    return JSONResponse({"modelName": name, "status": "unloaded"})
+
+
+@router.post("/models/{name}/invoke")
+async def invoke_model(name: str, request: Request) -> JSONResponse:
+    return await invoke(_state(request), name, request)

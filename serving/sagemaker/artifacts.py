@@ -179,7 +179,8 @@ def service_models(zoo: ZooConfig, root: Path, services: list[str], bases: list[
     out = []
     for sname in services:
         if sname not in zoo.services:
-            raise ConfigError(f"ZOO_SERVICES names {sname!r}, which is not a service of zoo.yaml ({', '.join(zoo.services)})")
+            raise ConfigError(
+                f"ZOO_SERVICES names {sname!r}, which is not a service of zoo.yaml ({', '.join(zoo.services)})")
         for name in zoo.services[sname].models:
             spec = zoo.models[name]
             base = next((b for b in inside if any((b / rel).exists() for rel in spec.source.values())), inside[0])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -22,7 +21,8 @@ def serve(
         help="interface to bind; the SageMaker image sets ZOO_BIND_HOST=0.0.0.0 (SageMaker needs all interfaces)"),
     port: int | None = typer.Option(None, "--port", help="default: SAGEMAKER_BIND_TO_PORT, else 8080"),
     zoo: Path | None = typer.Option(None, "--zoo", help="zoo file (default: ZOO_CONFIG, else zoo.yaml)"),
-    root: Path | None = typer.Option(None, "--root", help="holds model/ and models/ (default: SAGEMAKER_ROOT, else /opt/ml)"),
+    root: Path | None = typer.Option(
+        None, "--root", help="holds model/ and models/ (default: SAGEMAKER_ROOT, else /opt/ml)"),
     model: str | None = typer.Option(None, "--model", help="zoo model of /invocations (default: SAGEMAKER_MODEL)"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda:N or auto (default: ZOO_DEVICE, else auto)"),
     budget_gb: float | None = typer.Option(None, "--budget-gb", help="VRAM budget (default: VRAM_BUDGET_GB)"),
@@ -37,16 +37,13 @@ def serve(
     from serving.sagemaker.app import SageMakerSettings, create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if port is None:
-        raw = os.environ.get("SAGEMAKER_BIND_TO_PORT") or "8080"
-        try:
-            port = int(raw)
-        except ValueError:
-            typer.echo(f"SAGEMAKER_BIND_TO_PORT={raw!r} is not a port number", err=True)
-            raise typer.Exit(2) from None
+    from serving.settings import Settings
+
     try:
-        settings = SageMakerSettings.from_env(
-            zoo_path=zoo, root=root, model=model, device=device, budget_gb=budget_gb)
+        env = Settings.from_env()  # the environment, read once (SAGEMAKER_BIND_TO_PORT is validated there)
+        port = env.sagemaker_bind_to_port if port is None else port
+        settings = SageMakerSettings.from_settings(
+            env, zoo_path=zoo, root=root, model=model, device=device, budget_gb=budget_gb)
         app = create_app(settings)
     except ConfigError as e:
         typer.echo(e.message, err=True)

@@ -10,11 +10,12 @@ SageMaker's multi-model endpoint loads and unloads models by name (POST /models,
 - When even eviction cannot make room (the model is larger than the budget, or every other model is
   leased or pinned) the load fails with 507, the model is *not* registered, and SageMaker unloads
   models it considers unused and retries: its LRU and our budget then agree.
-- DELETE /models/{name} turns the entry OFF (new requests get 503), waits for its leases, frees it
-  (COLD) and removes it.
+- DELETE /models/{name} retires the model (`OnDemandModelManager.retire`): OFF (new requests get 503),
+  wait for its leases, free it (COLD), forget it; still in use after the wait: 503 `model_busy`.
 
-One owner for mutable state (STYLE.md #5): everything here runs on the event loop; `register` and the
-final removal are synchronous, with no `await` between check and write.
+One owner for mutable state (STYLE.md #5): the manager owns its models (`register` / `retire` are its
+public methods); this table owns only SageMaker's names and urls, on the event loop, and `register` is
+synchronous, with no `await` between check and write.
 """
 
 from __future__ import annotations
@@ -26,40 +27,7 @@ from typing import Any
 
 from serving.config import ModelSpec
 from serving.errors import BadRequest, Conflict, InsufficientStorage, InsufficientVram, NotFound
-from serving.vram.entry import COLD, ModelEntry
 from serving.vram.manager import OnDemandModelManager
-
-
-class MultiModelManager(OnDemandModelManager):
-    """An OnDemandModelManager whose set of models changes at run time (SageMaker MME)."""
-
-    def add_model(self, name: str, spec: ModelSpec) -> None:
-        if name in self.entries:
-            raise Conflict(f"model {name!r} is already loaded", details={"model": name})
-        entry = ModelEntry(name, spec)
-        fp = self.footprints.lookup(name, self.device.model_name)
-        if fp:
-            entry.measured_bytes, entry.load_s, entry.restore_s = fp.bytes, fp.load_s, fp.restore_s
-        self.entries[name] = entry
-
-    async def remove_model(self, name: str) -> None:
-        """OFF, wait for leases (bounded by admission_timeout_s), unload to COLD, forget."""
-        entry = self.entry(name)
-        entry.disabled = True  # no new leases from here on
-        try:
-            for _ in range(3):
-                await self.unload(name, to=COLD)
-                # synchronous from here: nobody can lease a disabled entry in between
-                if entry.refcount == 0 and not entry.busy and name not in self._inflight and entry.tier == COLD:
-                    break
-            else:
-                raise InsufficientVram(f"model {name!r} is still in use; cannot unload it now", details={"model": name})
-        except BaseException:
-            entry.disabled = False
-            raise
-        if self.entries.get(name) is entry:
-            del self.entries[name]
-        await self._notify()
 
 
 @dataclass
@@ -89,7 +57,7 @@ class ModelTable:
 
     DEFAULT_PAGE_SIZE = 100
 
-    def __init__(self, manager: MultiModelManager) -> None:
+    def __init__(self, manager: OnDemandModelManager) -> None:
         self.manager = manager
         self.models: dict[str, Registered] = {}
 
@@ -103,14 +71,14 @@ class ModelTable:
         """Register without loading (ZOO_SERVICES models: on demand, or at start when `always`)."""
         if reg.name in self.models:
             raise Conflict(f"model {reg.name!r} is already loaded", details={"model": reg.name})
-        self.manager.add_model(reg.name, spec)
+        self.manager.register(reg.name, spec)
         self.models[reg.name] = reg
 
     async def load(self, reg: Registered, spec: ModelSpec) -> dict[str, Any]:
         """Register and preload; 409 if the name is known, 507 if the budget cannot hold it."""
         if reg.name in self.models:
             raise Conflict(f"model {reg.name!r} is already loaded", details={"model": reg.name})
-        self.manager.add_model(reg.name, spec)  # 409 as well while the same name is still loading
+        self.manager.register(reg.name, spec)  # 409 as well while the same name is still loading
         try:
             await self.manager.preload(reg.name)
         except InsufficientVram as e:
@@ -123,12 +91,12 @@ class ModelTable:
         return reg.describe(self.manager)
 
     async def _forget(self, name: str) -> None:
-        if name in self.manager.entries:
-            await self.manager.remove_model(name)
+        if self.manager.has(name):
+            await self.manager.retire(name)
 
     async def unload(self, name: str) -> None:
         self.get(name)
-        await self.manager.remove_model(name)
+        await self.manager.retire(name)
         self.models.pop(name, None)
 
     def page(self, next_page_token: str | None, page_size: int | None) -> dict[str, Any]:

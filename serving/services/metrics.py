@@ -3,11 +3,12 @@
 What is exported (names are stable; dashboards may rely on them):
 - `zoo_model_loads_total{model,from_tier}`, `zoo_model_load_failures_total{model}`,
   `zoo_model_load_seconds{model}` (histogram), `zoo_model_evictions_total{model,reason}`,
-  `zoo_model_cache_hits_total{model}`, `zoo_model_cache_misses_total{model}`, `zoo_model_ooms_total{model,phase}`
-  — fed by the manager's listener events (`hit`, `miss`, `load`, `load_failed`, `evict`, `oom`);
+  `zoo_model_cache_hits_total{model}`, `zoo_model_cache_misses_total{model}`, `zoo_model_ooms_total{model,phase}`,
+  `zoo_inference_overloaded_total{device}` — fed by the manager's typed events (serving/vram/events.py)
+  through `Metrics.HANDLERS`, one handler per event type (a test fails when a type has none);
 - `zoo_vram_budget_bytes`, `zoo_vram_reserved_bytes`, `zoo_host_cache_budget_bytes`,
   `zoo_host_cache_reserved_bytes`, `zoo_device_free_bytes`, `zoo_model_reserved_bytes{model,tier}` — gauges
-  refreshed from the manager's ledger at scrape time;
+  refreshed from the manager's `ManagerView` at scrape time (no device probe on the loop);
 - `zoo_http_requests_total{method,route,status}` and `zoo_http_request_duration_seconds{method,route}`
   (histogram), by route template (`/v2/models/{name}/infer`, not the raw path);
 - `zoo_batch_size{model}` (histogram) and `zoo_batch_wait_seconds{model}` for dynamic batching.
@@ -16,15 +17,15 @@ Routers add their own through `Metrics.counter/histogram/gauge` (created once, c
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from serving.vram import events as ev
+
 if TYPE_CHECKING:  # pragma: no cover
     from serving.vram.manager import OnDemandModelManager
-
-log = logging.getLogger(__name__)
 
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -41,14 +42,18 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._extra: dict[str, Any] = {}
         r = self.registry
-        self.loads = Counter("zoo_model_loads", "Model loads (COLD->HOT or WARM->HOT)", ["model", "from_tier"], registry=r)
+        self.loads = Counter("zoo_model_loads", "Model loads (COLD->HOT or WARM->HOT)", ["model", "from_tier"],
+                             registry=r)
         self.load_failures = Counter("zoo_model_load_failures", "Failed model loads", ["model"], registry=r)
         self.load_seconds = Histogram("zoo_model_load_seconds", "Seconds to bring a model HOT", ["model"],
                                       buckets=LOAD_BUCKETS, registry=r)
-        self.evictions = Counter("zoo_model_evictions", "Demotions of a model by reason", ["model", "reason"], registry=r)
+        self.evictions = Counter("zoo_model_evictions", "Demotions of a model by reason", ["model", "reason"],
+                                 registry=r)
         self.hits = Counter("zoo_model_cache_hits", "Leases served by a HOT model", ["model"], registry=r)
         self.misses = Counter("zoo_model_cache_misses", "Leases that needed a load or restore", ["model"], registry=r)
         self.ooms = Counter("zoo_model_ooms", "Out-of-memory events", ["model", "phase"], registry=r)
+        self.overloaded = Counter("zoo_inference_overloaded", "Inference calls refused (429): queue full",
+                                  ["device"], registry=r)
         self.vram_budget = Gauge("zoo_vram_budget_bytes", "VRAM budget of this service's manager", registry=r)
         self.vram_reserved = Gauge("zoo_vram_reserved_bytes", "VRAM reserved by loaded models", registry=r)
         self.host_budget = Gauge("zoo_host_cache_budget_bytes", "Warm-tier (host RAM) budget", registry=r)
@@ -67,44 +72,65 @@ class Metrics:
 
     # ------------------------------------------------------------------ manager events
     def attach(self, manager: OnDemandModelManager) -> None:
-        """Subscribe to the manager's events and read its ledger at scrape time."""
+        """Subscribe to the manager's events and read its view at scrape time."""
         self._manager = manager
-        manager.add_listener(self.on_event)
+        manager.subscribe(self.on_event)
 
-    def on_event(self, event: str, fields: dict[str, Any]) -> None:
-        model = str(fields.get("model", ""))
-        if event == "hit":
-            self.hits.labels(model).inc()
-        elif event == "miss":
-            self.misses.labels(model).inc()
-        elif event == "load":
-            self.loads.labels(model, str(fields.get("from_tier", ""))).inc()
-            if fields.get("seconds") is not None:
-                self.load_seconds.labels(model).observe(float(fields["seconds"]))
-        elif event == "load_failed":
-            self.load_failures.labels(model).inc()
-        elif event == "evict":
-            self.evictions.labels(model, str(fields.get("reason", ""))).inc()
-        elif event == "oom":
-            self.ooms.labels(model, str(fields.get("phase", ""))).inc()
+    def on_event(self, event: ev.ManagerEvent) -> None:
+        self.HANDLERS[type(event)](self, event)
+
+    def _on_hit(self, e: ev.Hit) -> None:
+        self.hits.labels(e.model).inc()
+
+    def _on_miss(self, e: ev.Miss) -> None:
+        self.misses.labels(e.model).inc()
+
+    def _on_load(self, e: ev.Load) -> None:
+        self.loads.labels(e.model, e.from_tier).inc()
+        self.load_seconds.labels(e.model).observe(e.seconds)
+
+    def _on_restore(self, e: ev.Restore) -> None:  # a WARM -> HOT load, as before the events were typed
+        self.loads.labels(e.model, "WARM").inc()
+        self.load_seconds.labels(e.model).observe(e.seconds)
+
+    def _on_load_failed(self, e: ev.LoadFailed) -> None:
+        self.load_failures.labels(e.model).inc()
+
+    def _on_evict(self, e: ev.Evict) -> None:
+        self.evictions.labels(e.model, e.reason).inc()
+
+    def _on_oom(self, e: ev.Oom) -> None:
+        self.ooms.labels(e.model, e.phase).inc()
+
+    def _on_overloaded(self, e: ev.Overloaded) -> None:
+        self.overloaded.labels(e.device).inc()
+
+    #: event type -> handler; every type of serving.vram.events.EVENT_TYPES has one (a test checks it)
+    HANDLERS: ClassVar[dict[type, Callable[[Metrics, Any], None]]] = {
+        ev.Hit: _on_hit,
+        ev.Miss: _on_miss,
+        ev.Load: _on_load,
+        ev.Restore: _on_restore,
+        ev.LoadFailed: _on_load_failed,
+        ev.Evict: _on_evict,
+        ev.Oom: _on_oom,
+        ev.Overloaded: _on_overloaded,
+    }
 
     def refresh(self) -> None:
-        m = self._manager
-        if m is None:
+        if self._manager is None:
             return
-        led = m.ledger
-        self.vram_budget.set(led.device.budget)
-        self.vram_reserved.set(led.device.used)
-        self.host_budget.set(led.host.budget)
-        self.host_reserved.set(led.host.used)
-        try:
-            self.device_free.set(m.device.free_bytes())
-        except Exception:  # a device probe failing must not break the scrape
-            log.exception("device free_bytes failed")
+        v = self._manager.view()
+        self.vram_budget.set(v.budget_bytes)
+        self.vram_reserved.set(v.used_bytes)
+        self.host_budget.set(v.host_budget_bytes)
+        self.host_reserved.set(v.host_used_bytes)
+        if "free_bytes" in v.device_info:  # probed off the loop by the manager
+            self.device_free.set(v.device_info["free_bytes"])
         self.model_bytes.clear()
-        for name in m.entries:
-            self.model_bytes.labels(name, "device").set(led.device.get(name))
-            self.model_bytes.labels(name, "host").set(led.host.get(name))
+        for name, m in v.models.items():
+            self.model_bytes.labels(name, "device").set(m.reserved_bytes)
+            self.model_bytes.labels(name, "host").set(m.host_bytes)
 
     # ------------------------------------------------------------------ HTTP
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -119,7 +145,8 @@ class Metrics:
     def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return self._get(Counter, name, doc, labels)
 
-    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+    def histogram(self, name: str, doc: str, labels: tuple[str, ...] = (),
+                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
         return self._get(Histogram, name, doc, labels, buckets=buckets)
 
     def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -129,3 +156,4 @@ class Metrics:
         if name not in self._extra:
             self._extra[name] = cls(name, doc, list(labels), registry=self.registry, **kw)
         return self._extra[name]
+

@@ -56,10 +56,13 @@ class Device(abc.ABC):
         return isinstance(exc, (DeviceOOM, MemoryError))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "total_bytes": self.total_bytes()}
+        """Probes the device (blocking on CUDA/NVML): the manager calls it through its runner and caches it."""
+        return {"name": self.name, "kind": self.kind, "total_bytes": self.total_bytes(),
+                "free_bytes": self.free_bytes()}
 
     @property
-    def model_name(self) -> str:
+    def hardware_name(self) -> str:
+        """What the hardware is (e.g. "NVIDIA L4", "cpu"): the key footprints are measured and stored under."""
         return self.kind
 
 
@@ -84,7 +87,7 @@ class CpuDevice(Device):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
     @property
-    def model_name(self) -> str:
+    def hardware_name(self) -> str:
         return "cpu"
 
 
@@ -150,7 +153,7 @@ class CudaDevice(Device):
             k in msg for k in ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation"))
 
     @property
-    def model_name(self) -> str:
+    def hardware_name(self) -> str:
         return str(self._cuda.get_device_name(self.index))
 
     def other_tenants_bytes(self) -> int:
@@ -166,7 +169,7 @@ class CudaDevice(Device):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(model=self.model_name, free_bytes=self.free_bytes(), allocated_bytes=self.allocated_bytes(),
+        d.update(model=self.hardware_name, allocated_bytes=self.allocated_bytes(),
                  other_tenants_bytes=self.other_tenants_bytes())
         return d
 

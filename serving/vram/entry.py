@@ -23,7 +23,6 @@ class ModelEntry:
     refcount: int = 0  # leases held
     waiters: int = 0  # callers awaiting the in-flight load (granted leases when it completes)
     last_used: float = 0.0
-    loaded_at: float = 0.0
     uses: int = 0  # leases granted, ever (the request counter the control plane polls)
     busy_s: float = 0.0  # wall seconds spent under leases, ever
     rate: float = 0.0  # decayed use count, as of rate_at
@@ -35,7 +34,6 @@ class ModelEntry:
     failures: int = 0
     last_error: str | None = None
     next_retry_at: float = 0.0
-    inference_ooms: int = 0
     # thermal seam (serving.control): OFF -> disabled, HOT -> pinned, WARM -> keep_warm
     disabled: bool = False
     pinned: bool = False

@@ -1,8 +1,8 @@
 """Fakes for tests and the policy simulation: a virtual clock, a cost model, fake adapters.
 
 A `FakeAdapter` allocates its bytes on a `FakeDevice`, "takes" time by advancing the virtual clock
-according to the `CostModel` (fixed init + bytes / disk bandwidth for cold loads, bytes / pinned
-bandwidth for warm restores), and predicts deterministically (so a run under a tight budget can be
+according to the one `CostModel` of serving/vram/cost.py (fixed init + bytes / disk bandwidth for cold
+loads, bytes / pinned bandwidth for warm restores), and predicts deterministically (so a run under a tight budget can be
 compared output for output with an all-resident run).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from serving.adapters.base import Adapter, LoadContext
 from serving.adapters.registry import AdapterRegistry
+from serving.vram.cost import CostModel
 from serving.vram.devices import FakeDevice
 
 
@@ -37,19 +38,6 @@ class FakeClock:
     def set(self, t: float) -> None:
         with self._lock:
             self._t = max(self._t, t)
-
-
-@dataclass
-class CostModel:
-    init_s: float = 0.5  # fixed cost of a cold load (process-side init, graph build)
-    disk_bps: float = 1.0e9  # bytes/s from disk
-    pinned_bps: float = 12.0e9  # bytes/s host(pinned) -> device
-
-    def load_s(self, nbytes: int) -> float:
-        return self.init_s + nbytes / self.disk_bps
-
-    def restore_s(self, nbytes: int) -> float:
-        return nbytes / self.pinned_bps
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 A measurement is the allocated delta at load and the peak during warm-up inference (both bytes), plus
 the load and restore seconds last seen. The manager prefers these over the declared vram_mb.
-Writes are atomic (temp file + rename) so a crash never leaves a truncated file.
+`record` updates memory only (cheap, on the event loop); `save` writes the file and blocks, so the manager
+calls it through its runner, never on the loop. Writes are atomic (temp file + rename) so a crash never
+leaves a truncated file.
 """
 
 from __future__ import annotations
@@ -66,17 +68,19 @@ class FootprintStore:
         return best
 
     def record(self, fp: Footprint) -> None:
+        """Keep a measurement in memory; `save` persists it."""
         with self._lock:
             self._items[fp.key] = fp
-            self._save_locked()
 
-    def all(self) -> list[Footprint]:
-        with self._lock:
-            return list(self._items.values())
-
-    def _save_locked(self) -> None:
+    def save(self) -> None:
+        """Write every measurement to the file (blocking I/O: call it off the event loop)."""
         if not self.path:
             return
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, "footprints": {k: asdict(v) for k, v in sorted(self._items.items())}}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".footprints.", suffix=".tmp")

@@ -1,7 +1,7 @@
 """The ledger: the only place that does arithmetic on memory.
 
-Two tiers, each with its own budget: `device` (VRAM reserved per model) and `host` (warm-tier bytes per
-model). A reservation never takes a tier past its budget: `reserve` and `resize` refuse instead, so
+Two pools, each with its own budget: `device` (VRAM reserved per model) and `host` (warm-tier bytes per
+model). A reservation never takes a pool past its budget: `reserve` and `resize` refuse instead, so
 "reserved <= budget" holds at every instant by construction. Not thread-safe by design: only the
 manager's event-loop code touches it, synchronously.
 """
@@ -14,11 +14,13 @@ MB = 1024 * 1024
 
 
 class LedgerRefused(Exception):
-    """A reservation would exceed the tier's budget."""
+    """A reservation would exceed the pool's budget."""
 
 
 @dataclass
-class Tier:
+class Pool:
+    """Reservations (bytes per model name) inside one budget (bytes)."""
+
     name: str
     budget: int
     reserved: dict[str, int] = field(default_factory=dict)
@@ -56,14 +58,11 @@ class Ledger:
     """VRAM and host warm-tier reservations of one manager."""
 
     def __init__(self, device_budget: int, host_budget: int) -> None:
-        self.device = Tier("device", int(device_budget))
-        self.host = Tier("host", int(host_budget))
+        self.device = Pool("device", int(device_budget))
+        self.host = Pool("host", int(host_budget))
 
     def check(self) -> None:
         """Invariant check used by tests after every step."""
         for t in (self.device, self.host):
             assert t.used <= t.budget, f"{t.name} reserved {t.used} > budget {t.budget}"
             assert all(v >= 0 for v in t.reserved.values())
-
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        return {"device": dict(self.device.reserved), "host": dict(self.host.reserved)}

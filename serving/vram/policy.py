@@ -2,7 +2,11 @@
 
 `choose_victims(candidates, need_bytes, now) -> list[str]` returns names in eviction order whose bytes
 add up to at least `need_bytes`, or every candidate when even that is not enough (the manager then
-waits or fails). No torch, no I/O, no clock reads: everything a policy may use is in `Candidate`.
+waits or fails). No torch, no I/O, no clock reads: everything a policy may use is in `VictimCandidate`.
+
+Rules every policy obeys, applied here and nowhere else (the manager only builds the snapshot):
+- `pick_victims`: `always` models are candidates only when the others cannot free enough (two passes);
+- `warm_demotion_order`: which WARM models leave the host tier first (lowest class, then least recent).
 
 Registered policies (select with `policy:` in zoo.yaml or `--policy`):
 - `lru`            plain least-recently-used (Ray Serve multiplexing, llama.cpp router).
@@ -28,8 +32,9 @@ INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    """What a policy may know of one evictable (unleased, not pinned) model."""
+class VictimCandidate:
+    """What a policy may know of one evictable (unleased, not pinned, not in transition) model.
+    Built by `serving.vram.snapshot` from the manager's entries; bytes are the ledger's reservation."""
 
     name: str
     bytes: int
@@ -42,9 +47,11 @@ class Candidate:
     rate: float = 0.0
     #: time of next use, known only to the offline reference (None = unknown, INF = never)
     next_use: float | None = None
+    #: residency `always` (zoo.yaml): evicted only when nothing else frees enough (`pick_victims`)
+    always: bool = False
 
 
-Policy = Callable[[Sequence[Candidate], int, float], list[str]]
+Policy = Callable[[Sequence[VictimCandidate], int, float], list[str]]
 POLICIES: dict[str, Policy] = {}
 
 
@@ -63,7 +70,7 @@ def get_policy(name: str) -> Policy:
         raise KeyError(f"unknown eviction policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
 
 
-def _take_in_order(ordered: Sequence[Candidate], need: int) -> list[str]:
+def _take_in_order(ordered: Sequence[VictimCandidate], need: int) -> list[str]:
     """Walk an ordering and stop as soon as the freed bytes cover `need`."""
     out: list[str] = []
     freed = 0
@@ -75,7 +82,7 @@ def _take_in_order(ordered: Sequence[Candidate], need: int) -> list[str]:
     return out
 
 
-def _minimal(chosen: list[Candidate], need: int) -> list[Candidate]:
+def _minimal(chosen: list[VictimCandidate], need: int) -> list[VictimCandidate]:
     """Drop victims that are not needed, most valuable first (the order of `chosen` is least valuable first)."""
     total = sum(c.bytes for c in chosen)
     keep = list(chosen)
@@ -86,9 +93,9 @@ def _minimal(chosen: list[Candidate], need: int) -> list[Candidate]:
     return keep
 
 
-def _class_rule(candidates: Sequence[Candidate], need: int) -> list[Candidate]:
+def _class_rule(candidates: Sequence[VictimCandidate], need: int) -> list[VictimCandidate]:
     """The candidates a class-respecting policy may choose from: classes from LOW upwards, just enough."""
-    allowed: list[Candidate] = []
+    allowed: list[VictimCandidate] = []
     for prio in sorted({c.priority for c in candidates}, reverse=True):
         allowed.extend(c for c in candidates if c.priority == prio)
         if sum(c.bytes for c in allowed) >= need:
@@ -96,7 +103,7 @@ def _class_rule(candidates: Sequence[Candidate], need: int) -> list[Candidate]:
     return allowed
 
 
-def _by_value(allowed: Sequence[Candidate], need: int, value: Callable[[Candidate], float]) -> list[str]:
+def _by_value(allowed: Sequence[VictimCandidate], need: int, value: Callable[[VictimCandidate], float]) -> list[str]:
     """Lowest value first; only cross into a higher class after every lower one is taken."""
     if sum(c.bytes for c in allowed) < need:
         return [c.name for c in sorted(allowed, key=lambda c: (-c.priority, value(c), c.name))]
@@ -105,7 +112,7 @@ def _by_value(allowed: Sequence[Candidate], need: int, value: Callable[[Candidat
     boundary = sorted((c for c in allowed if c.priority == top), key=lambda c: (value(c), c.name))
     lower_sorted = sorted(lower, key=lambda c: (-c.priority, value(c), c.name))
     need_from_boundary = need - sum(c.bytes for c in lower)
-    chosen: list[Candidate] = []
+    chosen: list[VictimCandidate] = []
     freed = 0
     for c in boundary:
         if freed >= need_from_boundary:
@@ -117,28 +124,28 @@ def _by_value(allowed: Sequence[Candidate], need: int, value: Callable[[Candidat
 
 
 @register("lru")
-def lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (c.last_used, c.name)), need)
 
 
 @register("ollama")
-def ollama(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def ollama(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (c.keep_alive_s, c.name)), need)
 
 
 @register("size-lru")
-def size_lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def size_lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(
         sorted(candidates, key=lambda c: (-(max(now - c.last_used, 0.0) + 1e-3) * c.bytes, c.name)), need
     )
 
 
 @register("priority-lru")
-def priority_lru(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def priority_lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (-c.priority, c.last_used, c.name)), need)
 
 
-def gdsf_value(c: Candidate, now: float) -> float:
+def gdsf_value(c: VictimCandidate, now: float) -> float:
     """Expected reload seconds per byte if evicted now: GreedyDual-Size-Frequency's cost x frequency / size,
     with the frequency discounted by idle time (1/sqrt(age)) so a burst that ended stops protecting a model.
     The square root was chosen on the three traces in benchmarks/ (see benchmarks/README.md)."""
@@ -147,12 +154,12 @@ def gdsf_value(c: Candidate, now: float) -> float:
 
 
 @register("priority-gdsf")
-def priority_gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def priority_gdsf(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _by_value(_class_rule(candidates, need), need, lambda c: gdsf_value(c, now))
 
 
-def belady_value(now: float) -> Callable[[Candidate], float]:
-    def value(c: Candidate) -> float:
+def belady_value(now: float) -> Callable[[VictimCandidate], float]:
+    def value(c: VictimCandidate) -> float:
         if c.next_use is None or c.next_use == INF:
             return 0.0
         return c.reload_s / max(c.next_use - now, 1e-6) / max(c.bytes, 1)
@@ -161,14 +168,14 @@ def belady_value(now: float) -> Callable[[Candidate], float]:
 
 
 @register("belady")
-def belady(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def belady(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _by_value(_class_rule(candidates, need), need, belady_value(now))
 
 
 @register("gdsf")
-def gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
+def gdsf(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     """GreedyDual-Size-Frequency without the class rule: measures what the seed's rule costs."""
-    chosen: list[Candidate] = []
+    chosen: list[VictimCandidate] = []
     freed = 0
     for c in sorted(candidates, key=lambda c: (gdsf_value(c, now), c.name)):
         if freed >= need:
@@ -176,3 +183,19 @@ def gdsf(candidates: Sequence[Candidate], need: int, now: float) -> list[str]:
         chosen.append(c)
         freed += c.bytes
     return [c.name for c in _minimal(chosen, need)]
+
+
+def pick_victims(policy: Policy, candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
+    """The `always` rule around any policy: first among the non-`always` candidates; only when they cannot
+    free `need` bytes, among all of them. [] when even all of them are not enough (the caller waits)."""
+    for include_always in (False, True):
+        pool = [c for c in candidates if include_always or not c.always]
+        if sum(c.bytes for c in pool) >= need:
+            return policy(pool, need, now)
+    return []
+
+
+def warm_demotion_order(warm: Sequence[VictimCandidate]) -> list[str]:
+    """WARM -> COLD order when the host tier needs room: lowest class first (LOW before CRITICAL), then least
+    recently used; ties keep the given order. The caller demotes in this order until the new bytes fit."""
+    return [c.name for c in sorted(warm, key=lambda c: (-c.priority, c.last_used))]

@@ -1,79 +1,165 @@
-"""Eviction and demotion between tiers (HOT -> WARM -> COLD), and the idle sweeper.
+"""The tier mover: every change of a model's tier (HOT <-> WARM <-> COLD, FAILED) and its adapter calls.
 
-A mixin of `OnDemandModelManager`, kept apart so the manager module holds leases, loads and admission
-only. Same concurrency model: runs on the manager's event loop; blocking adapter calls go through the
-manager's runner while the entry is marked busy.
+`TierMover` brings a model up (cold load with measurement, or warm restore), demotes it (offload to the
+host tier or unload), makes room in the host tier, loads straight into the host tier and sweeps idle
+models. It does not import the manager: the manager composes one and hands it the state it owns (the
+entries, the ledger, the set of in-flight loads) plus its seams (device, registry, runner, clock, event
+sink). Same concurrency model as the manager (serving/vram/manager.py): it runs on the manager's event
+loop, every ledger write is synchronous, and blocking adapter calls go through the runner while the
+entry is marked in transition (`busy_future`) or its load is in flight.
+Which WARM model leaves the host tier first is the policy's (`policy.warm_demotion_order`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Container, Mapping
+from pathlib import Path
 
-from serving.errors import InsufficientVram, ModelDisabled, ModelLoadFailed
+from serving.adapters.base import Adapter
+from serving.adapters.registry import AdapterRegistry
+from serving.errors import InsufficientVram, ModelLoadFailed
+from serving.vram import events as ev
+from serving.vram.devices import Device
 from serving.vram.entry import COLD, FAILED, HOT, WARM, ModelEntry
-from serving.vram.policy import Candidate
+from serving.vram.footprints import Footprint, FootprintStore
+from serving.vram.ledger import Ledger
+from serving.vram.policy import warm_demotion_order
+from serving.vram.runner import Runner
+from serving.vram.snapshot import warm_candidates
 
-if TYPE_CHECKING:  # pragma: no cover
-    from serving.vram.manager import OnDemandModelManager
 
+class TierMover:
+    """Moves models between tiers; see the module docstring. `loading` is the manager's live set of
+    in-flight loads (read only); `load_slot` bounds concurrent loads on the device (host-tier loads too)."""
 
-class TierMixin:
-    """Victim choice (through the policy), demotion to the host warm tier or to disk, idle sweeping, and
-    loading straight into the host tier (thermal WARM without device room)."""
+    def __init__(
+        self,
+        *,
+        entries: Mapping[str, ModelEntry],
+        ledger: Ledger,
+        device: Device,
+        registry: AdapterRegistry,
+        models_root: Path,
+        footprints: FootprintStore,
+        runner: Runner,
+        clock: Callable[[], float],
+        emit: Callable[[ev.ManagerEvent], None],
+        notify: Callable[[], Awaitable[None]],
+        loading: Container[str],
+        load_slot: asyncio.Semaphore,
+        backoff_base_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self.entries, self.ledger, self.device, self.registry = entries, ledger, device, registry
+        self.models_root, self.footprints, self.runner, self.clock = models_root, footprints, runner, clock
+        self.emit, self.notify, self.loading, self.load_slot = emit, notify, loading, load_slot
+        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
 
-    def _candidates(self: OnDemandModelManager, exclude: str, *, include_always: bool) -> list[Candidate]:
-        now = self.clock()
-        out = []
-        for x in self.entries.values():
-            if x.name == exclude or x.tier != HOT or x.refcount > 0 or x.busy or x.pinned:
-                continue
-            if x.spec.residency == "always" and not include_always:
-                continue
-            nbytes = self.ledger.device.get(x.name)
-            host_ok = self.ledger.host.budget >= (x.host_bytes or nbytes)
-            reload_s = (x.restore_s or nbytes / self.pinned_bw) if host_ok else (
-                x.load_s or 0.5 + nbytes / self.disk_bw)
-            rate = x.rate * math.exp(-max(now - x.rate_at, 0.0) / self.RATE_TAU_S) if x.rate_at else 0.0
-            out.append(
-                Candidate(
-                    name=x.name,
-                    bytes=nbytes,
-                    priority=int(x.spec.priority),
-                    last_used=x.last_used,
-                    keep_alive_s=x.keep_alive_s,
-                    reload_s=reload_s,
-                    rate=rate,
-                    next_use=(self.oracle(x.name, now) if self.oracle else None),
-                )
+    async def new_adapter(self, e: ModelEntry) -> Adapter:
+        """A fresh adapter for `e` (weights not loaded). Off the loop: the first one of a family imports its
+        framework (seconds for ultralytics or transformers) and paths are resolved on disk."""
+        adapter: Adapter = await self.runner(self.registry.create, e.name, e.spec, self.models_root, self.device)
+        return adapter
+
+    # ------------------------------------------------------------------ up: COLD/WARM -> HOT
+    async def bring_up(self, e: ModelEntry) -> None:
+        """COLD/WARM -> HOT with measurement. The reservation for `e` is already in the ledger."""
+        start = self.clock()
+        t0 = time.perf_counter()
+        before = await self.runner(self.device.allocated_bytes)  # probes off the loop (CUDA may block)
+        from_tier = e.tier
+        if e.tier == WARM and e.adapter is not None:
+            await self.runner(e.adapter.restore)
+            self.ledger.host.release(e.name)
+            restore_wall = time.perf_counter() - t0
+            e.restore_s = max(self.clock() - start, 0.0) or restore_wall
+        else:
+            if e.adapter is None:  # single-flight: only this load task touches e now
+                e.adapter = await self.new_adapter(e)
+            await self.runner(e.adapter.load)
+            await self.runner(self.device.reset_peak)
+            load_delta = await self.runner(self.device.allocated_bytes) - before
+            await self.runner(e.adapter.warmup)
+            peak_delta = await self.runner(self.device.peak_bytes) - before
+            if not self.device.measures_allocations:
+                load_delta = peak_delta = await self.runner(e.adapter.param_bytes)
+            e.load_s = max(self.clock() - start, 0.0) or (time.perf_counter() - t0)
+            await self._record_footprint(e, max(load_delta, 0), max(peak_delta, 0))
+        e.tier = HOT
+        e.failures = 0
+        e.last_error = None
+        self._fit_reservation(e)
+        seconds = time.perf_counter() - t0
+        self.emit(ev.Restore(e.name, seconds) if from_tier == WARM else ev.Load(e.name, from_tier, HOT, seconds))
+
+    async def _record_footprint(self, e: ModelEntry, load_bytes: int, peak_bytes: int) -> None:
+        assert e.adapter is not None
+        e.measured_bytes = max(load_bytes, peak_bytes) or None
+        if e.measured_bytes is None:
+            return
+        self.footprints.record(
+            Footprint(
+                model=e.name, format=e.adapter.format or "unknown", device=self.device.hardware_name,
+                dtype=e.adapter.dtype, load_bytes=load_bytes, peak_bytes=peak_bytes, load_s=e.load_s,
+                restore_s=e.restore_s, measured_at=self.clock(),
             )
-        return out
+        )
+        await self.runner(self.footprints.save)  # file I/O off the loop
 
-    def _choose_victims(self, shortfall: int, exclude: str) -> list[str]:
-        now = self.clock()
-        for include_always in (False, True):  # `always` models only if nothing else frees room
-            cands = self._candidates(exclude, include_always=include_always)
-            if sum(c.bytes for c in cands) >= shortfall:
-                return self._policy(cands, shortfall, now)
-        return []
+    def _fit_reservation(self, e: ModelEntry) -> None:
+        """After a load, the reservation becomes the measured footprint when that still fits."""
+        actual = e.measured_bytes or self.ledger.device.get(e.name)
+        if self.ledger.device.fits(actual, replacing=e.name):
+            self.ledger.device.reserve(e.name, actual)
+        # else: keep the larger reservation already held; the next admission uses the measured figure
 
-    async def _evict(self, names: list[str], reason: str) -> None:
+    async def fail(self, e: ModelEntry, exc: BaseException) -> None:
+        """A failed load leaves no reservation and no half-loaded weights behind; retried after a backoff."""
+        self.ledger.device.release(e.name)
+        self.ledger.host.release(e.name)
+        if e.adapter is not None:
+            with contextlib.suppress(Exception):
+                await self.runner(e.adapter.unload)
+        e.adapter = None
+        e.failures += 1
+        e.last_error = f"{type(exc).__name__}: {exc}"
+        delay = min(self.backoff_base_s * (2 ** (e.failures - 1)), self.backoff_max_s)
+        e.next_retry_at = self.clock() + delay
+        e.tier = FAILED
+        self.emit(ev.LoadFailed(e.name, e.last_error))
+
+    def check_backoff(self, e: ModelEntry) -> None:
+        """ModelLoadFailed (503 + Retry-After) while a FAILED model waits for its next retry."""
+        if e.tier == FAILED and self.clock() < e.next_retry_at:
+            raise ModelLoadFailed(
+                f"model {e.name!r} failed to load ({e.last_error}); "
+                f"next retry in {e.next_retry_at - self.clock():.1f}s",
+                retry_after=max(e.next_retry_at - self.clock(), 0.1),
+                details={"model": e.name, "failures": e.failures},
+            )
+
+    def load_error(self, e: ModelEntry, exc: BaseException) -> Exception:
+        """The error a caller sees for a failed load (typed errors pass through)."""
+        if isinstance(exc, (InsufficientVram, ModelLoadFailed)):
+            return exc
+        retry = max(e.next_retry_at - self.clock(), 0.1)
+        return ModelLoadFailed(f"loading {e.name!r} failed: {exc}", retry_after=retry, details={"model": e.name})
+
+    # ------------------------------------------------------------------ down: HOT -> WARM -> COLD
+    async def evict(self, names: list[str], reason: str) -> None:
+        """Demote each named model that is still HOT, unleased and not in transition (HOT -> WARM/COLD)."""
         for n in names:
             x = self.entries[n]
             if x.tier == HOT and x.refcount == 0 and not x.busy:
-                await self._demote(x, WARM, reason=reason)
+                await self.demote(x, WARM, reason=reason)
 
-    async def _evict_all_evictable(self, exclude: str, reason: str) -> None:
-        names = [c.name for c in self._candidates(exclude, include_always=True)]
-        await self._evict(names, reason)
-
-    async def _demote(self, x: ModelEntry, target: str, reason: str) -> None:
+    async def demote(self, x: ModelEntry, target: str, reason: str) -> None:
         """HOT -> WARM (when the host tier can hold it) or -> COLD; WARM -> COLD."""
         assert x.adapter is not None
-        loop = asyncio.get_running_loop()
-        x.busy_future = loop.create_future()
+        x.busy_future = asyncio.get_running_loop().create_future()
         from_tier = x.tier
         try:
             if x.tier == HOT and target == WARM and await self._make_host_room(x):
@@ -86,15 +172,15 @@ class TierMixin:
                 self.ledger.host.release(x.name)
                 x.adapter = None
                 x.tier = COLD
-            self._emit("evict", model=x.name, reason=reason, from_tier=from_tier, to_tier=x.tier)
+            self.emit(ev.Evict(x.name, reason, from_tier, x.tier))
         finally:
             fut, x.busy_future = x.busy_future, None
             fut.set_result(None)
-        await self._notify()
+        await self.notify()
 
     async def _make_host_room(self, x: ModelEntry, estimate: int | None = None) -> bool:
-        """Reserve host-tier bytes for x (its parked size, or `estimate` before it is loaded), demoting the
-        least recently used WARM models to COLD."""
+        """Reserve host-tier bytes for x (its parked size, or `estimate` before it is loaded), demoting WARM
+        models to COLD in the policy's order until it fits. False when the host tier cannot hold it."""
         assert x.adapter is not None
         if estimate is not None:
             need = estimate
@@ -105,68 +191,39 @@ class TierMixin:
         host = self.ledger.host
         if need > host.budget:
             return False
-        warm = sorted(
-            (w for w in self.entries.values()
-             if w.tier == WARM and not w.busy and not w.keep_warm and w.name != x.name
-             and w.name not in self._inflight),
-            key=lambda w: (-int(w.spec.priority), w.last_used),
-        )
-        for w in warm:
+        warm = warm_candidates(self.entries.values(), self.ledger, exclude=x.name, loading=self.loading)
+        for name in warm_demotion_order(warm):
             if host.fits(need):
                 break
-            await self._demote(w, COLD, reason="host_capacity")
+            w = self.entries.get(name)
+            if w is not None and w.tier == WARM and not w.busy:  # still WARM after the awaits above
+                await self.demote(w, COLD, reason="host_capacity")
         if not host.fits(need):
             return False
         host.reserve(x.name, need)
         return True
 
-    # ------------------------------------------------------------------ idle sweeper
     async def sweep(self) -> list[tuple[str, str]]:
         """Demote idle models past keep_alive: HOT -> WARM -> COLD. Returns (model, new tier) pairs."""
         now = self.clock()
         changes = []
         for x in list(self.entries.values()):
-            if x.refcount > 0 or x.busy or x.pinned or x.name in self._inflight:
+            if x.refcount > 0 or x.busy or x.pinned or x.name in self.loading:
                 continue
             if x.spec.residency == "always" and x.thermal_state is None:
                 continue
             idle = now - x.last_used
             if x.tier == HOT and idle >= x.keep_alive_s:
-                await self._demote(x, WARM, reason="idle")
+                await self.demote(x, WARM, reason="idle")
                 changes.append((x.name, x.tier))
             elif x.tier == WARM and idle >= 2 * x.keep_alive_s and not x.keep_warm:
-                await self._demote(x, COLD, reason="idle")
+                await self.demote(x, COLD, reason="idle")
                 changes.append((x.name, x.tier))
         return changes
 
     # ------------------------------------------------------------------ straight into the host tier
-    async def prewarm(self: OnDemandModelManager, name: str) -> dict[str, Any]:
-        """Thermal WARM: on the device when it fits without evicting anything, else straight into the
-        host warm tier (no device memory) so the first request costs one restore, not a disk load."""
-        e = self.entry(name)
-        if e.disabled:
-            raise ModelDisabled(f"model {name!r} is OFF (disabled by its thermal state)")
-        need = self.need_bytes(e)
-        if e.tier == HOT:
-            return self.model_status(name)
-        if need <= self.ledger.device.available and self._real_shortfall(need) == 0:
-            try:
-                return await self.preload(name)
-            except InsufficientVram:
-                pass  # the room went to other loads meanwhile (pinned or leased): park it on the host
-        if e.tier == WARM or e.busy or name in self._inflight:
-            return self.model_status(name)
-        if e.tier == FAILED and self.clock() < e.next_retry_at:
-            raise ModelLoadFailed(f"model {name!r} failed to load ({e.last_error})",
-                                  retry_after=max(e.next_retry_at - self.clock(), 0.1), details={"model": name})
-        if e.adapter is None:
-            e.adapter = self.registry.create(e.name, e.spec, self.models_root, self.device)
-        if not e.adapter.supports_host_load:
-            return await self.preload(name)  # this family can only be loaded through the device
-        await self._load_to_host(e, e.host_bytes or need)
-        return self.model_status(name)
-
-    async def _load_to_host(self: OnDemandModelManager, e: ModelEntry, estimate: int) -> None:
+    async def load_to_host(self, e: ModelEntry, estimate: int) -> None:
+        """COLD -> WARM without device memory (thermal WARM). Host room first, then the load slot."""
         assert e.adapter is not None
         e.busy_future = asyncio.get_running_loop().create_future()  # requests wait, then restore
         try:
@@ -174,11 +231,14 @@ class TierMixin:
                 raise InsufficientVram(f"the host warm tier cannot hold {e.name!r}", details={"model": e.name})
             t0 = time.perf_counter()
             try:
-                await self.runner(e.adapter.load_to_host)
-            except Exception as exc:
+                async with self.load_slot:
+                    await self.runner(e.adapter.load_to_host)
+            except BaseException as exc:
                 self.ledger.host.release(e.name)
-                await self._fail(e, exc)
-                raise self._load_error(e, exc) from exc
+                if not isinstance(exc, Exception):  # cancelled: no reservation left, not a failure
+                    raise
+                await self.fail(e, exc)
+                raise self.load_error(e, exc) from exc
             actual = int(await self.runner(e.adapter.param_bytes)) or estimate
             if self.ledger.host.fits(actual, replacing=e.name):
                 self.ledger.host.reserve(e.name, actual)
@@ -187,8 +247,8 @@ class TierMixin:
             e.failures = 0
             e.last_error = None
             e.last_used = self.clock()
-            self._emit("load", model=e.name, from_tier=COLD, to_tier=WARM, seconds=time.perf_counter() - t0)
+            self.emit(ev.Load(e.name, COLD, WARM, time.perf_counter() - t0))
         finally:
             fut, e.busy_future = e.busy_future, None
             fut.set_result(None)
-        await self._notify()
+        await self.notify()

@@ -53,7 +53,7 @@ class ManagerView:
     """The whole manager at one instant."""
 
     device: str  # e.g. "cuda:0", "cpu", "fake"
-    device_info: Mapping[str, Any]  # Device.describe()
+    device_info: Mapping[str, Any]  # Device.describe(), probed off the loop (start, sweeper ticks)
     policy: str
     budget_bytes: int
     used_bytes: int
@@ -63,10 +63,8 @@ class ManagerView:
     healthy: bool
     sweeper_error: str | None
     models: Mapping[str, ModelView] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def available_bytes(self) -> int:
-        return self.budget_bytes - self.used_bytes
+    max_inflight: int = 0  # inference calls running at once (ManagerSettings.max_inflight)
+    max_queue: int = 0  # inference calls allowed to wait beyond that
 
     @property
     def pending_loads(self) -> list[str]:
@@ -74,6 +72,3 @@ class ManagerView:
 
     def names(self) -> list[str]:
         return list(self.models)
-
-    def tier_of(self, name: str) -> str:
-        return self.models[name].tier

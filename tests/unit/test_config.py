@@ -108,5 +108,50 @@ def test_zoo_validate_cli(tmp_path):
 
     ok = CliRunner().invoke(app, ["validate", "--zoo", str(ZOO)])
     assert ok.exit_code == 0 and "enrichment" in ok.output
-    bad = CliRunner().invoke(app, ["validate", "--zoo", str(write(tmp_path, lambda r: r["models"]["yolo26"].update(vram_mb=0)))])
+    bad_zoo = write(tmp_path, lambda r: r["models"]["yolo26"].update(vram_mb=0))
+    bad = CliRunner().invoke(app, ["validate", "--zoo", str(bad_zoo)])
     assert bad.exit_code == 2 and "models.yolo26.vram_mb" in bad.output
+
+
+@pytest.mark.parametrize(
+    "mutate, fragments",
+    [
+        (lambda r: r["models"]["yolo26"].update(family="yolov99"), ["models.yolo26.family", "yolo", "causal_lm"]),
+        (lambda r: r["models"]["yolo26"].update(task="dance"), ["models.yolo26.task", "detect, pose, segment"]),
+        (lambda r: r["services"]["enrichment"].update(policy="fifo"), ["services.enrichment.policy", "priority-gdsf"]),
+    ],
+)
+def test_unknown_family_task_or_policy_is_a_config_error_naming_the_allowed_values(tmp_path, mutate, fragments):
+    with pytest.raises(ConfigError) as ei:
+        load_zoo(write(tmp_path, mutate), env={})
+    for fragment in fragments:
+        assert fragment in ei.value.message
+
+
+def test_every_zoo_family_and_task_is_in_the_torch_free_table():
+    from serving.adapters.registry import _BUILTIN, FAMILY_TASKS
+
+    assert set(FAMILY_TASKS) == set(_BUILTIN)
+    zoo = load_zoo(ZOO, env={})
+    assert all(m.task in FAMILY_TASKS[m.family] for m in zoo.models.values())
+
+
+def test_overrides_come_from_settings_not_the_process_environment(tmp_path, monkeypatch):
+    from serving.settings import Settings
+
+    monkeypatch.setenv("VRAM_BUDGET_GB", "99")  # ignored: the settings given win
+    zoo = load_zoo(ZOO, service="enrichment", settings=Settings.from_env({"VRAM_BUDGET_GB": "3.5"}))
+    assert zoo.services["enrichment"].vram_budget_gb == 3.5
+
+
+def test_manager_settings_map_one_to_one_onto_the_manager_constructor():
+    import inspect
+
+    from serving.config import ManagerSettings, ServiceSpec
+    from serving.vram.manager import OnDemandModelManager
+
+    kwargs = ManagerSettings().manager_kwargs()
+    assert len(kwargs) == len(ManagerSettings.model_fields)  # every setting reaches the manager
+    assert set(kwargs) <= set(inspect.signature(OnDemandModelManager.__init__).parameters)
+    svc = ServiceSpec(kind="detection", port=1, max_inflight=2, max_queue=3, vram_budget_gb=1)
+    assert svc.manager_settings().manager_kwargs()["max_queue"] == 3

@@ -361,3 +361,95 @@ async def test_keep_warm_models_keep_their_host_copy_when_others_need_room():
     await m.preload("x")  # kw -> host again
     assert m.entry("kw").tier == "WARM" and m.ledger.host.get("kw") == 400 * MB
     m.check_invariants()
+
+
+# ------------------------------------------------------------------ seams of the composed manager
+async def test_a_blocked_admission_does_not_delay_another_models_load():
+    """b waits (bounded) for a's lease; c's load must not queue behind b's admission for the load slot."""
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600), "c": spec(100)}, timeout=5.0)  # load_concurrency 1
+    async with m.use("a"):
+        blocked = asyncio.create_task(m.preload("b"))
+        await asyncio.sleep(0.01)
+        assert not blocked.done() and m.status()["pending_loads"] == ["b"]
+        st = await asyncio.wait_for(m.preload("c"), 1.0)  # before: stuck behind b until its 5 s timeout
+        assert st["tier"] == "HOT" and not blocked.done()
+        m.check_invariants()
+    assert (await asyncio.wait_for(blocked, 2.0))["tier"] == "HOT"
+    m.check_invariants()
+
+
+async def test_host_tier_loads_take_the_load_slot():
+    """A load straight into the host tier waits for the device's load slot like any other load."""
+    from serving.vram.manager import thread_runner
+
+    clock = FakeClock()
+    b = FakeBehaviour(clock=clock, gates={"big": threading.Event()})
+    m, b, dev, clock = make({"big": spec(900), "w": spec(400)}, behaviour=b, clock=clock, runner=thread_runner,
+                            host_mb=1000, timeout=5.0)
+    loading = asyncio.create_task(m.preload("big"))  # holds the slot until its gate opens
+    await asyncio.sleep(0.05)
+    parked = asyncio.create_task(m.prewarm("w"))  # no device room: goes to the host tier, needs the slot
+    await asyncio.sleep(0.05)
+    assert not parked.done() and b.loads.get("w", 0) == 0
+    b.gates["big"].set()
+    await asyncio.wait_for(loading, 5)
+    assert (await asyncio.wait_for(parked, 5))["tier"] == "WARM" and b.loads["w"] == 1
+    m.check_invariants()
+
+
+async def test_unload_of_a_model_in_use_is_model_busy():
+    from serving.errors import ModelBusy
+
+    m, *_ = make({"a": spec(100)}, timeout=0.05)
+    async with m.use("a"):
+        with pytest.raises(ModelBusy) as ei:
+            await m.unload("a")
+    assert ei.value.status_code == 503 and ei.value.error_type == "model_busy" and ei.value.retry_after
+    assert (await m.unload("a"))["tier"] == "COLD"
+
+
+async def test_register_and_retire_change_the_served_models():
+    from serving.errors import Conflict, ModelBusy
+
+    m, b, dev, clock = make({"a": spec(100)}, timeout=0.05)
+    m.register("b", spec(200))
+    with pytest.raises(Conflict):
+        m.register("b", spec(200))
+    async with m.use("b"):
+        with pytest.raises(ModelBusy):
+            await m.retire("b")
+        assert m.has("b") and not m.model_view("b").disabled  # still served after a refused retire
+    await m.retire("b")
+    assert not m.has("b") and m.names() == ["a"] and m.ledger.device.used == 0 and dev.owned("b") == 0
+    with pytest.raises(UnknownModel):
+        await m.preload("b")
+    m.check_invariants()
+
+
+async def test_status_is_the_pydantic_models_dump():
+    from serving.vram.status import ManagerStatus, ModelStatus
+
+    m, *_ = make({"a": spec(100), "b": spec(100)})
+    await m.preload("a")
+    st = m.status()
+    assert ManagerStatus.model_validate(st).model_dump() == st
+    assert ModelStatus.model_validate(m.model_status("a")).model_dump() == m.model_status("a")
+    assert [x["name"] for x in st["loaded_models"]] == ["a"] and len(st["registered_models"]) == 2
+
+
+async def test_every_event_the_manager_emits_is_a_typed_event():
+    from typing import get_args
+
+    from serving.vram import events as ev
+
+    assert set(get_args(ev.ManagerEvent)) == set(ev.EVENT_TYPES)
+    seen = []
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, host_mb=1000)
+    m.subscribe(seen.append)
+    await m.preload("a")
+    await m.preload("b")  # a -> WARM
+    async with m.use("a"):  # restore
+        pass
+    assert all(isinstance(e, ev.EVENT_TYPES) for e in seen)
+    kinds = {type(e) for e in seen}
+    assert {ev.Miss, ev.Load, ev.Evict, ev.Restore} <= kinds

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from serving.config import MB, ModelSpec, Priority
-from serving.errors import InsufficientVram, ModelLoadFailed, ServingError
+from serving.errors import InsufficientVram, ModelBusy, ModelLoadFailed, ServingError
 from serving.vram.devices import FakeDevice
+from serving.vram.events import Miss
 from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
 from serving.vram.manager import OnDemandModelManager
 
@@ -51,11 +52,11 @@ class ManagerMachine(RuleBasedStateMachine):
         )
         self.leases: list[tuple[str, object]] = []
         self.load_starts: dict[str, int] = {}
-        self.m.add_listener(self._count)
+        self.m.subscribe(self._count)
 
-    def _count(self, event, fields):
-        if event == "miss":  # emitted once per load started (single-flight)
-            self.load_starts[fields["model"]] = self.load_starts.get(fields["model"], 0) + 1
+    def _count(self, event):
+        if isinstance(event, Miss):  # emitted once per load started (single-flight)
+            self.load_starts[event.model] = self.load_starts.get(event.model, 0) + 1
 
     async def checking_runner(self, fn, *args, **kwargs):
         """Yields to the loop around every blocking call (so tasks interleave) and checks single-flight."""
@@ -129,7 +130,7 @@ class ManagerMachine(RuleBasedStateMachine):
     def unload(self, name, to):
         try:
             self.run(self.m.unload(name, to=to))
-        except InsufficientVram:
+        except ModelBusy:
             assert any(n == name for n, _ in self.leases)
 
     # ------------------------------------------------------------------ invariants

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from serving.vram.policy import INF, POLICIES, Candidate, get_policy
+from serving.vram.policy import INF, POLICIES, VictimCandidate, get_policy
 
 CRIT, HIGH, MED, LOW = 0, 1, 2, 3
 
 
 def C(name, nbytes, prio=MED, last=0.0, keep=900.0, reload=1.0, rate=0.0, nxt=None):
-    return Candidate(name, nbytes, prio, last, keep, reload, rate, nxt)
+    return VictimCandidate(name, nbytes, prio, last, keep, reload, rate, nxt)
 
 
 CASES = [
@@ -90,3 +90,22 @@ def test_class_policies_never_open_a_higher_class_needlessly(policy):
         worst = min(by_name[v].priority for v in victims)  # the most important class evicted
         lower = [c for c in cands if c.priority > worst]
         assert sum(c.bytes for c in lower) < need, "a lower class alone sufficed"
+
+
+def test_always_models_are_victims_only_when_the_others_cannot_free_enough():
+    from serving.vram.policy import pick_victims
+
+    lru = get_policy("lru")
+    always = VictimCandidate("always", 300, CRIT, 0.0, always=True)
+    other = VictimCandidate("other", 200, LOW, 5.0)
+    assert pick_victims(lru, [always, other], 150, 10) == ["other"]  # although `always` is older
+    assert pick_victims(lru, [always, other], 400, 10) == ["always", "other"]  # second pass: everyone
+    assert pick_victims(lru, [always, other], 600, 10) == []  # not even all of them: the caller waits
+
+
+def test_warm_demotion_order_is_lowest_class_then_least_recent():
+    from serving.vram.policy import warm_demotion_order
+
+    warm = [C("crit", 10, CRIT, last=0), C("low_new", 10, LOW, last=9), C("low_old", 10, LOW, last=1),
+            C("med", 10, MED, last=0)]
+    assert warm_demotion_order(warm) == ["low_old", "low_new", "med", "crit"]

@@ -8,23 +8,24 @@ their declared bytes), so eviction between SageMaker models and the 507 path are
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import base64
+import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from serving.config import MB
 from serving.errors import BadRequest, UnsafePath
 from serving.sagemaker.app import SageMakerSettings, create_app
-from serving.sagemaker.payloads import parse_custom_attributes
 from serving.sagemaker.artifacts import MANIFEST, hint_name, resolve_artifact
 from serving.sagemaker.models import decode_token, encode_token
+from serving.sagemaker.payloads import parse_custom_attributes
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeBehaviour, fake_registry
 
@@ -121,10 +122,10 @@ def test_invocations_reject_bad_input_with_4xx(client):
 
 
 def test_multi_model_load_list_get_invoke_unload(client):
-    r = client.post("/models", json={"model_name": "a", "url": str(client.app.state.sagemaker.settings.root / "models/a/model")})
+    root = client.app.state.sagemaker.settings.root
+    r = client.post("/models", json={"model_name": "a", "url": str(root / "models/a/model")})
     assert r.status_code == 200, r.text
     assert r.json()["modelName"] == "a" and r.json()["zooModel"] == "yolo26"
-    root = client.app.state.sagemaker.settings.root
     # the same name again: 409, whatever the url
     r = client.post("/models", json={"model_name": "a", "url": str(root / "models/b/model")})
     assert r.status_code == 409
@@ -145,7 +146,8 @@ def test_list_models_paginates(client):
     root = client.app.state.sagemaker.settings.root
     for name in ("a", "b"):
         sub = "a" if name == "a" else "b"
-        assert client.post("/models", json={"model_name": name, "url": str(root / f"models/{sub}/model")}).status_code == 200
+        r = client.post("/models", json={"model_name": name, "url": str(root / f"models/{sub}/model")})
+        assert r.status_code == 200
     everything = client.get("/models").json()
     assert [m["modelName"] for m in everything["models"]] == ["yolo26", "a", "b"]
     assert "nextPageToken" not in everything
@@ -313,3 +315,16 @@ def test_small_helpers():
     assert parse_custom_attributes("confidence=0.3; top_k=2,trace=abc;junk") == {
         "confidence": 0.3, "top_k": 2, "trace": "abc"}
     assert decode_token(encode_token(7)) == 7 and decode_token(None) == 0
+
+
+def test_the_container_manager_honours_the_zoo_limits(deploy_root, behaviour):
+    """The SageMaker manager is built from the service's ManagerSettings: max_inflight/max_queue included."""
+    zoo_file = deploy_root / "model" / "zoo.yaml"
+    raw = yaml.safe_load(zoo_file.read_text())
+    raw["services"]["detection"].update(max_inflight=2, max_queue=5)
+    zoo_file.write_text(yaml.safe_dump(raw))
+    with serve({"ZOO_CONFIG": str(zoo_file), "ZOO_SERVICES": "detection", "VRAM_BUDGET_GB": "3"},
+               deploy_root, behaviour) as c:
+        view = c.app.state.sagemaker.manager.view()
+        assert (view.max_inflight, view.max_queue) == (2, 5)
+        assert view.budget_bytes == 3 * 1024 * MB

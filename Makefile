@@ -27,7 +27,7 @@ validate: setup
 up: setup
 	$(BIN)/zoo up
 
-test: setup
+test: setup lint
 	$(BIN)/zoo validate
 	$(BIN)/zoo fixtures
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -25,6 +25,7 @@ from serving.services.metrics import Metrics
 from serving.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from serving.control.plane import ControlPlane
     from serving.router.fanout import EnrichmentRouter
     from serving.router.pipeline import FramePipeline
     from serving.services.batching import DynamicBatcher
@@ -43,10 +44,8 @@ class GatewayState:
     urls: dict[str, str]
     enricher: EnrichmentRouter
     pipeline: FramePipeline
-    #: serving.control.thermal.ThermalController when the thermal API is mounted (started by the lifespan)
-    thermal_controller: Any = None
-    #: its serving.control.store.ControlStore (closed at shutdown)
-    thermal_store: Any = None
+    #: the thermal controller, its store and router when the thermal API is mounted (started by the lifespan)
+    control: ControlPlane | None = None
 
 
 @dataclass

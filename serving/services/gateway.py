@@ -26,10 +26,8 @@ import asyncio
 import base64
 import contextlib
 import html
-import importlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +35,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.control.plane import ControlPlane
 from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
@@ -128,25 +127,11 @@ def render_status_page(data: dict[str, Any]) -> str:
     )
 
 
-def _thermal(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[str, str]) -> tuple[Any, Any, APIRouter] | None:
-    """(controller, store, router) of serving.control.api's thermal API over HTTP managers of every service,
-    or None when it is switched off or the control plane is not installed."""
+def _control_plane(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[str, str]) -> ControlPlane | None:
+    """The control plane's thermal API over HTTP managers of every service, unless switched off."""
     if not ctx.settings.zoo_gateway_thermal:
         return None
-    try:
-        api = importlib.import_module("serving.control.api")
-        thermal = importlib.import_module("serving.control.thermal")
-        managers_mod = importlib.import_module("serving.control.managers")
-        store_mod = importlib.import_module("serving.control.store")
-    except ModuleNotFoundError as e:
-        log.info("control plane not available (%s): no thermal API on the gateway", e.name)
-        return None
-    managers = {name: managers_mod.HttpManagerClient(urls[name], client, admin_token=ctx.admin_token)
-                for name, spec in ctx.zoo.services.items() if spec.kind != "gateway"}
-    db = store_mod.database_url(ctx.settings, default_path=Path(ctx.zoo.models_root) / ".zoo-control.sqlite3")
-    store = store_mod.ControlStore(db)
-    controller = thermal.ThermalController(ctx.zoo, managers, store, tick_interval_s=ctx.settings.zoo_thermal_tick_s)
-    return controller, store, api.thermal_router(controller, admin_token=ctx.admin_token)
+    return ControlPlane.over_http(ctx.zoo, urls, client, settings=ctx.settings, admin_token=ctx.admin_token)
 
 
 def setup(ctx: ServiceContext) -> list[APIRouter]:
@@ -168,31 +153,28 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
                              analyze_timeout_s=s.zoo_analyze_timeout_s, max_detections=s.zoo_pipeline_max_detections)
     ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
                         ("level", "scoring"))  # registered now: present in /metrics before the first frame
-    thermal = _thermal(ctx, client, urls)
-    ctx.gateway = GatewayState(client=client, urls=urls, enricher=enricher, pipeline=pipeline,
-                               thermal_controller=thermal[0] if thermal else None,
-                               thermal_store=thermal[1] if thermal else None)
+    control = _control_plane(ctx, client, urls)
+    ctx.gateway = GatewayState(client=client, urls=urls, enricher=enricher, pipeline=pipeline, control=control)
 
     async def health() -> dict[str, Any]:
-        return {"upstreams": urls, "thermal_api": thermal is not None}
+        return {"upstreams": urls, "thermal_api": control is not None}
 
     ctx.health_probe = health
-    return [thermal[2]] if thermal else []
+    return [control.router] if control else []
 
 
 @contextlib.asynccontextmanager
 async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     """Start the thermal controller; at shutdown stop it, close its store and the shared client."""
     gw = _state(ctx)
-    if gw.thermal_controller is not None:
-        await gw.thermal_controller.start()
+    if gw.control is not None:
+        await gw.control.start()
     try:
         yield
     finally:
         try:
-            if gw.thermal_controller is not None:
-                await gw.thermal_controller.stop()
-                gw.thermal_store.close()
+            if gw.control is not None:
+                await gw.control.stop()
         finally:
             await gw.client.aclose()
 

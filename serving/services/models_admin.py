@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.services.common import require_admin, require_manager, require_model
 from serving.services.context import Ctx
+from serving.vram.status import ManagerStatus
 
 router = APIRouter(tags=["models"])
 
@@ -71,8 +72,7 @@ class ModelStatus(BaseModel):
     name: str
 
 
-# The lead adds `response_model=ManagerStatus` here once serving/vram/ exports it (issue 9, item 1).
-@router.get("/models/status")
+@router.get("/models/status", response_model=ManagerStatus)
 async def models_status(ctx: Ctx) -> dict[str, Any]:
     return require_manager(ctx).status()
 

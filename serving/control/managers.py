@@ -13,13 +13,15 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import httpx
 
 from serving import errors as E
 from serving.errors import ServingError, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from serving.vram.manager import OnDemandModelManager
 
 
 @runtime_checkable
@@ -40,29 +42,25 @@ class ManagerSeam(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 class InProcessManager:
     """Adapts an in-process `OnDemandModelManager` (sync configure/status) to the async seam."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: OnDemandModelManager) -> None:
         self.manager = manager
 
     async def configure(self, name: str, **fields: Any) -> None:
-        await _maybe_await(self.manager.configure(name, **{k: v for k, v in fields.items() if v is not None}))
+        self.manager.configure(name, **{k: v for k, v in fields.items() if v is not None})
 
     async def preload(self, name: str, tier: str = "hot") -> dict[str, Any]:
         if tier.lower() == "warm":
-            return await _maybe_await(self.manager.prewarm(name))
-        return await _maybe_await(self.manager.preload(name))
+            return await self.manager.prewarm(name)
+        return await self.manager.preload(name)
 
     async def unload(self, name: str, to: str = "cold") -> dict[str, Any]:
-        return await _maybe_await(self.manager.unload(name, to=to))
+        return await self.manager.unload(name, to=to)
 
     async def status(self) -> dict[str, Any]:
-        return await _maybe_await(self.manager.status())
+        return self.manager.status()
 
 
 def _error_classes() -> dict[str, type[ServingError]]:

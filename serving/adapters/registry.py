@@ -2,7 +2,10 @@
 frameworks its own models need (importing ultralytics or transformers costs seconds).
 
 Adding a family = one module that defines an `Adapter` subclass + one line in `_BUILTIN` + its tasks in
-`FAMILY_TASKS` (zoo.yaml is checked against that table when it loads; the table imports nothing).
+`FAMILY_TASKS` (zoo.yaml is checked against that table when it loads; the table imports nothing) + a
+fixture builder in serving/fixtures/__init__.py `BUILDERS` (what `zoo fixtures` writes for it offline).
+A new enrichment capability also needs its `CAPABILITIES` entry in serving/services/enrichment.py, and a
+new task kind its `INPUT_KINDS` entry in serving/services/kserve.py.
 Tests and the benchmark pass their own `AdapterRegistry` (e.g. fake adapters) to the manager.
 """
 

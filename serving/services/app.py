@@ -14,7 +14,8 @@
 
 Settings are read once by the caller (`Settings.from_env()` in the CLI) and passed in; without them the
 app runs on the defaults (no environment is read here). Adding a service kind = one module with a
-`router` (+ `lifespan`) and one entry in `SERVICE_MODULES`.
+`router` (+ `lifespan`), one entry in `SERVICE_MODULES`, and the kind in `ServiceSpec.kind` (serving/config.py);
+a service in the shipped zoo.yaml also gets its block in compose.gpu.yml (tests/unit/test_compose.py).
 """
 
 from __future__ import annotations

@@ -1,18 +1,22 @@
 """Eviction policies: pure functions over a frozen snapshot.
 
-`choose_victims(candidates, need_bytes, now) -> list[str]` returns names in eviction order whose bytes
-add up to at least `need_bytes`, or every candidate when even that is not enough (the manager then
-waits or fails). No torch, no I/O, no clock reads: everything a policy may use is in `VictimCandidate`.
+A `Policy` is `(candidates, need_bytes, now) -> list[str]`: names in eviction order whose bytes add up
+to at least `need_bytes`, or every candidate when even that is not enough (the manager then waits or
+fails). The manager calls it through `pick_victims`. No torch, no I/O, no clock reads: everything a policy may use is in `VictimCandidate`.
 
 Rules every policy obeys, applied here and nowhere else (the manager only builds the snapshot):
 - `pick_victims`: `always` models are candidates only when the others cannot free enough (two passes);
 - `warm_demotion_order`: which WARM models leave the host tier first (lowest class, then least recent).
 
-Registered policies (select with `policy:` in zoo.yaml or `--policy`):
+Adding a policy = one `@register("name")` function here (build it from `_class_rule` and `_by_value` to keep
+the seed's class rule); zoo.yaml validation and `zoo bench policy` read the registry, nothing else changes.
+
+Registered policies (select with a service's `policy:` in zoo.yaml, or `zoo bench policy --policies`):
 - `lru`            plain least-recently-used (Ray Serve multiplexing, llama.cpp router).
 - `ollama`         shortest keep_alive first, then name (Ollama's findRunnerToUnload).
 - `size-lru`       size-weighted LRU: largest idle-time x bytes first (ModelMesh-like).
 - `priority-lru`   seed 003: sort by (priority descending, last_used ascending); CRITICAL last.
+- `gdsf`           GreedyDual-Size-Frequency without the class rule (what the rule costs, in the benchmark).
 - `priority-gdsf`  ours: the seed's class rule, and inside it GreedyDual-Size-Frequency: evict the
                    lowest expected reload cost per byte (use rate x reload seconds / bytes).
 - `belady`         offline reference: knows each model's next use; same class rule; evicts the one

@@ -2,7 +2,8 @@
 
 A `Policy` is `(candidates, need_bytes, now) -> list[str]`: names in eviction order whose bytes add up
 to at least `need_bytes`, or every candidate when even that is not enough (the manager then waits or
-fails). The manager calls it through `pick_victims`. No torch, no I/O, no clock reads: everything a policy may use is in `VictimCandidate`.
+fails). The manager calls it through `pick_victims`. No torch, no I/O, no clock reads: everything a
+policy may use is in `VictimCandidate`.
 
 Rules every policy obeys, applied here and nowhere else (the manager only builds the snapshot):
 - `pick_victims`: `always` models are candidates only when the others cannot free enough (two passes);

@@ -26,7 +26,8 @@ ARN = "arn:aws:sagemaker:us-east-1:123456789012:{}/x"
 RESPONSES = {"create_model": {"ModelArn": ARN.format("model")},
              "create_endpoint_config": {"EndpointConfigArn": ARN.format("endpoint-config")},
              "create_endpoint": {"EndpointArn": ARN.format("endpoint")},
-             "create_inference_component": {"InferenceComponentArn": ARN.format("inference-component")}}
+             "create_inference_component": {"InferenceComponentArn": ARN.format("inference-component")},
+             "put_scaling_policy": {"PolicyARN": "arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:p"}}
 ENV = {"ZOO_SAGEMAKER_IMAGE": "", "ZOO_SAGEMAKER_ROLE_ARN": "", "DATABASE_URL": ""}
 
 

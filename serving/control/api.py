@@ -131,7 +131,7 @@ class ThermalHandlers:
             raise BadRequest("task must be a string")
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise BadRequest("capabilities must be a list of strings")
-        sel = self.controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
+        sel = await self.controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
         return sel.to_dict()
 
 

@@ -383,8 +383,9 @@ class ThermalController:
                 self.reachable[service] = False
                 self.statuses[service] = None
                 continue
-            self.reachable[service] = True
-            self.statuses[service] = st
+            if self.reachable.get(service) is False:
+                self._emit("online", service=service)
+            self.reachable[service], self.statuses[service] = True, st
             for r in st.get("registered_models", []):
                 m = self.models.get(r["name"])
                 if m is None:

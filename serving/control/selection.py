@@ -87,13 +87,12 @@ class Selection:
         }
 
 
-def preference_order(cands: Iterable[SelectionCandidate]) -> list[str]:
-    """Models ordered most preferred first: X.fallback = Y puts X before Y (transitively)."""
+def chain_depths(cands: Iterable[SelectionCandidate]) -> dict[str, int]:
+    """Per model, how deep it sits in a fallback chain: X.fallback = Y gives Y a depth of X's + 1."""
     cs = {c.name: c for c in cands}
     depth: dict[str, int] = {}
 
     def chain_len(n: str, seen: frozenset[str] = frozenset()) -> int:
-        # how many models prefer n over something: the deeper in a fallback chain, the less preferred
         if n in depth:
             return depth[n]
         parents = [c.name for c in cs.values() if c.fallback == n and c.name not in seen]
@@ -101,15 +100,22 @@ def preference_order(cands: Iterable[SelectionCandidate]) -> list[str]:
         depth[n] = d
         return d
 
-    return sorted(cs, key=lambda n: (chain_len(n), n))
+    for n in cs:
+        chain_len(n)
+    return depth
+
+
+def preference_order(cands: Iterable[SelectionCandidate]) -> list[str]:
+    """Models ordered most preferred first: X.fallback = Y puts X before Y (transitively), then by name."""
+    depth = chain_depths(cands)
+    return sorted(depth, key=lambda n: (depth[n], n))
 
 
 def rank(cands: Iterable[SelectionCandidate]) -> list[SelectionCandidate]:
     """HOT > WARM > COLD (live heat), then the fallback chain, then latency (unknown last), then name."""
     cands = list(cands)
-    pref = {n: i for i, n in enumerate(preference_order(cands))}
-    return sorted(cands, key=lambda c: (c.heat, pref[c.name], c.latency_ms is None,
-                                        c.latency_ms or 0.0, c.name))
+    depth = chain_depths(cands)
+    return sorted(cands, key=lambda c: (c.heat, depth[c.name], c.latency_ms is None, c.latency_ms or 0.0, c.name))
 
 
 def select(

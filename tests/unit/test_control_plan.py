@@ -8,8 +8,8 @@ import pytest
 
 from serving.config import ThermalState, load_zoo
 from serving.control.catalog import default_catalog
-from serving.control.instances import INSTANCE_TYPES, billed_price, get_instance
 from serving.control.catalog_plan import catalog_choice, plan_catalog
+from serving.control.instances import INSTANCE_TYPES, billed_price, get_instance
 from serving.control.plan import (
     FitRule,
     Usage,

@@ -11,7 +11,14 @@ from typing import Any
 from serving.config import ThermalState
 from serving.control.catalog import Catalog, CatalogModel
 from serving.control.instances import InstanceType, get_instance
-from serving.control.plan import FitRule, Usage, choose_instance, thermal_cost_factors
+from serving.control.plan import (
+    FitRule,
+    Usage,
+    choose_instance,
+    serverless_costs,
+    serverless_memory_mb,
+    thermal_cost_factors,
+)
 
 
 def catalog_choice(m: CatalogModel, rule: FitRule = FitRule()) -> InstanceType | None:
@@ -41,6 +48,14 @@ def plan_catalog_model(m: CatalogModel, state: ThermalState | str | None = None,
         "hourly_rate": m.pricing.hourly_rate if (m.pricing and source == "seed") else
         (inst.billed_per_hour if inst else None),
     }
+    mb = None if m.requires_gpu else serverless_memory_mb(m.gpu_memory_gb)
+    if mb is not None and st != ThermalState.OFF:  # CPU-only within the serverless limits: priced per request
+        cost = serverless_costs(mb, usage)
+        row |= {"shape": "serverless", "instance_type": None, "instance_source": "serverless", "hourly_rate": 0.0}
+        row["costs"] = {"model_id": m.id, "current_state": st.value, "idle_per_hour": 0.0, "active_per_hour": 0.0,
+                        "serverless": cost, "per_request_cost": {"amortized_cost_per_request": cost["per_request"]},
+                        "monthly_estimate": round(cost["monthly"], 4)}
+        return row
     if inst:
         row["costs"] = thermal_cost_factors(
             m.id, st, inst, m.thermal.warmup_time_s, m.thermal.min_instances, m.thermal.max_instances, usage, rule,

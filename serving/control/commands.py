@@ -129,7 +129,8 @@ def _print_catalog(rows: list[dict[str, Any]]) -> None:
         c = r.get("costs") or {}
         h = c.get("hourly_infrastructure_costs", {})
         t.add_row(r["id"], f"{r['gpu_memory_gb']:g}{'*' if r['estimated'] else ''}",
-                  f"{r['instance_type']}{'' if r['instance_source'] == 'seed' else ' (rule)'}",
+                  {"seed": str(r["instance_type"]), "rule": f"{r['instance_type']} (rule)"}.get(
+                      r["instance_source"], "serverless"),
                   str(r["rule_instance_type"]), r["state"], f"{r['hourly_rate']:.2f}", f"{h.get('WARM', 0):.2f}",
                   f"{h.get('HOT', 0):.2f}", f"{c.get('idle_tail', {}).get('cost_per_idle_period', 0):.4f}",
                   f"{c.get('monthly_estimate', 0):.2f}")
@@ -291,17 +292,22 @@ def _send_deployments(deps: list[Any], region: str, destroy: bool) -> None:
 thermal_app = typer.Typer(help="Thermal states at the gateway (GET/PUT /thermal/...).", no_args_is_help=True)
 
 
-def _send(url: str | None, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+def _send(url: str | None, method: str, path: str, body: dict[str, Any] | None = None,
+          params: dict[str, str] | None = None) -> None:
     """One request to the gateway's thermal API; prints the JSON answer, exit 1 on an error status."""
     import httpx
 
     settings = Settings.from_env()
     base = url or settings.zoo_gateway_url or DEFAULT_URL
-    token = settings.zoo_admin_token
+    write = method != "GET" and not path.startswith(("/thermal/warm", "/api/v2/thermal/warm"))
+    # writes: settings:write or the admin token; reads: settings:read, or a write token when that is all we have
+    tokens = (settings.zoo_admin_token, settings.zoo_settings_write_token) if write else (
+        settings.zoo_settings_read_token, settings.zoo_settings_write_token, settings.zoo_admin_token)
+    token = next((t for t in tokens if t), None)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=60.0) as c:
-            r = c.request(method, path, json=body)
+            r = c.request(method, path, json=body, params=params)
     except httpx.HTTPError as e:
         typer.echo(f"cannot reach the gateway at {base}: {e}", err=True)
         raise typer.Exit(2) from None
@@ -349,6 +355,39 @@ def thermal_bulk(pairs: list[str], url: str | None = URL_OPT, wait: bool = WAIT_
 def thermal_metrics(url: str | None = URL_OPT) -> None:
     """Counts by state, transitions, usage and idle cost."""
     _send(url, "GET", "/thermal/metrics")
+
+
+@thermal_app.command("services")
+def thermal_services(url: str | None = URL_OPT) -> None:
+    """Service states: the zoo's services and seed 000's mid-level services."""
+    _send(url, "GET", "/api/v2/services")
+
+
+@thermal_app.command("service")
+def thermal_service(service: str, admin_state: str = typer.Argument(..., help="ENABLED or DISABLED"),
+                    url: str | None = URL_OPT) -> None:
+    """Enable or disable a service (admin): zoo thermal service perception ENABLED."""
+    if admin_state.upper() not in ("ENABLED", "DISABLED"):
+        raise typer.BadParameter(f"{admin_state!r}: allowed: ENABLED, DISABLED")
+    _send(url, "PUT", f"/api/v2/services/{service}", {"adminState": admin_state.upper()})
+
+
+@thermal_app.command("registry")
+def thermal_registry(
+    url: str | None = URL_OPT,
+    category: str | None = typer.Option(None, "--category"),
+    status: str | None = typer.Option(None, "--status", help="enabled or disabled"),
+    state: str | None = typer.Option(None, "--state", help="thermal state"),
+    hosting: str | None = typer.Option(None, "--hosting", help="zoo or sagemaker"),
+    stats: bool = typer.Option(False, "--stats", help="registry statistics instead of the listing"),
+) -> None:
+    """The model registry (seed 001): every managed model, filtered; or its statistics."""
+    if stats:
+        _send(url, "GET", "/api/v2/admin/registry/stats")
+        return
+    params = {k: v for k, v in {"category": category, "status": status, "thermalState": state,
+                                "hosting": hosting}.items() if v}
+    _send(url, "GET", "/api/v2/admin/registry/models", params=params)
 
 
 def register(app: typer.Typer) -> None:

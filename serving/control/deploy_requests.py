@@ -180,7 +180,8 @@ def build_catalog_deployments(
     rule: FitRule = FitRule(),
 ) -> list[EndpointDeployment]:
     """One endpoint per catalog model with its own image, environment and the seed's instanceType (the
-    rule's instance for the summary-only models the seed gives none). OFF models are not deployed."""
+    rule's instance for the summary-only models the seed gives none); a model that needs no GPU and fits
+    the serverless memory limit is deployed serverless. OFF models are not deployed."""
     from serving.control.catalog_plan import catalog_instance  # noqa: PLC0415 - keeps catalog_plan optional here
 
     out = []
@@ -196,6 +197,11 @@ def build_catalog_deployments(
                      "Mode": "SingleModel"}
         dep = EndpointDeployment(aws_name(prefix, m.id), "", states={m.id: st.value},
                                  scale_to_zero_after_minutes=th.scale_to_zero_after_minutes)
+        mb = None if m.requires_gpu else serverless_memory_mb(m.gpu_memory_gb)
+        if mb is not None:
+            _serverless(dep, prefix, m.id, container, role_arn, mb, max_concurrency=5)
+            out.append(dep)
+            continue
         shape = shape_for([st], keep_idle=keep_idle)
         _instance(dep, prefix, m.id, container, role_arn, shape=shape, instance_type=inst.name,
                   floor=active_instances(st, th.min_instances, th.max_instances, rule.hot_buffer),

@@ -316,3 +316,32 @@ async def test_inactive_hot_model_follows_the_scheduled_check(tmp_path):
         v = (await client.get("/api/v2/thermal/models/yolo26")).json()
         assert (v["currentState"], v["scaledToZero"]) == ("HOT", False)
         assert (await s.status(s.svc_url))["yolo26"]["pinned"]
+
+
+async def test_zoo_thermal_cli_uses_the_settings_tokens(tmp_path):
+    from serving.cli import app
+
+    beyond = Access(read_token=READ, write_token=WRITE, bind_host="0.0.0.0")
+    runner = CliRunner()
+
+    def zoo_cli(*args: str, **env: str):
+        base = {"ZOO_ADMIN_TOKEN": "", "ZOO_SETTINGS_READ_TOKEN": "", "ZOO_SETTINGS_WRITE_TOKEN": ""}
+        return asyncio.to_thread(runner.invoke, app, ["thermal", *args, "--url", s.gw_url], env={**base, **env})
+
+    async with running(tmp_path, beyond) as (s, client):
+        res = await zoo_cli("services")
+        assert res.exit_code == 1 and "unauthorized" in res.output
+        res = await zoo_cli("services", ZOO_SETTINGS_READ_TOKEN=READ)
+        assert res.exit_code == 0 and '"perception"' in res.output
+        res = await zoo_cli("service", "perception", "enabled", ZOO_SETTINGS_READ_TOKEN=READ)
+        assert res.exit_code == 1 and "unauthorized" in res.output  # a read token does not write
+        res = await zoo_cli("service", "perception", "enabled", ZOO_SETTINGS_WRITE_TOKEN=WRITE)
+        assert res.exit_code == 0 and json.loads(res.stdout)["adminState"] == "ENABLED"
+        res = await zoo_cli("service", "perception", "asleep", ZOO_SETTINGS_WRITE_TOKEN=WRITE)
+        assert res.exit_code == 2 and "ENABLED, DISABLED" in res.output
+        res = await zoo_cli("registry", "--stats", ZOO_SETTINGS_READ_TOKEN=READ)
+        assert json.loads(res.stdout)["total_count"] == 4 + N_CATALOG
+        res = await zoo_cli("registry", "--hosting", "zoo", "--state", "HOT", ZOO_SETTINGS_READ_TOKEN=READ)
+        assert [m["modelId"] for m in json.loads(res.stdout)["models"]] == ["yolo26"]
+        res = await zoo_cli("set", "yolov8m", "WARM", "--wait", ZOO_SETTINGS_WRITE_TOKEN=WRITE)
+        assert res.exit_code == 0 and json.loads(res.stdout)["current_state"] == "WARM"

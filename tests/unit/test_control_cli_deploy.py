@@ -170,3 +170,20 @@ def test_serverless_is_priced_per_request_and_gb_second():
 
 def test_zoo_yaml_is_not_rewritten():
     assert yaml.safe_load(Path(ZOO).read_text())["models"]["yolo26"]["thermal"]["default_state"] == "HOT"
+
+
+def test_a_cpu_catalog_model_within_the_limits_deploys_serverless_priced_per_request():
+    from serving.control.catalog_plan import plan_catalog_model
+
+    base = default_catalog().get("efficientnet-b0")
+    cpu = base.model_copy(update={"id": "efficientnet-b0-cpu", "requires_gpu": False, "gpu_memory_gb": 2})
+    row = plan_catalog_model(cpu, "COLD", Usage(requests=1000, request_seconds=1.0, request_mb=0.0))
+    assert row["shape"] == "serverless" and row["costs"]["idle_per_hour"] == 0.0
+    per_request = 2 * 1.0 * 0.00002 * 1.75  # 2 GB x 1 s x the billed GB-second rate
+    assert row["costs"]["per_request_cost"]["amortized_cost_per_request"] == pytest.approx(per_request)
+    assert row["costs"]["monthly_estimate"] == pytest.approx(per_request * 1000, abs=1e-4)
+    (dep,) = build_catalog_deployments([(cpu, "COLD")])
+    assert dep.shape == "serverless" and check_deployments([dep]) == []
+    variant = dep.requests[1].params["ProductionVariants"][0]
+    assert variant["ServerlessConfig"]["MemorySizeInMB"] == 2048 and "InstanceType" not in variant
+    assert build_catalog_deployments([(base, "COLD")])[0].shape == "scale_to_zero"  # needs a GPU

@@ -46,11 +46,20 @@ from serving.errors import ServingError
 ModelId = Annotated[str, Field(min_length=1, max_length=100)]
 
 
+#: fields whose value is a map keyed by model, service or state names: those keys are data, kept as they are
+ID_KEYED = frozenset({"usage", "errors", "skipped", "services_reachable", "by_current_state", "by_target_state",
+                      "states"})
+
+
+def _camel_key(k: Any) -> Any:
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k) if isinstance(k, str) else k
+
+
 def camel(obj: Any) -> Any:
-    """snake_case keys -> camelCase, recursively (model ids as values are left alone)."""
+    """snake_case field names -> camelCase, recursively; names used as keys (ID_KEYED maps) stay."""
     if isinstance(obj, dict):
-        return {re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k) if isinstance(k, str) else k: camel(v)
-                for k, v in obj.items()}
+        return {_camel_key(k): ({kk: camel(vv) for kk, vv in v.items()} if k in ID_KEYED and isinstance(v, dict)
+                                else camel(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [camel(v) for v in obj]
     return obj

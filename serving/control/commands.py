@@ -67,7 +67,7 @@ def _stored_targets(zoo_path: str | None) -> dict[str, str]:
     from serving.control.store import ControlStore, database_url
 
     settings = Settings.from_env()
-    root = Path(_zoo(zoo_path).models_root) if zoo_path else Path("models")
+    root = Path(_zoo(zoo_path).models_root) if zoo_path and Path(zoo_path).exists() else Path("models")
     store = ControlStore(database_url(settings, default_path=root / ".zoo-control.sqlite3"))
     try:
         return {m: r.target_state for m, r in store.load_thermal().items()}
@@ -164,7 +164,7 @@ def plan_cmd(
     from serving.control.plan import Usage, plan_zoo
 
     usage = Usage(active_hours, cold_starts, requests, request_seconds)
-    stored = _stored_targets(None if catalog else zoo) if from_store else None
+    stored = _stored_targets(zoo) if from_store else None
     if catalog:
         cat = default_catalog()
         states = _resolve_states([m.id for m in cat.models], state, all_state, "catalog model", stored)
@@ -205,7 +205,7 @@ def deploy_cmd(
     region = region or settings.aws_region
     image = image or settings.zoo_sagemaker_image
     role_arn = role_arn or settings.zoo_sagemaker_role_arn
-    stored = _stored_targets(None if catalog else zoo) if from_store else None
+    stored = _stored_targets(zoo) if from_store else None
     if catalog:
         deps, monthly = _catalog_deployments(catalog, state, all_state, stored, region, role_arn, prefix, keep_idle)
     else:

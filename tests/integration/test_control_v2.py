@@ -345,3 +345,40 @@ async def test_zoo_thermal_cli_uses_the_settings_tokens(tmp_path):
         assert [m["modelId"] for m in json.loads(res.stdout)["models"]] == ["yolo26"]
         res = await zoo_cli("set", "yolov8m", "WARM", "--wait", ZOO_SETTINGS_WRITE_TOKEN=WRITE)
         assert res.exit_code == 0 and json.loads(res.stdout)["current_state"] == "WARM"
+
+
+async def test_camel_case_keeps_model_names_used_as_keys(tmp_path):
+    async with running(tmp_path) as (s, client):
+        s.plane.controller.record_usage("face_detector", "detect", 3.0)
+        m = (await client.get("/api/v2/thermal/metrics")).json()
+        assert "face_detector" in m["usage"] and "totalModels" in m and "byCurrentState" in m
+        assert m["usage"]["face_detector"]["processingMsAvg"] == 3.0
+        sel = (await client.post("/api/v2/select", json={"task": "detect"})).json()
+        assert "warmupRequired" in sel and all("thermalState" in c for c in sel["candidates"])
+
+
+def test_the_real_gateway_manages_every_zoo_and_catalog_model(tmp_path):
+    """The gateway app of serving.services (create_app) over the shipped zoo.yaml, its services unreachable."""
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from serving.config import load_zoo
+    from serving.settings import Settings
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    zoo_yaml = load_zoo(Path(__file__).resolve().parents[2] / "zoo.yaml")
+    settings = Settings.from_env({"DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}"})
+    app = create_app(zoo_yaml, "gateway", http_transport=httpx.MockTransport(down), admin_token=None,
+                     settings=settings)
+    with TestClient(app) as c:
+        body = c.get("/api/v2/thermal/models").json()
+        zoo_models = {m for n, svc in zoo_yaml.services.items() if svc.kind != "gateway" for m in svc.models}
+        assert body["total"] == len(zoo_models) + N_CATALOG == 61
+        r = c.put("/api/v2/thermal/models/yolov8m?wait=true", json={"targetState": "WARM"})
+        assert r.status_code == 200 and r.json()["currentState"] == "WARM"
+        svcs = {x["serviceId"]: x["state"] for x in c.get("/api/v2/services").json()["services"]}
+        assert svcs["detection"] == "OFFLINE" and svcs["perception"] == "DISABLED"
+        assert c.get("/api/v2/admin/registry/stats").json()["unhealthy_count"] == len(zoo_models)

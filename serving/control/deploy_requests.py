@@ -9,8 +9,8 @@ image of serving/sagemaker) or one catalog model (its own `image`, `environment`
   the model as an inference component, application autoscaling of its DesiredCopyCount between 0 and
   max_instances by target tracking whose scale-in cooldown is the model's scaleToZeroAfterMinutes, a
   step policy + CloudWatch alarm on NoCapacityInvocationFailures to scale out from zero, and an idle
-  alarm (no invocations for scaleToZeroAfterMinutes, checked on 5-minute periods like the seed's
-  scheduler) that sets the copies to 0.
+  alarm (no request, served or refused, for scaleToZeroAfterMinutes, checked on 5-minute periods like the
+  seed's scheduler) that sets the copies to 0.
 - scheduled_zero (WARM, HOT): the same, starting at the state's floor (WARM min, HOT min + buffer), scale
   out only (target tracking with scale-in disabled keeps the floor while active), scaled from zero back
   to the floor, and to zero by the idle alarm: the seed's "scale to zero inactive WARM/HOT models".
@@ -272,12 +272,8 @@ def _instance(dep: EndpointDeployment, prefix: str, key: str, container: dict[st
     dep.requests += _target_tracking(rid, dim, 0, top, dep.endpoint_name,
                                      "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution", 5.0,
                                      max(60, window_s), disable_scale_in=(shape == "scheduled_zero"))
-    dep.requests += _step_to(rid, dim, dep.endpoint_name, comp, "scale-from-zero", floor,
-                             "NoCapacityInvocationFailures", "Maximum", 30, 1, 1.0, "GreaterThanOrEqualToThreshold",
-                             "missing")
-    periods = max(1, math.ceil(window_s / CHECK_PERIOD_S))
-    dep.requests += _step_to(rid, dim, dep.endpoint_name, comp, "idle-to-zero", 0, "Invocations", "Sum",
-                             CHECK_PERIOD_S, periods, 1.0, "LessThanThreshold", "breaching")
+    dep.requests += _step_to(rid, dim, dep.endpoint_name, comp, "scale-from-zero", floor, _no_capacity_alarm(comp))
+    dep.requests += _step_to(rid, dim, dep.endpoint_name, comp, "idle-to-zero", 0, _idle_alarm(comp, window_s))
 
 
 def _target_tracking(resource_id: str, dimension: str, lo: int, hi: int, endpoint: str, metric: str, target: float,
@@ -299,27 +295,47 @@ def _target_tracking(resource_id: str, dimension: str, lo: int, hi: int, endpoin
 
 
 def _step_to(resource_id: str, dimension: str, endpoint: str, component: str, name: str, capacity: int,
-             metric: str, statistic: str, period_s: int, periods: int, threshold: float, comparison: str,
-             missing: str) -> list[AwsRequest]:
-    """A step policy setting the copies to `capacity`, fired by a CloudWatch alarm on the component's metric."""
+             alarm: dict[str, Any]) -> list[AwsRequest]:
+    """A step policy setting the copies to `capacity`, fired by the CloudWatch alarm `alarm` on the component."""
     policy = aws_name(endpoint, name, limit=256)
+    rising = alarm["ComparisonOperator"].startswith("Greater")
     return [
         AwsRequest("application-autoscaling", "put_scaling_policy", {
             "PolicyName": policy, "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
             "ScalableDimension": dimension, "PolicyType": "StepScaling",
             "StepScalingPolicyConfiguration": {
                 "AdjustmentType": "ExactCapacity", "MetricAggregationType": "Maximum", "Cooldown": 60,
-                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": capacity}
-                                    if comparison.startswith("Greater") else
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": capacity} if rising else
                                     {"MetricIntervalUpperBound": 0.0, "ScalingAdjustment": capacity}]}}, endpoint),
         AwsRequest("cloudwatch", "put_metric_alarm", {
-            "AlarmName": aws_name(component, name, limit=255),
-            "Namespace": "AWS/SageMaker", "MetricName": metric,
-            "Dimensions": [{"Name": "InferenceComponentName", "Value": component}],
-            "Statistic": statistic, "Period": period_s, "EvaluationPeriods": periods, "Threshold": threshold,
-            "ComparisonOperator": comparison, "TreatMissingData": missing,
+            "AlarmName": aws_name(component, name, limit=255), **alarm,
             "AlarmActions": [f"<PolicyARN of {policy}>"]}, endpoint),
     ]
+
+
+def _no_capacity_alarm(component: str) -> dict[str, Any]:
+    """Requests that found no copy: scale out from zero."""
+    return {"Namespace": "AWS/SageMaker", "MetricName": "NoCapacityInvocationFailures",
+            "Dimensions": [{"Name": "InferenceComponentName", "Value": component}], "Statistic": "Maximum",
+            "Period": 30, "EvaluationPeriods": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "missing"}
+
+
+def _idle_alarm(component: str, window_s: int) -> dict[str, Any]:
+    """No request at all (served, or refused for want of a copy) for the window, on 5-minute periods: the
+    seed's scheduled check. Counting refused requests keeps it from undoing a scale-out from zero."""
+    dims = [{"Name": "InferenceComponentName", "Value": component}]
+
+    def stat(qid: str, metric: str) -> dict[str, Any]:
+        return {"Id": qid, "ReturnData": False, "MetricStat": {
+            "Metric": {"Namespace": "AWS/SageMaker", "MetricName": metric, "Dimensions": dims},
+            "Period": CHECK_PERIOD_S, "Stat": "Sum"}}
+
+    return {"Metrics": [stat("served", "Invocations"), stat("refused", "NoCapacityInvocationFailures"),
+                        {"Id": "requests", "Expression": "FILL(served, 0) + FILL(refused, 0)",
+                         "Label": "requests", "ReturnData": True}],
+            "EvaluationPeriods": max(1, math.ceil(window_s / CHECK_PERIOD_S)), "Threshold": 1.0,
+            "ComparisonOperator": "LessThanThreshold", "TreatMissingData": "breaching"}
 
 
 def known_instance_types() -> list[str]:

@@ -122,7 +122,10 @@ def test_shapes_follow_the_thermal_states():
     tt = stz.requests[5].params["TargetTrackingScalingPolicyConfiguration"]
     assert tt["ScaleInCooldown"] == 900 and "DisableScaleIn" not in tt
     idle_alarm = stz.requests[9].params
-    assert (idle_alarm["MetricName"], idle_alarm["Period"], idle_alarm["EvaluationPeriods"]) == ("Invocations", 300, 3)
+    metrics = {q["Id"]: q for q in idle_alarm["Metrics"]}
+    assert metrics["served"]["MetricStat"]["Metric"]["MetricName"] == "Invocations"
+    assert metrics["served"]["MetricStat"]["Period"] == 300 and idle_alarm["EvaluationPeriods"] == 3  # 15 min
+    assert metrics["refused"]["MetricStat"]["Metric"]["MetricName"] == "NoCapacityInvocationFailures"
     assert idle_alarm["TreatMissingData"] == "breaching" and idle_alarm["ComparisonOperator"] == "LessThanThreshold"
     to_zero = stz.requests[8].params["StepScalingPolicyConfiguration"]
     assert to_zero["AdjustmentType"] == "ExactCapacity" and to_zero["StepAdjustments"][0]["ScalingAdjustment"] == 0

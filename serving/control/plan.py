@@ -338,7 +338,15 @@ def plan_zoo(
         active_total += row["active_per_hour"]
         monthly_total += row["monthly_estimate"]
         endpoints.append(row)
-        if ep.instance is None or row["shape"] == "serverless":
+        if row["shape"] == "serverless":  # billed per request for the whole endpoint: no share per model
+            for sv in ep.services:
+                services.append({"service": sv.name, "endpoint": ep.name, "shape": "serverless",
+                                 "states": {m: st.value for m, st in sv.states.items()}, "idle_per_hour": 0.0})
+                models += [{"model": m, "service": sv.name, "shape": "serverless", "instance_type": None,
+                            "vram_mb": zoo.models[m].vram_mb, "state": st.value, "idle_per_hour": 0.0}
+                           for m, st in sv.states.items()]
+            continue
+        if ep.instance is None:
             continue
         services_rows, model_rows = _shares(zoo, ep, row, price, usage, rule, keep_idle)
         services += services_rows

@@ -166,6 +166,8 @@ def test_serverless_is_priced_per_request_and_gb_second():
     per_request = mb / 1024 * 0.2 * 0.00002 * 1.75  # GB x seconds x (AWS $/GB-s x 1.75)
     assert e["per_request_cost"] == pytest.approx(per_request, rel=1e-6)
     assert e["monthly_estimate"] == pytest.approx(per_request * 10_000, abs=1e-4)
+    plan = plan_zoo(zoo, usage=usage)
+    assert [m["model"] for m in plan["models"]] == ["m"] and plan["models"][0]["shape"] == "serverless"
 
 
 def test_zoo_yaml_is_not_rewritten():

@@ -32,7 +32,7 @@ from typing import Any
 
 from serving.config import ThermalState, ZooConfig
 from serving.control.catalog import CatalogModel
-from serving.control.instances import INSTANCES, get_instance
+from serving.control.instances import get_instance
 from serving.control.plan import FitRule, active_instances, idle_instances
 from serving.control.plan import serverless_memory_mb as serverless_memory_mb
 
@@ -336,7 +336,3 @@ def _idle_alarm(component: str, window_s: int) -> dict[str, Any]:
                          "Label": "requests", "ReturnData": True}],
             "EvaluationPeriods": max(1, math.ceil(window_s / CHECK_PERIOD_S)), "Threshold": 1.0,
             "ComparisonOperator": "LessThanThreshold", "TreatMissingData": "breaching"}
-
-
-def known_instance_types() -> list[str]:
-    return list(INSTANCES)

@@ -52,6 +52,8 @@ def test_shipped_zoo_deploys_with_idle_zero_and_plan_prices_the_tail():
     assert off["endpoints"] == [] and all(m["monthly_estimate"] == 0.0 for m in off["models"])
     res = run("deploy", "--zoo", ZOO, "--all", "OFF")
     assert json.loads(res.stdout)["deployments"] == []
+    auto = json.loads(run("deploy", "--zoo", ZOO, "--all", "automatic").stdout)  # inference components to zero
+    assert {d["shape"] for d in auto["deployments"]} == {"scale_to_zero"} and auto["idle_per_hour"] == 0.0
 
 
 def test_idle_cost_is_warned_loudly_and_refused_without_consent():

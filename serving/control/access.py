@@ -6,7 +6,9 @@
   (`ZOO_SETTINGS_READ_TOKEN`), the settings:write token or the admin token; writes need the settings:write
   token (`ZOO_SETTINGS_WRITE_TOKEN`) or the admin token. With no token configured such requests are refused
   (401 naming the variable to set): never open by omission.
-Tokens are compared in constant time. This module reads no environment: the plane passes `Settings` values.
+A token may also come as `?token=` (browsers' EventSource and WebSocket cannot set headers; such URLs
+end up in access logs, so prefer the header). Tokens are compared in constant time. This module reads no
+environment: the plane passes `Settings` values.
 """
 
 from __future__ import annotations

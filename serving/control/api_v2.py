@@ -195,6 +195,8 @@ class V2:
             return
         await websocket.accept()
         sub = self.notifier.subscribe()
+        nxt: asyncio.Future[Any] | None = None
+        rcv: asyncio.Future[Any] | None = None
         try:
             while True:
                 nxt = asyncio.ensure_future(sub.next())
@@ -211,7 +213,7 @@ class V2:
             return
         finally:
             sub.close()
-            for t in (locals().get("nxt"), locals().get("rcv")):
+            for t in (nxt, rcv):
                 if t is not None and not t.done():
                     t.cancel()
                     with contextlib.suppress(BaseException):

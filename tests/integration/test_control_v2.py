@@ -177,6 +177,7 @@ async def test_reads_and_writes_need_settings_tokens_beyond_loopback(tmp_path):
         assert (await put({"Authorization": f"Bearer {ADMIN}"})).status_code == 200
         r = await client.put("/thermal/models/yolov8m", json={"target_state": "COLD"}, headers=R)
         assert r.status_code == 401
+        assert (await client.get("/api/v2/thermal/models", params={"token": READ})).status_code == 200  # EventSource
     async with running(tmp_path, Access(bind_host="0.0.0.0")) as (s, client):  # no tokens: refused, not open
         r = await client.get("/api/v2/thermal/models")
         assert r.status_code == 401 and "ZOO_SETTINGS_READ_TOKEN" in r.json()["message"]
@@ -229,6 +230,15 @@ async def test_service_states_mid_level_admin_disabled_and_offline(tmp_path):
     store.close()
 
 
+async def until(cond, timeout_s: float = 10.0) -> None:
+    """Wait for a condition set by the server task (a subscription made after the handshake)."""
+    for _ in range(int(timeout_s / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
 async def _sse_events(client: httpx.AsyncClient, out: list[dict], ready: asyncio.Event, n: int) -> None:
     async with client.stream("GET", "/api/v2/thermal/events") as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -252,7 +262,7 @@ async def test_notifier_sends_server_sent_events_and_websocket_messages(tmp_path
         reader = asyncio.create_task(_sse_events(client, got, ready, 5))
         await asyncio.wait_for(ready.wait(), 10)
         async with websockets.connect(s.gw_url.replace("http", "ws") + "/api/v2/thermal/ws") as ws:
-            await asyncio.sleep(0.05)  # the handler subscribes right after accepting
+            await until(lambda: s.plane.notifier.subscribers == 2)  # SSE + this socket
             r = await client.put("/api/v2/thermal/models/face_detector?wait=true", json={"targetState": "HOT"},
                                  headers=W)
             assert r.status_code == 200
@@ -269,6 +279,10 @@ async def test_notifier_sends_server_sent_events_and_websocket_messages(tmp_path
         with pytest.raises(websockets.exceptions.InvalidStatus):
             async with websockets.connect(s.gw_url.replace("http", "ws") + "/api/v2/thermal/ws"):
                 pass
+        async with websockets.connect(s.gw_url.replace("http", "ws") + f"/api/v2/thermal/ws?token={READ}") as ws:
+            await until(lambda: s.plane.notifier.subscribers == 1)
+            s.plane.notifier.publish("cold", model="yolov8m")
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == "cold"
 
 
 async def test_selection_hot_over_cold_on_live_residency(tmp_path):

@@ -72,6 +72,7 @@ class EndpointDeployment:
     billed_per_hour: float = 0.0
     states: dict[str, str] = field(default_factory=dict)
     scale_to_zero_after_minutes: float = 0.0
+    rule_suggests: str | None = None  # catalog: the instance rule's choice, shown beside the seed's, never used
 
     def idle_instances(self) -> int:
         """Instances running with no traffic, read from the requests themselves (not from the plan)."""
@@ -87,7 +88,8 @@ class EndpointDeployment:
         return {"endpoint": self.endpoint_name, "shape": self.shape, "instance_type": self.instance_type,
                 "billed_per_hour": self.billed_per_hour, "idle_instances": self.idle_instances(),
                 "idle_per_hour": self.idle_cost_per_hour(), "states": self.states,
-                "scale_to_zero_after_minutes": self.scale_to_zero_after_minutes}
+                "scale_to_zero_after_minutes": self.scale_to_zero_after_minutes,
+                **({"rule_suggests": self.rule_suggests} if self.rule_suggests else {})}
 
 
 def aws_name(*parts: str, limit: int = 63) -> str:
@@ -182,7 +184,7 @@ def build_catalog_deployments(
     """One endpoint per catalog model with its own image, environment and the seed's instanceType (the
     rule's instance for the summary-only models the seed gives none); a model that needs no GPU and fits
     the serverless memory limit is deployed serverless. OFF models are not deployed."""
-    from serving.control.catalog_plan import catalog_instance  # noqa: PLC0415 - keeps catalog_plan optional here
+    from serving.control.catalog_plan import catalog_choice, catalog_instance  # noqa: PLC0415
 
     out = []
     for m, state in models:
@@ -195,8 +197,10 @@ def build_catalog_deployments(
         th = m.thermal
         container = {"Image": catalog_image(m.image, region), "Environment": dict(m.environment),
                      "Mode": "SingleModel"}
+        suggestion = catalog_choice(m, rule)
         dep = EndpointDeployment(aws_name(prefix, m.id), "", states={m.id: st.value},
-                                 scale_to_zero_after_minutes=th.scale_to_zero_after_minutes)
+                                 scale_to_zero_after_minutes=th.scale_to_zero_after_minutes,
+                                 rule_suggests=suggestion.name if suggestion else None)
         mb = None if m.requires_gpu else serverless_memory_mb(m.gpu_memory_gb)
         if mb is not None:
             _serverless(dep, prefix, m.id, container, role_arn, mb, max_concurrency=5)

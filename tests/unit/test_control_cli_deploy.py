@@ -102,6 +102,7 @@ def test_catalog_model_deploys_with_its_own_image_environment_and_seed_instance(
     assert out["idle_per_hour"] == 0.0 and len(out["deployments"]) == 1
     d = out["deployments"][0]
     assert d["shape"] == "scheduled_zero" and d["instance_type"] == "ml.g5.xlarge" and d["billed_per_hour"] == 2.47
+    assert d["rule_suggests"] == "ml.g4dn.xlarge"  # shown beside the seed's instance, never used instead
     reqs = {r["operation"]: r["params"] for r in d["requests"]}
     container = reqs["create_model"]["PrimaryContainer"]
     assert container["Image"] == ("763104351884.dkr.ecr.eu-west-1.amazonaws.com/"

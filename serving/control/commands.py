@@ -196,6 +196,8 @@ def deploy_cmd(
     keep_idle: bool = KEEP_IDLE_OPT,
     allow_idle_cost: bool = typer.Option(False, "--allow-idle-cost",
                                          help="send a deployment that costs money at idle (with --keep-idle)"),
+    prune: bool = typer.Option(False, "--prune", help="with --apply: delete <prefix>-... endpoints the plan no "
+                               "longer has (services or models turned OFF, a repacked plan)"),
 ) -> None:
     """Turn the plan into SageMaker requests; dry-run prints them, --apply sends them. Nothing costs money at
     idle unless --keep-idle, and --apply refuses that without --allow-idle-cost."""
@@ -223,7 +225,7 @@ def deploy_cmd(
                     f"{costly}. Without --keep-idle every endpoint scales to zero when idle.", err=True, fg="red",
                     bold=True)
     if dry_run:
-        _print_dry_run(deps, region, destroy, idle, monthly)
+        _print_dry_run(deps, region, destroy, idle, monthly, prune)
         return
     if idle > 0 and not destroy and not allow_idle_cost:
         typer.echo("refusing to create endpoints that cost money at idle; add --allow-idle-cost to accept it",
@@ -231,7 +233,7 @@ def deploy_cmd(
         raise typer.Exit(1)
     if (not image and not catalog) or not role_arn:
         raise typer.BadParameter("--apply needs --image (ECR URI) and --role-arn (SageMaker execution role)")
-    _send_deployments(deps, region, destroy)
+    _send_deployments(deps, region, destroy, prefix if prune else None)
 
 
 def _zoo_deployments(zoo: str, state: list[str], all_state: str | None, stored: dict[str, str] | None, image: str,
@@ -269,15 +271,15 @@ def _catalog_deployments(ids: list[str], state: list[str], all_state: str | None
     return deps, round(monthly, 4)
 
 
-def _print_dry_run(deps: list[Any], region: str, destroy: bool, idle: float, monthly: float) -> None:
+def _print_dry_run(deps: list[Any], region: str, destroy: bool, idle: float, monthly: float, prune: bool) -> None:
     out = [{**d.summary(), "requests": [r.to_dict() for r in d.requests]} for d in deps]
     typer.echo(json.dumps({"region": region, "dry_run": True, "destroy": destroy, "validated_against": "botocore "
                            "service models (sagemaker, application-autoscaling, cloudwatch)",
-                           "idle_per_hour": idle, "monthly_estimate": monthly,
-                           "deployments": out}, indent=2))
+                           "idle_per_hour": idle, "monthly_estimate": monthly, "prune": prune,
+                           "keeps": [d.endpoint_name for d in deps], "deployments": out}, indent=2))
 
 
-def _send_deployments(deps: list[Any], region: str, destroy: bool) -> None:
+def _send_deployments(deps: list[Any], region: str, destroy: bool, prune_prefix: str | None) -> None:
     import boto3
 
     from serving.control.deploy import Deployer
@@ -285,6 +287,8 @@ def _send_deployments(deps: list[Any], region: str, destroy: bool) -> None:
     clients = {n: boto3.client(n, region_name=region) for n in ("sagemaker", "application-autoscaling", "cloudwatch")}
     d = Deployer(clients, log=typer.echo)
     done = d.destroy(deps) if destroy else d.apply(deps)
+    if prune_prefix and not destroy:
+        done += d.prune(prune_prefix, {dep.endpoint_name for dep in deps})
     typer.echo(json.dumps(done, indent=2))
 
 

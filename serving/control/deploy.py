@@ -231,3 +231,57 @@ class Deployer:
                         continue
                     raise
         return done
+
+    def prune(self, prefix: str, keep: set[str]) -> list[dict[str, Any]]:
+        """Delete endpoints named `<prefix>-...` that the current deployments do not contain (a service turned
+        OFF, a repacked plan): their inference components, scaling targets and alarms, endpoint, config and
+        models. Endpoints of other prefixes are never touched."""
+        sm, aas, cw = self.clients["sagemaker"], self.clients["application-autoscaling"], self.clients["cloudwatch"]
+        names, token = [], None
+        while True:
+            page = sm.list_endpoints(NameContains=prefix, MaxResults=100, **({"NextToken": token} if token else {}))
+            names += [e["EndpointName"] for e in page["Endpoints"]]
+            token = page.get("NextToken")
+            if not token:
+                break
+        done = []
+        for name in names:
+            if not name.startswith(prefix + "-") or name in keep:
+                continue
+            config = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+            models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)
+                      .get("ProductionVariants", []) if v.get("ModelName")]
+            for comp in self._components(name):
+                models.append(sm.describe_inference_component(InferenceComponentName=comp)["Specification"]
+                              .get("ModelName", ""))
+                self._quietly(aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                              ResourceId=f"inference-component/{comp}",
+                              ScalableDimension="sagemaker:inference-component:DesiredCopyCount")
+                cw.delete_alarms(AlarmNames=[aws_name(comp, n, limit=255) for n in ("scale-from-zero", "idle-to-zero")])
+                sm.delete_inference_component(InferenceComponentName=comp)
+            self._quietly(aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                          ResourceId=f"endpoint/{name}/variant/{VARIANT}",
+                          ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+            sm.delete_endpoint(EndpointName=name)
+            self._quietly(sm.delete_endpoint_config, EndpointConfigName=config)
+            for model in filter(None, models):
+                self._quietly(sm.delete_model, ModelName=model)
+            self.log(f"pruned {name}")
+            done.append({"operation": "prune", "endpoint": name})
+        return done
+
+    def _components(self, endpoint: str) -> list[str]:
+        try:
+            page = self.clients["sagemaker"].list_inference_components(EndpointNameEquals=endpoint)
+        except NotImplementedError:  # a SageMaker stand-in without inference components (moto)
+            return []
+        return [c["InferenceComponentName"] for c in page.get("InferenceComponents", [])]
+
+    @staticmethod
+    def _quietly(call: Callable[..., Any], **params: Any) -> None:
+        """A delete whose target may already be gone."""
+        try:
+            call(**params)
+        except Exception as e:
+            if not any(s in str(e) for s in ("not found", "No scalable target", "does not exist", "Could not find")):
+                raise

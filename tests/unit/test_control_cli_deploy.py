@@ -192,3 +192,39 @@ def test_a_cpu_catalog_model_within_the_limits_deploys_serverless_priced_per_req
     variant = dep.requests[1].params["ProductionVariants"][0]
     assert variant["ServerlessConfig"]["MemorySizeInMB"] == 2048 and "InstanceType" not in variant
     assert build_catalog_deployments([(base, "COLD")])[0].shape == "scale_to_zero"  # needs a GPU
+
+
+def test_apply_prune_removes_endpoints_the_plan_no_longer_has_on_moto(tmp_path):
+    """A service kept running at idle (--keep-idle) is then turned OFF: `zoo deploy --apply --prune` deletes its
+    endpoint, config, model and scaling target, so OFF costs nothing on AWS either; other prefixes are untouched."""
+    from moto import mock_aws
+
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({
+        "models_root": str(tmp_path / "models"),
+        "services": {"det": {"kind": "detection", "port": 18095, "vram_budget_gb": 1.0, "host_cache_gb": 1.0,
+                             "models": ["m"], "required_models": ["m"]}},
+        "models": {"m": {"family": "yolo", "task": "detect", "source": {"pt": "m.pt"}, "vram_mb": 500,
+                         "thermal": {"default_state": "HOT", "min_instances": 1, "max_instances": 2}}},
+    }))
+    env = {"ZOO_SAGEMAKER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/zoo:1", "AWS_REGION": "us-east-1",
+           "ZOO_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    with mock_aws():
+        for prefix in ("zoo", "other"):
+            res = run("deploy", "--zoo", str(zoo_file), "--keep-idle", "--allow-idle-cost", "--apply",
+                      "--prefix", prefix, env=env)
+            assert res.exit_code == 0, res.output
+        sm = boto3.client("sagemaker", region_name="us-east-1")
+        aas = boto3.client("application-autoscaling", region_name="us-east-1")
+        assert sorted(e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]) == ["other-det", "zoo-det"]
+        res = run("deploy", "--zoo", str(zoo_file), "--all", "OFF", "--apply", "--prune", env=env)
+        assert res.exit_code == 0, res.output
+        assert "pruned zoo-det" in res.stdout
+        assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["other-det"]
+        assert all(m["ModelName"].startswith("other-") for m in sm.list_models()["Models"])
+        assert all(c["EndpointConfigName"].startswith("other-") for c in sm.list_endpoint_configs()["EndpointConfigs"])
+        targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        assert [t["ResourceId"] for t in targets] == ["endpoint/other-det/variant/AllTraffic"]
+        dry = json.loads(run("deploy", "--zoo", str(zoo_file), "--all", "OFF", "--prune", env=env).stdout)
+        assert dry["prune"] is True and dry["keeps"] == [] and dry["deployments"] == []

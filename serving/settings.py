@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # -- security and binding
     zoo_admin_token: str | None = Field(None, description="Bearer token of admin routes; unset = open on loopback.")
     zoo_bind_host: str | None = Field(None, description="Bind address of `serve` (containers set 0.0.0.0).")
+    zoo_settings_read_token: str | None = Field(
+        None, description="settings:read token of the control plane, required beyond loopback (seed 000).")
+    zoo_settings_write_token: str | None = Field(
+        None, description="settings:write token of the control plane, required beyond loopback (seed 000).")
 
     # -- request limits (serving.services limits)
     zoo_max_body_mb: float | None = Field(None, gt=0, description="Largest request body, MB (default 32).")
@@ -65,6 +69,8 @@ class Settings(BaseSettings):
     zoo_gateway_thermal: bool = Field(True, description="Mount the thermal API on the gateway.")
     zoo_gateway_url: str | None = Field(None, description="Gateway base URL for CLI clients.")
     zoo_thermal_tick_s: float = Field(30.0, gt=0)
+    zoo_thermal_idle_check: bool = Field(
+        True, description="Seed 000's scheduled check: scale inactive WARM/HOT models to zero after their window.")
     zoo_status_timeout_s: float = Field(5.0, gt=0)
     zoo_enrich_timeout_s: float = Field(30.0, gt=0)
     zoo_detect_timeout_s: float = Field(30.0, gt=0)

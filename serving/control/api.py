@@ -9,8 +9,10 @@
     GET  /thermal/metrics             counts by state, transitions, errors, usage, idle cost
     POST /select                      {"task"?, "capabilities"?, "warm_in_background"?: true}
 
-Writes (PUT, bulk) need `Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is configured (passed in by
-the app that mounts the router, from its `Settings`; this module reads no environment).
+Access (serving.control.access): on loopback reads are open and writes (PUT, bulk) need
+`Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is configured; bound beyond loopback, reads need
+settings:read and writes settings:write (tokens passed in by the app from its `Settings`; this module
+reads no environment). The same API under /api/v2 with seed-000 camelCase bodies: serving.control.api_v2.
 Handlers raise `ServingError`s; the app's one exception handler renders them as {error_type, message}.
 PUT and bulk return at once with is_transitioning; `?wait=true` returns after the managers applied it.
 """
@@ -18,15 +20,15 @@ PUT and bulk return at once with is_transitioning; `?wait=true` returns after th
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serving.config import ThermalState
+from serving.control.access import Access
 from serving.control.thermal import ThermalController
-from serving.errors import BadRequest, Unauthorized
+from serving.errors import BadRequest
 
 _STATES = ", ".join(s.value for s in ThermalState)
 
@@ -58,29 +60,17 @@ def _wait(request: Request) -> bool:
     return request.query_params.get("wait", "").lower() in ("1", "true", "yes")
 
 
-def admin_guard(token: str | None):
-    """A check that raises Unauthorized unless the request carries the admin token (no-op when unset)."""
-
-    def check(request: Request) -> str | None:
-        if not token:
-            return None
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-admin-token", "")
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("this operation needs the admin token: Authorization: Bearer <ZOO_ADMIN_TOKEN>")
-        return "admin"
-
-    return check
-
-
 class ThermalHandlers:
     """The route handlers over one controller (bound methods, so each route stays a small function)."""
 
-    def __init__(self, controller: ThermalController, admin_token: str | None) -> None:
+    def __init__(self, controller: ThermalController, access: Access) -> None:
         self.controller = controller
-        self.require_admin = admin_guard(admin_token)
+        self.access = access
+        self.require_admin = access.write
 
-    async def list_models(self, service: str | None = None, state: str | None = None) -> dict[str, Any]:
+    async def list_models(self, request: Request, service: str | None = None,
+                          state: str | None = None) -> dict[str, Any]:
+        self.access.read(request)
         models = self.controller.views()
         if service:
             models = [m for m in models if m["service_id"] == service]
@@ -88,7 +78,8 @@ class ThermalHandlers:
             models = [m for m in models if state.upper() in (m["current_state"], m["target_state"])]
         return {"total": len(models), "models": models}
 
-    async def get_model(self, model_id: str) -> dict[str, Any]:
+    async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
+        self.access.read(request)
         view = self.controller.view(model_id)
         view["usage"] = (await self.controller.usage_summary()).get(model_id, {"requests": 0})
         return view
@@ -114,16 +105,19 @@ class ThermalHandlers:
         return {"updated": [self.controller.view(m) for m, _ in pairs]}
 
     async def warm(self, model_id: str, request: Request) -> JSONResponse:
+        self.access.read(request)  # seed: API users may request a warm-up
         view = self.controller.request_warm(model_id)
         if _wait(request):
             await self.controller.wait_idle()
             view = self.controller.view(model_id)
         return JSONResponse(view, status_code=202)
 
-    async def metrics(self) -> dict[str, Any]:
+    async def metrics(self, request: Request) -> dict[str, Any]:
+        self.access.read(request)
         return await self.controller.metrics()
 
     async def select(self, request: Request) -> dict[str, Any]:
+        self.access.read(request)
         body = await _json_body(request)
         task = body.get("task")
         caps = body.get("capabilities", [])
@@ -131,7 +125,7 @@ class ThermalHandlers:
             raise BadRequest("task must be a string")
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise BadRequest("capabilities must be a list of strings")
-        sel = self.controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
+        sel = await self.controller.select(task, caps, warm_in_background=bool(body.get("warm_in_background", True)))
         return sel.to_dict()
 
 
@@ -153,10 +147,11 @@ def _bulk_pairs(body: dict[str, Any]) -> list[tuple[str, ThermalState]]:
     return pairs
 
 
-def thermal_router(controller: ThermalController, *, admin_token: str | None = None) -> APIRouter:
-    """The thermal API and POST /select over `controller`. Writes need `admin_token` when it is set
-    (the gateway passes `Settings.zoo_admin_token`); None leaves them open."""
-    h = ThermalHandlers(controller, admin_token)
+def thermal_router(controller: ThermalController, *, admin_token: str | None = None,
+                   access: Access | None = None) -> APIRouter:
+    """The thermal API and POST /select over `controller`. `access` says who may read and write; without it,
+    writes need `admin_token` when it is set and reads are open (loopback)."""
+    h = ThermalHandlers(controller, access or Access(admin_token=admin_token))
     router = APIRouter()
     router.add_api_route("/thermal/models", h.list_models, methods=["GET"])
     router.add_api_route("/thermal/models/{model_id}", h.get_model, methods=["GET"])

@@ -1,206 +1,35 @@
-"""Turn the plan into SageMaker requests (boto3) and, with --apply, send them.
+"""Check SageMaker requests against the AWS API model and send them (boto3); see deploy_requests for shapes.
 
-One plan endpoint (services packed on one instance) becomes:
-- `create_model`: the BYOC image (serving/sagemaker: GET /ping, POST /invocations on 8080) with the
-  zoo's environment (ZOO_SERVICES lists the services the container runs);
-- one of three endpoint shapes:
-  * serverless — only for CPU-only endpoints within the serverless limits (memory 1024..6144 MB in 1 GB
-    steps; serverless inference has no GPU): ProductionVariants[].ServerlessConfig; $0 at idle;
-  * scale to zero — endpoints whose models are all COLD/OFF (plan: idle_instances == 0): an instance
-    variant with ManagedInstanceScaling MinInstanceCount=0, the model as an inference component, and
-    application autoscaling of the component's DesiredCopyCount down to 0 (target tracking) plus a
-    step policy with a CloudWatch alarm on NoCapacityInvocationFailures to scale out from zero;
-  * always on — endpoints with HOT/WARM models: a classic variant with InitialInstanceCount = the idle
-    instance count and autoscaling of DesiredInstanceCount between that and max_instances.
-Model and endpoint-config names carry a hash of their content, so a changed plan creates new ones and
-`apply` switches an existing endpoint over with update_endpoint.
+`check_request` validates a request against botocore's service model beyond what the client checks
+(enums, patterns, max bounds); `Deployer` sends deployments with injected boto3 clients (create, or
+update_endpoint for an existing endpoint; destroy deletes in reverse order).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from serving.config import ZooConfig
+from serving.control.deploy_requests import (
+    DEFAULT_IMAGE,
+    DEFAULT_ROLE,
+    SHAPES,
+    VARIANT,
+    AwsRequest,
+    EndpointDeployment,
+    aws_name,
+    build_catalog_deployments,
+    build_deployments,
+    catalog_image,
+    serverless_memory_mb,
+)
 
-SERVERLESS_MAX_MB = 6144
-SERVERLESS_STEP_MB = 1024
-VARIANT = "AllTraffic"
-DEFAULT_ROLE = "arn:aws:iam::000000000000:role/zoo-sagemaker-execution"
-DEFAULT_IMAGE = "000000000000.dkr.ecr.us-east-1.amazonaws.com/zoo-serving:latest"
-
-
-@dataclass
-class AwsRequest:
-    """One boto3 call: client name, method name and its parameters."""
-
-    client: str  # sagemaker | application-autoscaling | cloudwatch
-    operation: str  # boto3 method, e.g. create_model
-    params: dict[str, Any]
-    endpoint: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"client": self.client, "operation": self.operation, "params": self.params}
-
-
-@dataclass
-class EndpointDeployment:
-    """The requests of one endpoint, in order."""
-
-    endpoint_name: str
-    shape: str  # serverless | scale_to_zero | always_on
-    requests: list[AwsRequest] = field(default_factory=list)
-    model_name: str = ""
-    config_name: str = ""
-    component_name: str | None = None
-
-
-def aws_name(*parts: str, limit: int = 63) -> str:
-    """[a-zA-Z0-9-] name within SageMaker's 63 characters (a hash keeps truncated names unique)."""
-    raw = "-".join(parts)
-    name = re.sub(r"[^a-zA-Z0-9-]+", "-", raw).strip("-")
-    name = re.sub(r"-{2,}", "-", name)
-    if len(name) > limit:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
-        name = name[: limit - 9].rstrip("-") + "-" + digest
-    return name
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def serverless_memory_mb(need_gb: float) -> int | None:
-    """Serverless memory for a need, or None when it exceeds the serverless limit."""
-    mb = max(SERVERLESS_STEP_MB, math.ceil(need_gb * 1024 / SERVERLESS_STEP_MB) * SERVERLESS_STEP_MB)
-    return mb if mb <= SERVERLESS_MAX_MB else None
-
-
-def build_deployments(
-    zoo: ZooConfig,
-    plan: dict[str, Any],
-    *,
-    image: str = DEFAULT_IMAGE,
-    role_arn: str = DEFAULT_ROLE,
-    prefix: str = "zoo",
-    model_data_url: str | None = None,
-    max_concurrency: int = 5,
-    environment: dict[str, str] | None = None,
-) -> list[EndpointDeployment]:
-    """The SageMaker requests for every endpoint of a plan (`plan_zoo`), without sending anything."""
-    out = []
-    for ep in plan["endpoints"]:
-        if ep["instance_type"] is None and not ep["cpu_only"]:
-            raise ValueError(f"endpoint {ep['endpoint']} fits no instance type; lower its budgets")
-        services = ep["services"]
-        models = [m for s in services for m in zoo.services[s].models]
-        max_instances = max([zoo.models[m].thermal.max_instances for m in models] + [max(1, ep["idle_instances"])])
-        # read by the SageMaker container (serving/sagemaker/app.py SageMakerSettings.from_env)
-        env = {
-            "ZOO_CONFIG": "/opt/ml/model/zoo.yaml",
-            "ZOO_SERVICES": ",".join(services),
-            "ZOO_DEVICE": "cpu" if ep["cpu_only"] else "auto",
-            "VRAM_BUDGET_GB": f"{sum(zoo.services[s].vram_budget_gb for s in services):g}",
-            "ZOO_HOST_CACHE_GB": f"{sum(zoo.services[s].host_cache_gb for s in services):g}",
-            **(environment or {}),
-        }
-        container: dict[str, Any] = {"Image": image, "Environment": env, "Mode": "SingleModel"}
-        if model_data_url:
-            container["ModelDataUrl"] = model_data_url
-        endpoint_name = aws_name(prefix, ep["endpoint"])
-        model_name = aws_name(prefix, ep["endpoint"], _digest(container))
-        serverless_mb = serverless_memory_mb(ep["host_need_gb"]) if ep["cpu_only"] else None
-        dep = EndpointDeployment(endpoint_name, "", model_name=model_name)
-        reqs = dep.requests
-        reqs.append(AwsRequest("sagemaker", "create_model", {
-            "ModelName": model_name, "ExecutionRoleArn": role_arn, "PrimaryContainer": container}, endpoint_name))
-        if serverless_mb is not None:
-            dep.shape = "serverless"
-            variant = {"VariantName": VARIANT, "ModelName": model_name,
-                       "ServerlessConfig": {"MemorySizeInMB": serverless_mb, "MaxConcurrency": max_concurrency}}
-            cfg: dict[str, Any] = {"ProductionVariants": [variant]}
-        elif ep["scales_to_zero"]:
-            dep.shape = "scale_to_zero"
-            variant = {"VariantName": VARIANT, "InstanceType": ep["instance_type"], "InitialInstanceCount": 1,
-                       "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
-                                                  "MaxInstanceCount": max_instances},
-                       "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}
-            cfg = {"ExecutionRoleArn": role_arn, "ProductionVariants": [variant]}
-        else:
-            dep.shape = "always_on"
-            variant = {"VariantName": VARIANT, "ModelName": model_name, "InstanceType": ep["instance_type"],
-                       "InitialInstanceCount": max(1, ep["idle_instances"])}
-            cfg = {"ProductionVariants": [variant]}
-        dep.config_name = aws_name(prefix, ep["endpoint"], _digest(cfg))
-        reqs.append(AwsRequest("sagemaker", "create_endpoint_config", {"EndpointConfigName": dep.config_name, **cfg},
-                               endpoint_name))
-        reqs.append(AwsRequest("sagemaker", "create_endpoint", {
-            "EndpointName": endpoint_name, "EndpointConfigName": dep.config_name}, endpoint_name))
-        if dep.shape == "scale_to_zero":
-            comp = aws_name(prefix, ep["endpoint"], "ic")
-            dep.component_name = comp
-            gpus = next(i.gpus for i in _instances() if i.name == ep["instance_type"])
-            reqs.append(AwsRequest("sagemaker", "create_inference_component", {
-                "InferenceComponentName": comp, "EndpointName": endpoint_name, "VariantName": VARIANT,
-                "Specification": {"ModelName": model_name, "ComputeResourceRequirements": {
-                    "NumberOfAcceleratorDevicesRequired": float(gpus),
-                    "MinMemoryRequiredInMb": int(math.ceil(ep["host_need_gb"] * 1024))}},
-                "RuntimeConfig": {"CopyCount": 1}}, endpoint_name))
-            rid = f"inference-component/{comp}"
-            dim = "sagemaker:inference-component:DesiredCopyCount"
-            reqs += _autoscaling(rid, dim, 0, max_instances, endpoint_name, comp,
-                                 "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution")
-        elif dep.shape == "always_on":
-            rid = f"endpoint/{endpoint_name}/variant/{VARIANT}"
-            reqs += _autoscaling(rid, "sagemaker:variant:DesiredInstanceCount", max(1, ep["idle_instances"]),
-                                 max(max_instances, ep["idle_instances"]), endpoint_name, None,
-                                 "SageMakerVariantInvocationsPerInstance")
-        out.append(dep)
-    return out
-
-
-def _instances():
-    from serving.control.instances import INSTANCE_TYPES
-
-    return INSTANCE_TYPES
-
-
-def _autoscaling(resource_id: str, dimension: str, lo: int, hi: int, endpoint: str, component: str | None,
-                 metric: str) -> list[AwsRequest]:
-    reqs = [
-        AwsRequest("application-autoscaling", "register_scalable_target", {
-            "ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": dimension,
-            "MinCapacity": lo, "MaxCapacity": hi}, endpoint),
-        AwsRequest("application-autoscaling", "put_scaling_policy", {
-            "PolicyName": aws_name(endpoint, "target-tracking", limit=256), "ServiceNamespace": "sagemaker",
-            "ResourceId": resource_id, "ScalableDimension": dimension, "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": {
-                "TargetValue": 5.0 if component else 100.0,
-                "PredefinedMetricSpecification": {"PredefinedMetricType": metric},
-                "ScaleInCooldown": 300, "ScaleOutCooldown": 60}}, endpoint),
-    ]
-    if component:  # scale out from zero copies: a step policy fired by requests that found no capacity
-        policy = aws_name(endpoint, "scale-from-zero", limit=256)
-        reqs.append(AwsRequest("application-autoscaling", "put_scaling_policy", {
-            "PolicyName": policy, "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
-            "ScalableDimension": dimension, "PolicyType": "StepScaling",
-            "StepScalingPolicyConfiguration": {
-                "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Maximum", "Cooldown": 60,
-                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]}}, endpoint))
-        reqs.append(AwsRequest("cloudwatch", "put_metric_alarm", {
-            "AlarmName": aws_name(component, "no-capacity", limit=255),
-            "Namespace": "AWS/SageMaker", "MetricName": "NoCapacityInvocationFailures",
-            "Dimensions": [{"Name": "InferenceComponentName", "Value": component}],
-            "Statistic": "Maximum", "Period": 30, "EvaluationPeriods": 1, "Threshold": 1.0,
-            "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "missing",
-            "AlarmActions": [f"<PolicyARN of {policy}>"]}, endpoint))
-    return reqs
+__all__ = ["DEFAULT_IMAGE", "DEFAULT_ROLE", "SHAPES", "VARIANT", "AwsRequest", "Deployer", "EndpointDeployment",
+           "aws_name", "build_catalog_deployments", "build_deployments", "catalog_image", "check_deployments",
+           "check_request", "serverless_memory_mb"]
 
 
 # --------------------------------------------------------------------------- checking
@@ -402,3 +231,57 @@ class Deployer:
                         continue
                     raise
         return done
+
+    def prune(self, prefix: str, keep: set[str]) -> list[dict[str, Any]]:
+        """Delete endpoints named `<prefix>-...` that the current deployments do not contain (a service turned
+        OFF, a repacked plan): their inference components, scaling targets and alarms, endpoint, config and
+        models. Endpoints of other prefixes are never touched."""
+        sm, aas, cw = self.clients["sagemaker"], self.clients["application-autoscaling"], self.clients["cloudwatch"]
+        names, token = [], None
+        while True:
+            page = sm.list_endpoints(NameContains=prefix, MaxResults=100, **({"NextToken": token} if token else {}))
+            names += [e["EndpointName"] for e in page["Endpoints"]]
+            token = page.get("NextToken")
+            if not token:
+                break
+        done = []
+        for name in names:
+            if not name.startswith(prefix + "-") or name in keep:
+                continue
+            config = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
+            models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)
+                      .get("ProductionVariants", []) if v.get("ModelName")]
+            for comp in self._components(name):
+                models.append(sm.describe_inference_component(InferenceComponentName=comp)["Specification"]
+                              .get("ModelName", ""))
+                self._quietly(aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                              ResourceId=f"inference-component/{comp}",
+                              ScalableDimension="sagemaker:inference-component:DesiredCopyCount")
+                cw.delete_alarms(AlarmNames=[aws_name(comp, n, limit=255) for n in ("scale-from-zero", "idle-to-zero")])
+                sm.delete_inference_component(InferenceComponentName=comp)
+            self._quietly(aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                          ResourceId=f"endpoint/{name}/variant/{VARIANT}",
+                          ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+            sm.delete_endpoint(EndpointName=name)
+            self._quietly(sm.delete_endpoint_config, EndpointConfigName=config)
+            for model in filter(None, models):
+                self._quietly(sm.delete_model, ModelName=model)
+            self.log(f"pruned {name}")
+            done.append({"operation": "prune", "endpoint": name})
+        return done
+
+    def _components(self, endpoint: str) -> list[str]:
+        try:
+            page = self.clients["sagemaker"].list_inference_components(EndpointNameEquals=endpoint)
+        except NotImplementedError:  # a SageMaker stand-in without inference components (moto)
+            return []
+        return [c["InferenceComponentName"] for c in page.get("InferenceComponents", [])]
+
+    @staticmethod
+    def _quietly(call: Callable[..., Any], **params: Any) -> None:
+        """A delete whose target may already be gone."""
+        try:
+            call(**params)
+        except Exception as e:
+            if not any(s in str(e) for s in ("not found", "No scalable target", "does not exist", "Could not find")):
+                raise

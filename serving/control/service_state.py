@@ -4,6 +4,7 @@ A pure function of the service's required and optional models and which of them 
 "Available" means the model can serve a request now or after an on-demand load: registered, not OFF
 (disabled), not FAILED (see `available_from_status`). A COLD model is available.
 
+    disabled by an admin                            -> DISABLED
     not reachable                                   -> OFFLINE
     every model of the service disabled (all OFF)   -> DISABLED
     no model available at all                       -> OFFLINE
@@ -55,6 +56,7 @@ def evaluate_service(
     *,
     disabled: Iterable[str] = (),
     graceful_degradation: bool = True,
+    admin_disabled: bool = False,
 ) -> ServiceHealth:
     """The state of one service and why; see the module docstring for the table."""
     req = set(required)
@@ -63,6 +65,8 @@ def evaluate_service(
     avail = set(available) & models
     off = set(disabled) & models
     unavailable = sorted(models - avail)
+    if admin_disabled:
+        return ServiceHealth(DISABLED, sorted(avail), unavailable, sorted(req - avail), "disabled by an admin")
     if not reachable:
         return ServiceHealth(OFFLINE, [], sorted(models), sorted(req), "service unreachable")
     if models and off == models:

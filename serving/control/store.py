@@ -72,6 +72,16 @@ model_usage = Table(
 )
 
 
+service_admin = Table(
+    "service_admin",
+    metadata,
+    Column("service_id", String(100), primary_key=True),
+    Column("admin_state", String(20), nullable=False),  # ENABLED | DISABLED
+    Column("updated_at", Float, nullable=False),
+    Column("updated_by", String(100), nullable=True),
+)
+
+
 @dataclass
 class ThermalRow:
     """One model's persisted thermal record."""
@@ -170,6 +180,20 @@ class ControlStore:
     def delete_thermal(self, model_ids: Iterable[str]) -> None:
         with self.engine.begin() as c:
             c.execute(delete(thermal_states).where(thermal_states.c.model_id.in_(list(model_ids))))
+
+    # ------------------------------------------------------------------ service admin states
+    def load_service_admin(self) -> dict[str, str]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(service_admin)).mappings().all()
+        return {r["service_id"]: r["admin_state"] for r in rows}
+
+    def save_service_admin(self, service_id: str, admin_state: str, updated_at: float,
+                           updated_by: str | None = None) -> None:
+        values = {"admin_state": admin_state, "updated_at": updated_at, "updated_by": updated_by}
+        with self.engine.begin() as c:
+            done = c.execute(update(service_admin).where(service_admin.c.service_id == service_id).values(**values))
+            if done.rowcount == 0:
+                c.execute(insert(service_admin).values(service_id=service_id, **values))
 
     # ------------------------------------------------------------------ usage
     def record_usage(

@@ -6,9 +6,13 @@ Local meaning of each state (DESIGN.md §8), through the `ManagerSeam`:
 - WARM: configure(keep_warm=True) and preload(tier="warm"): on the device when it fits without evicting
   anything, else loaded straight into the host warm tier (no device memory needed).
 - HOT: configure(pinned=True) and preload: on-demand loads never evict it.
-- AUTOMATIC: the controller moves the model between COLD, WARM and HOT from its request rate
-  (`auto_level`, a pure function with hysteresis: promote at a threshold, demote only below a lower one
-  and after a minimum dwell, so a rate hovering at a threshold does not flap).
+- AUTOMATIC: moved between COLD, WARM and HOT by request rate (`auto_level`: pure, with hysteresis).
+
+Catalog models (seed 000's 38, `catalog=`) are managed too: their hosting is SageMaker, so applying a
+state only records it (current = target at once); `zoo deploy --from-store` realises it.
+The seed's scheduled check (`idle_check=True`): a WARM/HOT model with no activity for its scale-to-zero
+window (zoo: keep_alive_s; catalog: scaleToZeroAfterMinutes) is applied as COLD with its target kept
+(`scaled_to_zero`); its next request re-applies the target.
 
 Observable per model: target and current state, is_transitioning (the managers do not yet show the
 residency the state asks for), last_state_change, last_activity, error_message, residency (manager tier).
@@ -33,10 +37,9 @@ from datetime import datetime
 from typing import Any
 
 from serving.config import ThermalState, ZooConfig
+from serving.control.catalog import Catalog
 from serving.control.managers import ManagerSeam
-from serving.control.plan import default_thermal_state
-from serving.control.selection import Selection, candidates_from
-from serving.control.selection import select as select_model
+from serving.control.selection import Selection
 from serving.control.store import ControlStore, UsageRow
 from serving.control.thermal_model import (
     AUTOMATIC,
@@ -44,19 +47,23 @@ from serving.control.thermal_model import (
     HOT,
     LEVELS,
     OFF,
+    SAGEMAKER,
     WARM,
     AutoPolicy,
     ModelThermal,
     auto_level,
+    inactive_for_scale_to_zero,
     render_view,
     satisfied,
+    thermal_records,
     thermal_row,
 )
+from serving.control.thermal_queries import select_on, thermal_metrics
 from serving.control.writer import StoreWriter
 from serving.errors import ModelDisabled, ServingError, UnknownModel, UpstreamError, UpstreamTimeout
 
-__all__ = ["AUTOMATIC", "COLD", "HOT", "LEVELS", "OFF", "WARM", "AutoPolicy", "ModelThermal", "ThermalController",
-           "auto_level"]
+__all__ = ["AUTOMATIC", "COLD", "HOT", "LEVELS", "OFF", "SAGEMAKER", "WARM", "AutoPolicy", "ModelThermal",
+           "ThermalController", "auto_level"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,8 @@ class ThermalController:
         policy: AutoPolicy = AutoPolicy(),
         retry_s: float = 30.0,
         tick_interval_s: float | None = None,
+        catalog: Catalog | None = None,
+        idle_check: bool = False,
     ) -> None:
         self.zoo = zoo
         self.managers = dict(managers)
@@ -83,7 +92,6 @@ class ThermalController:
         self.policy = policy
         self.retry_s = retry_s
         self.tick_interval_s = tick_interval_s
-        self.models: dict[str, ModelThermal] = {}
         self.reachable: dict[str, bool] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -91,14 +99,10 @@ class ThermalController:
         self.ticker_error: BaseException | None = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._counters: dict[str, tuple[int, float]] = {}  # model -> (uses, busy_ms) at the last poll
-        now = self.clock()
-        for name, spec in zoo.models.items():
-            service = zoo.service_of(name)
-            if service is None or zoo.services[service].kind == "gateway":
-                continue
-            st = default_thermal_state(spec).value
-            self.models[name] = ModelThermal(name, service, st, COLD if st == AUTOMATIC else st,
-                                             is_transitioning=True, last_state_change=now)
+        self.idle_check = idle_check
+        self.statuses: dict[str, dict[str, Any] | None] = {}  # last /models/status per service (None: unreachable)
+        self.polled_at: float | None = None
+        self.models, self.facts = thermal_records(zoo, catalog, self.clock())
 
     # ------------------------------------------------------------------ events
     def add_listener(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
@@ -181,13 +185,14 @@ class ThermalController:
 
     def view(self, model_id: str) -> dict[str, Any]:
         m = self.get(model_id)
-        return render_view(m, self.zoo.models[model_id], self.rate_rpm(model_id))
+        return render_view(m, self.facts[model_id], self.rate_rpm(model_id))
 
     def views(self) -> list[dict[str, Any]]:
         return [self.view(n) for n in self.models]
 
-    def current_states(self) -> dict[str, str]:
-        return {n: m.current_state for n, m in self.models.items()}
+    def current_states(self, hosting: str | None = None) -> dict[str, str]:
+        """Current states, of every model or of one hosting ("zoo" or "sagemaker")."""
+        return {n: m.current_state for n, m in self.models.items() if hosting in (None, self.facts[n].hosting)}
 
     def rate_rpm(self, model_id: str) -> float:
         m = self.models[model_id]
@@ -205,7 +210,8 @@ class ThermalController:
         m = self.get(model_id)
         new = ThermalState(state).value
         m.updated_by = updated_by
-        if new != m.target_state:
+        if new != m.target_state or m.idle_zero:
+            m.idle_zero = False
             m.target_state = new
             if new == AUTOMATIC:
                 m.auto_level = m.current_state if m.current_state in LEVELS else COLD
@@ -226,7 +232,13 @@ class ThermalController:
         now = self.clock()
         m.last_activity = now
         m.activity.extend([now] * count)
+        if count:
+            m.latency_ms = processing_ms if m.latency_ms is None else 0.7 * m.latency_ms + 0.3 * processing_ms
         self._trim(m)
+        if m.idle_zero:  # traffic again: the scheduled check's scale-to-zero ends, the target is re-applied
+            m.idle_zero = False
+            m.is_transitioning = True
+            self._ensure_apply(model_id)
         self.writer.record_usage(UsageRow(
             model_id=model_id, operation=operation, processing_time_ms=float(processing_ms * count), created_at=now,
             service_id=m.service_id, input_size_bytes=bytes_in, output_size_bytes=bytes_out, request_id=request_id,
@@ -254,15 +266,20 @@ class ThermalController:
             raise ModelDisabled(f"model {model_id!r} is OFF; set its thermal state first", details={"model": model_id})
         m.last_activity = self.clock()
         self._persist(m)
-        self._spawn(self._warm(model_id), f"warm:{model_id}")
+        if m.idle_zero:
+            m.idle_zero, m.is_transitioning = False, True
+            self._ensure_apply(model_id)
+        elif m.service_id != SAGEMAKER:
+            self._spawn(self._warm(model_id), f"warm:{model_id}")
         return self.view(model_id)
 
     async def _warm(self, model_id: str) -> None:
         m = self.models[model_id]
-        self._emit("warmup", model=model_id)
+        self._emit("warmup", model=model_id, service=m.service_id)
         try:
             st = await self.managers[m.service_id].preload(model_id)
             m.residency = str(st.get("tier", m.residency)) if isinstance(st, dict) else m.residency
+            self._emit("ready", model=model_id, service=m.service_id, residency=m.residency)
         except ServingError as exc:
             m.error_message = f"warm-up failed: {exc.message}"
             self._emit("error", model=model_id, message=m.error_message)
@@ -290,9 +307,12 @@ class ThermalController:
 
     async def _apply(self, m: ModelThermal, level: str) -> None:
         seam = self.managers.get(m.service_id)
-        spec = self.zoo.models[m.model_id]
         name = m.model_id
         configured = done = False
+        if m.service_id == SAGEMAKER:  # hosted on SageMaker: the state is recorded; `zoo deploy` realises it
+            self._record_only(m, level)
+            return
+        spec = self.zoo.models[m.model_id]
         try:
             if seam is None:
                 raise ServingError(f"no manager for service {m.service_id!r}")
@@ -309,7 +329,10 @@ class ThermalController:
                 await seam.configure(name, disabled=False, pinned=(level == HOT), keep_warm=True,
                                      keep_alive_s=spec.keep_alive_s, thermal_state=level)
                 configured, m.disabled, m.pinned = True, False, level == HOT
+                self._emit("warmup", model=name, service=m.service_id, state=level)
                 st = await seam.preload(name, tier="hot" if level == HOT else "warm")
+                self._emit("ready", model=name, service=m.service_id, state=level,
+                           residency=str(st.get("tier")) if isinstance(st, dict) else None)
             if isinstance(st, dict) and "tier" in st:
                 m.residency = str(st["tier"])
             done = True
@@ -317,6 +340,8 @@ class ThermalController:
             self.reachable[m.service_id] = True
         except ServingError as exc:
             if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                if self.reachable.get(m.service_id, True):
+                    self._emit("offline", service=m.service_id, model=name, message=exc.message)
                 self.reachable[m.service_id] = False
             m.error_message = f"{exc.error_type}: {exc.message}"
             m.next_retry_at = self.clock() + self.retry_s
@@ -327,22 +352,40 @@ class ThermalController:
             m.next_retry_at = self.clock() + self.retry_s
         if level != m.current_state and (done or (configured and level != OFF)):
             # the manager follows the new policy once configured, even if a preload is retried later
-            prev, m.current_state = m.current_state, level
-            m.last_state_change = self.clock()
-            self._emit("state_change", model=name, from_state=prev, to_state=level)
+            self._changed(m, level)
         m.is_transitioning = not done
         self._persist(m)
 
-    async def tick(self) -> None:
-        """Poll the managers, move AUTOMATIC models, retry transitions that did not complete."""
-        now = self.clock()
+    def _changed(self, m: ModelThermal, level: str) -> None:
+        prev, m.current_state = m.current_state, level
+        m.last_state_change = self.clock()
+        self._emit("state_change", model=m.model_id, service=m.service_id, from_state=prev, to_state=level,
+                   scaled_to_zero=m.idle_zero)
+        if level in (COLD, OFF):
+            self._emit("cold" if level == COLD else "offline", model=m.model_id, service=m.service_id,
+                       scaled_to_zero=m.idle_zero)
+
+    def _record_only(self, m: ModelThermal, level: str) -> None:
+        if level != m.current_state:
+            self._changed(m, level)
+        m.is_transitioning = False
+        m.error_message = None
+        self._persist(m)
+
+    async def poll(self) -> None:
+        """Read every manager's status: residency, pins, usage counters, reachability (no applies)."""
         for service, seam in self.managers.items():
             try:
                 st = await seam.status()
-            except ServingError:
+            except ServingError as exc:
+                if self.reachable.get(service, True):
+                    self._emit("offline", service=service, message=exc.message)
                 self.reachable[service] = False
+                self.statuses[service] = None
                 continue
-            self.reachable[service] = True
+            if self.reachable.get(service) is False:
+                self._emit("online", service=service)
+            self.reachable[service], self.statuses[service] = True, st
             for r in st.get("registered_models", []):
                 m = self.models.get(r["name"])
                 if m is None:
@@ -357,7 +400,24 @@ class ThermalController:
                     with contextlib.suppress(ValueError):
                         t = datetime.fromisoformat(str(r["last_used"]).replace("Z", "+00:00")).timestamp()
                         m.last_activity = max(m.last_activity or 0.0, t)
+        self.polled_at = self.clock()
+
+    async def refresh(self, max_age_s: float = 2.0) -> None:
+        """Poll the managers unless the last poll is younger than `max_age_s` (selection reads live residency)."""
+        if self.polled_at is None or self.clock() - self.polled_at > max_age_s:
+            await self.poll()
+
+    async def tick(self) -> None:
+        """Poll the managers, move AUTOMATIC models, scale inactive WARM/HOT to zero (idle_check), retry
+        transitions that did not complete."""
+        now = self.clock()
+        await self.poll()
         for name, m in self.models.items():
+            if self.idle_check and inactive_for_scale_to_zero(m, self.facts[name], now):
+                m.idle_zero = True
+                m.is_transitioning = True
+                self._ensure_apply(name)
+                continue
             if m.target_state == AUTOMATIC:
                 new = auto_level(m.auto_level, self.rate_rpm(name), now - m.last_state_change, self.policy)
                 if new != m.auto_level:
@@ -371,26 +431,15 @@ class ThermalController:
                 self._ensure_apply(name)
         await self.wait_idle()
 
-    # ------------------------------------------------------------------ selection
-    def select(self, task: str | None = None, capabilities: Any = (), *, warm_in_background: bool = True) -> Selection:
-        """Seed 001 selection over the zoo's current thermal states, residency and health; starts the
-        background warm-up of a preferred model that is not ready (POST /select, the router)."""
-        names = list(self.models)
-        cands = candidates_from(
-            {n: self.zoo.models[n] for n in names},
-            thermal={n: self.models[n].current_state for n in names},
-            residency={n: self.models[n].residency or COLD for n in names},
-            healthy={n: self.reachable.get(self.models[n].service_id, True) and self.models[n].residency != "FAILED"
-                     for n in names},
-        )
-        sel = select_model(cands, task=task, capabilities=capabilities)
-        if warm_in_background:
-            for n in sel.warm_in_background:
-                try:
-                    self.request_warm(n)
-                except ServingError as exc:
-                    log.info("background warm-up of %s not started: %s", n, exc)
-        return sel
+    # ------------------------------------------------------------------ selection and metrics
+    async def select(self, task: str | None = None, capabilities: Any = (), *, warm_in_background: bool = True,
+                     max_age_s: float = 2.0) -> Selection:
+        """Seed 001 selection on live residency (see serving.control.thermal_queries.select_on)."""
+        return await select_on(self, task, capabilities, warm_in_background=warm_in_background, max_age_s=max_age_s)
+
+    async def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
+        """GET /thermal/metrics (see serving.control.thermal_queries.thermal_metrics)."""
+        return await thermal_metrics(self, usage_window_s)
 
     # ------------------------------------------------------------------ persistence
     def _persist(self, m: ModelThermal) -> None:
@@ -399,27 +448,3 @@ class ThermalController:
     async def usage_summary(self, since: float | None = None) -> dict[str, dict[str, Any]]:
         """Per-model usage from the store (read on the store's thread, after pending writes)."""
         return await self.writer.read(self.store.usage_summary, since=since)
-
-    # ------------------------------------------------------------------ metrics
-    async def metrics(self, usage_window_s: float = 3600.0) -> dict[str, Any]:
-        """GET /thermal/metrics: counts by state, transitions, errors, usage, idle cost of the current states."""
-        from serving.control.plan import plan_zoo  # noqa: PLC0415 - keeps the import graph flat
-
-        by_current = {s.value: 0 for s in ThermalState}
-        by_target = {s.value: 0 for s in ThermalState}
-        for m in self.models.values():
-            by_current[m.current_state] += 1
-            by_target[m.target_state] += 1
-        now = self.clock()
-        plan = plan_zoo(self.zoo, states=self.current_states())
-        return {
-            "total_models": len(self.models),
-            "by_current_state": by_current,
-            "by_target_state": by_target,
-            "transitioning": sorted(n for n, m in self.models.items() if m.is_transitioning),
-            "errors": {n: m.error_message for n, m in self.models.items() if m.error_message},
-            "services_reachable": dict(self.reachable),
-            "usage_window_s": usage_window_s,
-            "usage": await self.usage_summary(since=now - usage_window_s),
-            "estimated_cost": plan["totals"],
-        }

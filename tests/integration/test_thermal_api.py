@@ -200,7 +200,8 @@ async def test_warm_and_metrics(stack):
     m = r.json()
     assert m["total_models"] == 3 and m["by_current_state"]["HOT"] == 1 and m["by_current_state"]["COLD"] == 2
     assert m["usage"]["cls"]["requests"] == 1 and m["usage"]["cls"]["bytes_in"] == 2048
-    assert m["estimated_cost"]["idle_per_hour"] > 0  # one HOT model keeps its endpoint up
+    # issue 13: a HOT model runs its endpoint while active and is scaled to zero when inactive: idle $0
+    assert m["estimated_cost"]["idle_per_hour"] == 0.0 and m["estimated_cost"]["active_per_hour"] > 0
     await client.post("/thermal/bulk?wait=true", json={"model_ids": ["fast_pose"], "target_state": "COLD"},
                       headers=AUTH)
     assert (await client.get("/thermal/metrics")).json()["estimated_cost"]["idle_per_hour"] == 0.0

@@ -58,20 +58,22 @@ def small_zoo(*, device: str = "auto", state: str = "HOT", budget_gb: float = 2.
     })
 
 
-def deployments_of(zoo, states=None):
-    return build_deployments(zoo, plan_zoo(zoo, states), image=IMAGE, role_arn=ROLE)
+def deployments_of(zoo, states=None, keep_idle=False):
+    return build_deployments(zoo, plan_zoo(zoo, states, keep_idle=keep_idle), image=IMAGE, role_arn=ROLE,
+                             keep_idle=keep_idle)
 
 
 def all_shapes():
     zoo = load_zoo(ROOT / "zoo.yaml")
     deps = deployments_of(zoo) + deployments_of(zoo, {m: "COLD" for m in zoo.models})
+    deps += deployments_of(zoo, keep_idle=True)
     deps += deployments_of(small_zoo(device="cpu", state="COLD", budget_gb=1.0, host_gb=1.0))
     return deps
 
 
 def test_every_request_is_valid_for_the_aws_api_model():
     deps = all_shapes()
-    assert {d.shape for d in deps} == {"always_on", "scale_to_zero", "serverless"}
+    assert {d.shape for d in deps} == {"always_on", "scale_to_zero", "scheduled_zero", "serverless"}
     cs = clients()
     stubs = {n: Stubber(c) for n, c in cs.items()}
     for s in stubs.values():
@@ -104,20 +106,41 @@ def test_the_validation_is_real():
 
 def test_shapes_follow_the_thermal_states():
     zoo = load_zoo(ROOT / "zoo.yaml")
-    by_shape = {d.shape: d for d in deployments_of(zoo)}
-    always = by_shape["always_on"]
-    cfg = always.requests[1].params["ProductionVariants"][0]
-    assert cfg["InstanceType"] == "ml.g5.2xlarge" and cfg["InitialInstanceCount"] == 2
-    stz = by_shape["scale_to_zero"]
+    deps = deployments_of(zoo)  # shipped zoo.yaml: HOT detector/LLM/Florence/CLIP, the rest COLD
+    assert {d.shape for d in deps} == {"scheduled_zero"} and sum(d.idle_cost_per_hour() for d in deps) == 0.0
+    cold = deployments_of(zoo, {m: "COLD" for m in zoo.models})
+    assert {d.shape for d in cold} == {"scale_to_zero"}
+    stz = cold[0]
     ops = [r.operation for r in stz.requests]
     assert ops == ["create_model", "create_endpoint_config", "create_endpoint", "create_inference_component",
-                   "register_scalable_target", "put_scaling_policy", "put_scaling_policy", "put_metric_alarm"]
+                   "register_scalable_target", "put_scaling_policy", "put_scaling_policy", "put_metric_alarm",
+                   "put_scaling_policy", "put_metric_alarm"]
     variant = stz.requests[1].params["ProductionVariants"][0]
     assert variant["ManagedInstanceScaling"]["MinInstanceCount"] == 0 and "ModelName" not in variant
     assert stz.requests[4].params["MinCapacity"] == 0
+    # scale-in after the model's scaleToZeroAfterMinutes (keep_alive_s 900 s = 15 min), not a fixed 300 s
+    tt = stz.requests[5].params["TargetTrackingScalingPolicyConfiguration"]
+    assert tt["ScaleInCooldown"] == 900 and "DisableScaleIn" not in tt
+    idle_alarm = stz.requests[9].params
+    metrics = {q["Id"]: q for q in idle_alarm["Metrics"]}
+    assert metrics["served"]["MetricStat"]["Metric"]["MetricName"] == "Invocations"
+    assert metrics["served"]["MetricStat"]["Period"] == 300 and idle_alarm["EvaluationPeriods"] == 3  # 15 min
+    assert metrics["refused"]["MetricStat"]["Metric"]["MetricName"] == "NoCapacityInvocationFailures"
+    assert idle_alarm["TreatMissingData"] == "breaching" and idle_alarm["ComparisonOperator"] == "LessThanThreshold"
+    to_zero = stz.requests[8].params["StepScalingPolicyConfiguration"]
+    assert to_zero["AdjustmentType"] == "ExactCapacity" and to_zero["StepAdjustments"][0]["ScalingAdjustment"] == 0
     model = stz.requests[0].params["PrimaryContainer"]
-    assert model["Image"] == IMAGE and model["Environment"]["ZOO_SERVICES"] == "enrichment"
-    assert model["Environment"]["VRAM_BUDGET_GB"] == "6"
+    assert model["Image"] == IMAGE and "ZOO_SERVICES" in model["Environment"]
+    # WARM/HOT: started at the floor, scale-out only while active, to zero by the idle alarm
+    hot = next(d for d in deps if "detection" in d.endpoint_name)
+    assert hot.requests[3].params["RuntimeConfig"]["CopyCount"] == 2  # HOT: min 1 + buffer 1
+    assert hot.requests[5].params["TargetTrackingScalingPolicyConfiguration"]["DisableScaleIn"] is True
+    assert hot.requests[6].params["StepScalingPolicyConfiguration"]["StepAdjustments"][0]["ScalingAdjustment"] == 2
+    # keep_idle: the classic always-on variant, whose idle cost the requests themselves show
+    kept = deployments_of(zoo, keep_idle=True)
+    always = next(d for d in kept if d.shape == "always_on")
+    assert always.idle_instances() == always.requests[1].params["ProductionVariants"][0]["InitialInstanceCount"] == 2
+    assert always.idle_cost_per_hour() == pytest.approx(2 * always.billed_per_hour)
     # serverless only where it fits its limits: CPU only and <= 6 GB
     assert serverless_memory_mb(0.5) == 1024 and serverless_memory_mb(6.0) == 6144 and serverless_memory_mb(6.1) is None
     big_cpu = small_zoo(device="cpu", state="COLD", budget_gb=4.0, host_gb=4.0)
@@ -135,7 +158,7 @@ def test_names_are_valid_and_content_hashed():
 
 
 def test_apply_updates_an_existing_endpoint():
-    dep = deployments_of(small_zoo())[0]
+    dep = deployments_of(small_zoo(), keep_idle=True)[0]
     cs = clients()
     with Stubber(cs["sagemaker"]) as sm, Stubber(cs["application-autoscaling"]) as aas:
         sm.add_response("describe_endpoint", {
@@ -174,8 +197,9 @@ def test_scale_to_zero_apply_waits_for_the_endpoint_and_wires_the_alarm_to_the_p
         aas.add_response("register_scalable_target", {}, dep.requests[4].params)
         aas.add_response("put_scaling_policy", RESPONSES["put_scaling_policy"], dep.requests[5].params)
         aas.add_response("put_scaling_policy", {"PolicyARN": policy_arn}, dep.requests[6].params)
-        alarm = dict(dep.requests[7].params, AlarmActions=[policy_arn])
-        cw.add_response("put_metric_alarm", {}, alarm)
+        cw.add_response("put_metric_alarm", {}, dict(dep.requests[7].params, AlarmActions=[policy_arn]))
+        aas.add_response("put_scaling_policy", {"PolicyARN": policy_arn + "-idle"}, dep.requests[8].params)
+        cw.add_response("put_metric_alarm", {}, dict(dep.requests[9].params, AlarmActions=[policy_arn + "-idle"]))
         Deployer(cs).apply([dep])
         for s in (sm, aas, cw):
             s.assert_no_pending_responses()
@@ -186,7 +210,7 @@ def test_create_describe_delete_on_moto(device, state, shape):
     """moto's SageMaker lists no g5 types and has no update_endpoint nor inference components: the flow runs
     on a zoo it can hold (ml.g4dn.xlarge always-on, and serverless); update is covered by the Stubber tests."""
     zoo = small_zoo(device=device, state=state, budget_gb=1.0, host_gb=1.0)
-    deps = deployments_of(zoo)
+    deps = deployments_of(zoo, keep_idle=True)
     assert [d.shape for d in deps] == [shape]
     with mock_aws():
         cs = {n: boto3.client(n, region_name=REGION) for n in ("sagemaker", "application-autoscaling", "cloudwatch")}

@@ -8,15 +8,14 @@ import pytest
 
 from serving.config import ThermalState, load_zoo
 from serving.control.catalog import default_catalog
+from serving.control.catalog_plan import catalog_choice, plan_catalog
 from serving.control.instances import INSTANCE_TYPES, billed_price, get_instance
 from serving.control.plan import (
     FitRule,
     Usage,
-    catalog_choice,
     choose_instance,
     instances_in_state,
     monthly_cost,
-    plan_catalog,
     plan_zoo,
     thermal_cost_factors,
     warmup_cost,
@@ -62,6 +61,9 @@ def test_instance_rule_against_the_seed_assignments(capsys):
     """Table test over the 38 models. Rule: cheapest instance with GPU >= gpuMemoryGB and host RAM >= 2x
     (one copy staged while loading + one parked in the warm tier). Mismatches are reported, with why."""
     rows = plan_catalog(default_catalog())
+    for r in rows:  # priced on the seed's instance; the rule's choice is only a suggestion beside it
+        assert r["instance_type"] == (r["seed_instance_type"] or r["rule_instance_type"])
+        r["instance_type"] = r["rule_instance_type"]
     comparable = [r for r in rows if r["seed_instance_type"]]
     matched = [r for r in comparable if r["matches_seed"]]
     missed = [r for r in comparable if not r["matches_seed"]]
@@ -127,11 +129,17 @@ def test_cost_arithmetic_of_one_model():
     f = thermal_cost_factors("m", "COLD", inst, warmup_s=90, min_i=0, max_i=3, usage=usage, rule=FitRule())
     assert f["hourly_infrastructure_costs"] == {"OFF": 0.0, "COLD": 0.0, "WARM": 2.47, "HOT": 4.94, "AUTOMATIC": 0.0}
     assert f["warmup_costs"] == {"estimated_cost": round(2.47 * 90 / 3600, 4), "estimated_duration_seconds": 90}
-    expected = 2.47 * 100 + 10 * 2.47 * 90 / 3600  # active hours + cold starts x warm-up, nothing at idle
+    # active hours + idle periods x (15-minute tail before scale-to-zero + warm-up), nothing at idle
+    expected = 2.47 * 100 + 10 * (2.47 * 15 / 60 + 2.47 * 90 / 3600)
+    assert f["idle_per_hour"] == 0.0 and f["idle_tail"]["cost_per_idle_period"] == pytest.approx(2.47 / 4, abs=1e-4)
     assert f["monthly_estimate"] == pytest.approx(expected, abs=1e-4)
     assert f["per_request_cost"]["amortized_cost_per_request"] == pytest.approx(expected / 1000, abs=1e-4)
-    hot = thermal_cost_factors("m", "HOT", inst, 90, 0, 3, usage, FitRule())
-    assert hot["monthly_estimate"] == pytest.approx(4.94 * 730, abs=1e-3)  # no extra while active, no cold starts
+    # HOT: min + buffer = 2 instances while active; the scheduled check scales it to zero when inactive
+    hot = thermal_cost_factors("m", "HOT", inst, 90, 0, 3, usage, FitRule(), scale_to_zero_after_minutes=10)
+    assert hot["idle_per_hour"] == 0.0
+    assert hot["monthly_estimate"] == pytest.approx(4.94 * 100 + 10 * (4.94 * 10 / 60 + 2.47 * 90 / 3600), abs=1e-3)
+    kept = thermal_cost_factors("m", "HOT", inst, 90, 0, 3, usage, FitRule(), keep_idle=True)
+    assert kept["idle_per_hour"] == 4.94 and kept["monthly_estimate"] == pytest.approx(4.94 * 730, abs=1e-3)
     off = thermal_cost_factors("m", "OFF", inst, 90, 0, 3, usage, FitRule())
     assert off["monthly_estimate"] == 0.0
     assert warmup_cost(3600.0, 1.0) == 1.0
@@ -151,11 +159,12 @@ def test_zoo_plan_packs_services_by_budget_and_prices_them():
         budgets = sum(zoo.services[s].vram_budget_gb + zoo.services[s].headroom_mb / 1024 for s in e["services"])
         assert e["gpu_need_gb"] == pytest.approx(budgets, abs=1e-3)
         assert (e["idle_per_hour"] == 0) == e["scales_to_zero"]
-    # HOT models (detector, LLM, Florence, CLIP) keep their endpoint running; all-COLD enrichment scales to zero
-    hot_ep = next(e for e in eps.values() if "llm" in e["services"])
-    assert not hot_ep["scales_to_zero"] and {"detection", "florence", "clip"} <= set(hot_ep["services"])
-    heavy = next(e for e in eps.values() if "enrichment" in e["services"])
-    assert heavy["scales_to_zero"] and heavy["idle_per_hour"] == 0.0
+    # every endpoint scales to zero at idle, HOT ones (detector, LLM, Florence, CLIP) by the scheduled check;
+    # the HOT detector (min 1 + buffer 1) runs 2 instances while active, and each idle period costs its tail
+    assert all(e["scales_to_zero"] and e["idle_per_hour"] == 0.0 for e in eps.values())
+    det = next(e for e in eps.values() if "detection" in e["services"])
+    assert det["active_instances"] == 2 and det["scale_to_zero_after_minutes"] == 15
+    assert det["idle_tail_cost"] == pytest.approx(det["active_per_hour"] * 15 / 60, abs=1e-3)
     assert plan["totals"]["idle_per_hour"] == pytest.approx(sum(e["idle_per_hour"] for e in plan["endpoints"]))
     # the services' shares of an endpoint add up to it
     for e in plan["endpoints"]:
@@ -177,10 +186,11 @@ def test_a_zoo_all_cold_or_off_costs_nothing_at_idle(state):
         assert plan["totals"]["active_per_hour"] > 0  # it still serves, on demand
 
 
-def test_one_warm_model_keeps_its_endpoint_running():
+def test_one_warm_model_keeps_its_endpoint_running_only_with_keep_idle():
     zoo = load_zoo(ROOT / "zoo.yaml")
     states = {m: "COLD" for m in zoo.models} | {"pose_estimator": ThermalState.WARM}
-    plan = plan_zoo(zoo, states)
+    assert plan_zoo(zoo, states)["totals"]["idle_per_hour"] == 0.0  # the scheduled check scales it to zero
+    plan = plan_zoo(zoo, states, keep_idle=True)
     running = [e for e in plan["endpoints"] if not e["scales_to_zero"]]
     assert len(running) == 1 and "enrichment-light" in running[0]["services"]
     assert plan["totals"]["idle_per_hour"] == running[0]["billed_per_hour"]
@@ -207,7 +217,8 @@ def test_zoo_plan_and_deploy_dry_run_cli_on_zoo_yaml():
     res = runner.invoke(app, ["deploy", "--zoo", str(ROOT / "zoo.yaml")], env={"ZOO_SAGEMAKER_IMAGE": ""})
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["dry_run"] and {d["shape"] for d in out["deployments"]} == {"always_on", "scale_to_zero"}
+    assert out["dry_run"] and {d["shape"] for d in out["deployments"]} == {"scheduled_zero"}
+    assert out["idle_per_hour"] == 0.0 and "WARNING" not in res.stderr
     res = runner.invoke(app, ["deploy", "--zoo", str(ROOT / "zoo.yaml"), "--apply"],
                         env={"ZOO_SAGEMAKER_IMAGE": "", "ZOO_SAGEMAKER_ROLE_ARN": ""})
     assert res.exit_code != 0 and "--image" in res.output  # never sends with placeholder image/role

@@ -73,3 +73,35 @@ def test_on_the_zoo_vitpose_falls_back_to_yolov8n_pose():
     assert s.selected.name == "pose_estimator" and s.warm_in_background == ["vitpose"]
     cands = candidates_from(zoo.models, thermal={}, residency={"vitpose": "HOT"}, healthy={})
     assert select(cands, capabilities=["pose"]).selected.name == "vitpose"
+
+
+def test_on_the_zoo_hot_yolo26_beats_cold_face_detector_for_detect():
+    """Issue 13: POST /select {"task": "detect"} returned face_detector (COLD) over yolo26 (HOT) when the
+    residency snapshot was unknown (every model read as on disk): thermal order comes first now."""
+    zoo = load_zoo(Path(__file__).resolve().parents[2] / "zoo.yaml")
+    cands = candidates_from(zoo.models, thermal={"yolo26": "HOT"}, residency={}, healthy={})
+    detect = sorted(c.name for c in cands if c.task == "detect")
+    assert "face_detector" in detect and detect[0] < "yolo26"  # by name alone face_detector would come first
+    s = select(cands, task="detect", capabilities=[])
+    assert s.selected.name == "yolo26" and [c.name for c in s.ranked][0] == "yolo26"
+    # a COLD model that is resident right now is as hot as a HOT one: then the fallback chain, then latency
+    both = {"yolo26": "HOT", "face_detector": "HOT"}
+    cands = candidates_from(zoo.models, thermal={"yolo26": "HOT"}, residency=both, healthy={},
+                            latency_ms={"yolo26": 12.0, "face_detector": 30.0})
+    assert select(cands, task="detect").selected.name == "yolo26"
+    cands = candidates_from(zoo.models, thermal={"yolo26": "HOT"}, residency=both, healthy={},
+                            latency_ms={"yolo26": 40.0, "face_detector": 3.0})
+    assert select(cands, task="detect").selected.name == "face_detector"
+    # the HOT one first in order but not resident yet: the ready one serves and the first warms (seed 001)
+    cands = candidates_from(zoo.models, thermal={"yolo26": "HOT"}, residency={"face_detector": "HOT"}, healthy={},
+                            latency_ms={"yolo26": 12.0, "face_detector": 30.0})
+    s = select(cands, task="detect")
+    assert s.selected.name == "face_detector" and s.warm_in_background == ["yolo26"]
+
+
+def test_latency_orders_within_a_heat_class_unknown_last():
+    fast = SelectionCandidate("fast", "t", frozenset(), "WARM", "WARM", latency_ms=5.0)
+    slow = SelectionCandidate("a_slow", "t", frozenset(), "WARM", "WARM", latency_ms=50.0)
+    unknown = SelectionCandidate("0_unknown", "t", frozenset(), "WARM", "WARM")
+    hot = SelectionCandidate("z_hot", "t", frozenset(), "HOT", "HOT", latency_ms=500.0)
+    assert [c.name for c in rank([unknown, slow, fast, hot])] == ["z_hot", "fast", "a_slow", "0_unknown"]

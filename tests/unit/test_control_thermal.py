@@ -343,7 +343,7 @@ async def test_selection_skips_models_of_unreachable_services():
     assert v["is_transitioning"] and v["current_state"] == COLD and "connection refused" in v["error_message"]
     from serving.errors import ServiceUnavailable
     with pytest.raises(ServiceUnavailable):
-        ctl.select(capabilities=["pose"])
+        await ctl.select(capabilities=["pose"])
     await ctl.stop()
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MiB = 1 << 20
+#: pool bytes beyond the host-tier budget: the staging buffers of direct loads (2 x 64 MiB)
+STAGING_RESERVE = 128 * MiB
 
 
 @dataclass

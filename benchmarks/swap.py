@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _report import emit, machine  # benchmarks/ is on sys.path when a script runs
 
 GOAL = 0.8

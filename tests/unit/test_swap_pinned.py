@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from serving.vram.devices import CpuDevice, CudaDevice, FakeDevice
-from serving.vram.pinned import MiB, CopyEngine, HostPool
+from serving.vram.pinned import CopyEngine, HostPool, MiB
 
 
 class CountingAlloc:

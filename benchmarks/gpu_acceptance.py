@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated check names")
     ap.add_argument("--zoo", type=Path, default=REPO / "zoo.yaml")
     ap.add_argument("--fill-readme", action="store_true", help="rewrite the table in benchmarks/README.md")
+    ap.add_argument("--readme", type=Path, default=README, help="the README whose table --fill-readme rewrites")
     args = ap.parse_args(argv)
 
     from _gpu_checks import Context
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     if args.fill_readme:
-        fill_readme(report)
+        fill_readme(report, args.readme)
     print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped "
           f"in {report['seconds']} s", file=sys.stderr)
     return 1 if counts["fail"] else 0

@@ -347,8 +347,11 @@ def check_detector_backends(ctx: Context) -> tuple[bool, dict[str, Any], str]:
         from serving.fixtures.yolo import export_engine
 
         t0 = time.perf_counter()
-        try:
-            paths["engine"] = export_engine(paths["pt"], ctx.tmp / "detector.engine", batch=1)
+        try:  # from a copy: ultralytics writes its intermediate .onnx next to the .pt (not over the fixture)
+            work = ctx.tmp / "engine-build"
+            work.mkdir(exist_ok=True)
+            pt = Path(shutil.copy2(paths["pt"], work / paths["pt"].name))
+            paths["engine"] = export_engine(pt, ctx.tmp / "detector.engine", batch=1, device=ctx.device.torch_device)
             figs["engine_build_s"] = round(time.perf_counter() - t0, 1)
         except Exception as e:
             figs["engine_build_error"] = f"{type(e).__name__}: {e}"

@@ -13,6 +13,7 @@ It also reports the host pool's counters (one pinning for all the offloads of th
     python benchmarks/swap.py                      # 512 MB model, on cuda:0 when present, else cpu
     python benchmarks/swap.py --quick              # 64 MB model (says so), the smoke run of `make test`
     python benchmarks/swap.py --device cpu --out benchmarks/results/swap_cpu.json
+    python benchmarks/swap.py --scale 0.05 --service enrichment   # sweep: fixed init + bytes/bandwidth fits
 
 On CPU "the device" is host memory: both paths are memory copies, the disk part is the page cache.
 """
@@ -166,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="64 MB model, 3 repeats: a smoke run, said in the output")
     ap.add_argument("--tmp", default=None, help="where the model file is written (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="sweep mode: the zoo's model sizes times SCALE, fixed init + bytes/bandwidth fits")
+    ap.add_argument("--service", default=None, help="sweep mode: only this service's models")
+    ap.add_argument("--zoo", default="zoo.yaml", help="sweep mode: the zoo file")
     args = ap.parse_args(argv)
+    if args.scale is not None or args.service:
+        return sweep_main(args)
     mb, repeats = (64, 3) if args.quick else (args.mb, args.repeats)
     device = device_for(args.device)
     m = machine(("torch", "safetensors", "fastsafetensors"))
@@ -193,6 +200,22 @@ def main(argv: list[str] | None = None) -> int:
           f" | ratio {q['restore_over_copy']:.3f} (goal >= {GOAL})", file=sys.stderr)
     print(f"  offload   {f['offload']['gbps']:7.2f} GB/s | copy     {f['copy_to_host']['gbps']:7.2f} GB/s"
           f" | ratio {q['offload_over_copy']:.3f}", file=sys.stderr)
+    emit(result, args.out)
+    return 0
+
+
+def sweep_main(args: Any) -> int:
+    from _swap_sweep import sweep
+
+    from serving.config import load_zoo
+
+    zoo = load_zoo(args.zoo, env={})
+    names = zoo.services[args.service].models if args.service else list(zoo.models)
+    scale = args.scale if args.scale is not None else 1.0
+    sizes = sorted({int(zoo.models[n].vram_mb * 2**20 * scale) for n in names if zoo.models[n].vram_mb > 1})
+    device = device_for(args.device)
+    result = {"benchmark": "swap_sweep", "machine": machine(("torch", "safetensors")), "scale": scale,
+              **sweep(device, sizes, args.repeats, timed)}
     emit(result, args.out)
     return 0
 

@@ -169,3 +169,23 @@ def test_osnet_load_to_host_parks_the_weights_in_the_pool(osnet_ctx):
     assert a.tier == "WARM" and a.parking.parked and osnet_ctx.device.host_pool.stats.in_use_bytes > 0
     a.restore()
     assert a.predict([Image.new("RGB", (64, 128))])[0]["embedding_dimension"] > 0
+
+
+def test_a_transformers_family_loads_with_device_map_and_parks_in_one_buffer(built_models):
+    from PIL import Image
+
+    from serving.adapters.registry import AdapterRegistry
+
+    zoo = built_models("demographics_age")
+    dev = CpuDevice()
+    a = AdapterRegistry().create("demographics_age", zoo.models["demographics_age"], zoo.models_root, dev)
+    a.load()
+    assert a.load_info.loader == "transformers" and a.load_info.direct and "device_map" in a.load_info.note
+    img = Image.new("RGB", (64, 64), (200, 10, 10))
+    ref = a.predict([img])
+    processor, module = a.processor, a.model
+    a.offload()
+    assert dev.host_pool.stats.in_use_bytes >= a.param_bytes() > 0
+    a.restore()
+    assert a.processor is processor and a.model is module and a.predict([img]) == ref
+    assert dev.host_pool.stats.allocations == 1

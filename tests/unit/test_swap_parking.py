@@ -189,3 +189,30 @@ def test_a_transformers_family_loads_with_device_map_and_parks_in_one_buffer(bui
     a.restore()
     assert a.processor is processor and a.model is module and a.predict([img]) == ref
     assert dev.host_pool.stats.allocations == 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_yolo_restores_without_rebuilding_and_says_it_has_no_direct_load(built_models, fmt):
+    from PIL import Image
+
+    from serving.adapters.registry import AdapterRegistry
+    from serving.adapters.yolo import YoloAdapter
+
+    zoo = built_models("threat_detector")
+    dev = CpuDevice()
+    reg = AdapterRegistry({"yolo": lambda ctx: YoloAdapter(ctx, backends_available={fmt})})
+    a = reg.create("threat_detector", zoo.models["threat_detector"], zoo.models_root, dev)
+    a.load()
+    assert a.format == fmt and not a.load_info.direct and "no direct path" in a.load_info.note
+    img = Image.new("RGB", (96, 96), (30, 60, 90))
+    ref = a.predict([img], confidence=0.0)
+    be = a._backend()
+    kept = be.session if fmt == "onnx" else be.model
+    for _ in range(2):
+        a.offload()
+        a.restore()
+    assert (a._backend().session if fmt == "onnx" else a._backend().model) is kept  # nothing rebuilt
+    assert a.predict([img], confidence=0.0) == ref
+    if fmt == "pt":
+        assert dev.host_pool.stats.allocations == 1 and dev.copy_engine.copies > 0
+    a.unload()

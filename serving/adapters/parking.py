@@ -64,6 +64,23 @@ class Parking:
         return all(t.data_ptr() == base + off and _dense(t)
                    for t, off in zip(self.tensors, self.offsets, strict=True) if _nbytes(t))
 
+    def compact(self) -> None:
+        """Copy the tensors into one block on the device and re-point them (once, at load, on host devices):
+        tensors that transformers leaves as views of the mmap'ed file are not aligned, and CPU kernels pick
+        code paths by alignment, so without this a model's outputs would differ in the last bit after its
+        first round trip through the warm tier. A no-op when already one block or parked."""
+        if self.block is not None or self.parked:
+            return
+        import torch
+
+        block = torch.empty(max(self.total, 1), dtype=torch.uint8, device=self.device.torch_device)
+        pairs = [(_slice(block, off, t), t.data) for t, off in zip(self.tensors, self.offsets, strict=True)
+                 if _nbytes(t)]
+        self.device.copy_engine.copy(pairs)
+        for t, off in zip(self.tensors, self.offsets, strict=True):
+            t.data = _slice(block, off, t)
+        self.block = block
+
     def offload(self) -> None:
         """Device -> one pooled host buffer; the device memory is released (module docstring)."""
         if self.parked:

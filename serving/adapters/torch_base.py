@@ -65,6 +65,8 @@ class TorchModuleAdapter(Adapter):
 
     def load(self) -> None:
         self._build(self.ctx.device.torch_device)
+        if self.ctx.device.kind != "cuda":  # host memory: one aligned block, as after a restore (Parking.compact)
+            self.parking.compact()
         self.tier = "HOT"
 
     supports_host_load = True

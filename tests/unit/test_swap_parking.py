@@ -119,6 +119,28 @@ def test_a_direct_load_block_is_adopted_so_the_first_offload_is_one_copy(tmp_pat
     assert torch.allclose(m(x), net()(x))
 
 
+def test_compact_moves_scattered_tensors_into_one_aligned_block_and_the_next_offload_is_one_copy():
+    dev = CpuDevice()
+    m = net()
+    x = torch.randn(2, 3, 9, 9)
+    ref = m(x)
+    p = Parking(module_tensors(m), dev)
+    p.compact()
+    assert p.block is not None and p._is_block_layout()
+    assert all((t.data_ptr() - p.block.data_ptr()) % 256 == 0 for t in module_tensors(m) if t.numel())
+    assert torch.equal(m(x), ref)
+    copies = dev.copy_engine.copies
+    p.offload()
+    assert dev.copy_engine.copies == copies + 1
+    host_ptrs = [t.data_ptr() for t in module_tensors(m)]
+    p.compact()  # parked: nothing moves
+    assert p.parked and p.block is None and [t.data_ptr() for t in module_tensors(m)] == host_ptrs
+    p.restore()
+    block = p.block
+    p.compact()
+    assert p.block is block and torch.equal(m(x), ref)
+
+
 def test_a_block_the_tensors_do_not_live_in_is_not_adopted():
     dev = CpuDevice()
     m = net()

@@ -172,6 +172,8 @@ class Adapter(abc.ABC):
         self.ctx = ctx
         self.format: str = ""  # the format actually loaded (engine, onnx, pt, hf, ...)
         self.dtype: str = "float32"
+        #: how the weights reached the device (serving.adapters.weights.LoadInfo), set by load
+        self.load_info: Any = None
 
     # --- life cycle (blocking; called from a worker thread) ------------------------------------
     @abc.abstractmethod

@@ -47,7 +47,7 @@ class CausalLMAdapter(TorchModuleAdapter):
 
     family = "causal_lm"
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = hf_folder(self.ctx)
@@ -55,7 +55,8 @@ class CausalLMAdapter(TorchModuleAdapter):
         self.processor = AutoTokenizer.from_pretrained(folder, **SAFE_LOAD)
         if not getattr(self.processor, "chat_template", None):
             raise BadRequest(f"{self.ctx.name}: the tokenizer has no chat template")
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
 
     @property
     def tokenizer(self) -> Any:

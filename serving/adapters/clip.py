@@ -67,14 +67,15 @@ class ClipAdapter(TorchModuleAdapter):
         self.arch = (ctx.spec.options or {}).get("arch", "clip")
         self._text_cache: dict[tuple[str, ...], Any] = {}
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoModel, AutoProcessor
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
         self._text_cache = {}
-        return AutoModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        return AutoModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
 
     def unload(self) -> None:
         self._text_cache = {}

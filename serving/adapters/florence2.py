@@ -35,13 +35,14 @@ class Florence2Adapter(TorchModuleAdapter):
 
     family = "florence2"
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
-        return Florence2ForConditionalGeneration.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        return Florence2ForConditionalGeneration.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
 
     def warmup(self) -> None:
         from PIL import Image

@@ -50,13 +50,14 @@ class ImageClassifierAdapter(TorchModuleAdapter):
         self.label_set: str = label_set
         self.labels: list[str] = []
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
-        model = AutoModelForImageClassification.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        model = AutoModelForImageClassification.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
         self.labels = id2label(model)
         return model
 

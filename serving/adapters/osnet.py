@@ -169,19 +169,23 @@ class OsnetAdapter(TorchModuleAdapter):
     family = "osnet"
     model_name = "osnet_x0_25"
 
-    def _load_module(self) -> Any:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    def _load_module(self, device: str) -> Any:
+        """Straight to the device: the file's tensors land in one device block (`load_safetensors`), the
+        module is built on the meta device and adopts them (no second copy, no host copy)."""
+        from serving.adapters.weights import WeightsError, load_safetensors
 
         path = self.ctx.path("safetensors")
         if path is None:
             raise ModelLoadFailed(f"{self.ctx.name}: no safetensors file; run `zoo fixtures` or `zoo pull`")
-        model = OSNet()
+        with torch.device("meta"):
+            model = OSNet()
+        target = self.ctx.device if device == self.ctx.device.torch_device else _HostTarget(self.ctx.device)
         try:
-            state = load_file(str(path), device="cpu")
-            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=True)
-        except (SafetensorError, RuntimeError, OSError) as e:
+            state, block, self.load_info = load_safetensors(path, target, keep=_not_classifier)
+            model.load_state_dict(state, strict=True, assign=True)
+        except (WeightsError, RuntimeError, OSError) as e:
             raise ModelLoadFailed(f"{self.ctx.name}: {path.name} is not OSNet-x0.25 weights: {e}") from None
+        self.adopt_block(block)
         self.format = "safetensors"
         return model
 
@@ -208,3 +212,16 @@ def _blank() -> Any:
     from PIL import Image
 
     return Image.new("RGB", (INPUT_HW[1], INPUT_HW[0]), (127, 127, 127))
+
+
+def _not_classifier(key: str) -> bool:
+    return not key.startswith("classifier.")
+
+
+class _HostTarget:
+    """The host as a load target (load_to_host): reads straight into host memory, no staging."""
+
+    kind, torch_device = "cpu", "cpu"
+
+    def __init__(self, device: Any) -> None:
+        self.host_pool, self.copy_engine = device.host_pool, device.copy_engine

@@ -28,13 +28,14 @@ class SegformerAdapter(TorchModuleAdapter):
         super().__init__(ctx)
         self.labels: list[str] = []
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoImageProcessor, SegformerForSemanticSegmentation
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
-        model = SegformerForSemanticSegmentation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        model = SegformerForSemanticSegmentation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
         self.labels = id2label(model)
         return model
 

@@ -30,13 +30,14 @@ class VitPoseAdapter(TorchModuleAdapter):
 
     family = "vitpose"
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoImageProcessor, VitPoseForPoseEstimation
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoImageProcessor.from_pretrained(folder, **SAFE_LOAD)
-        return VitPoseForPoseEstimation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        return VitPoseForPoseEstimation.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
 
     def warmup(self) -> None:
         from PIL import Image

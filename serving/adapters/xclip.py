@@ -38,13 +38,14 @@ class XClipAdapter(TorchModuleAdapter):
 
     family = "xclip"
 
-    def _load_module(self) -> Any:
+    def _load_module(self, device: str) -> Any:
         from transformers import AutoProcessor, XCLIPModel
 
         folder = hf_folder(self.ctx)
         self.format = "hf"
         self.processor = AutoProcessor.from_pretrained(folder, **SAFE_LOAD)
-        return XCLIPModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD)
+        return XCLIPModel.from_pretrained(folder, dtype=model_dtype(self.ctx), **SAFE_MODEL_LOAD,
+                                   device_map=self.direct_to(device))
 
     @property
     def num_frames(self) -> int:

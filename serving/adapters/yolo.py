@@ -22,11 +22,11 @@ checkpoints, so one loading path serves both. ultralytics is imported with YOLO_
 YOLO_AUTOINSTALL=0 and ULTRALYTICS_SAFE_LOAD=1 (set unless already set) so it never touches the network
 or pip from a serving process.
 
-Tiers: `.pt` offload moves the fused nn.Module to host RAM (pinned on CUDA) and restore moves it back;
-`.onnx` offload drops the onnxruntime session and keeps the file's bytes in RAM, restore rebuilds the
-session from those bytes (no disk read); `.engine` offload drops the TensorRT engine and execution
-context, and restore deserialises the engine file again (ultralytics' TensorRT backend only reads from a
-path; the file normally sits in the page cache).
+Tiers: `.pt` parks the fused module's weights in one pooled host buffer (serving/adapters/parking.py);
+`.onnx` on the CPU keeps its session (host memory already); on CUDA the session is dropped (onnxruntime
+cannot release a live session's device weights) and rebuilt from the file's bytes kept in RAM; `.engine`
+drops engine and context and deserialises the (page-cached) file again. No format has a direct
+file-to-device path: `load_info` says so in the footprint record.
 
 YOLO-World: the fixed vocabulary stored in the checkpoint works everywhere (a `vocabulary` whose words
 are all known becomes a class filter). A new vocabulary needs ultralytics' CLIP text encoder (the `clip`
@@ -55,6 +55,7 @@ from typing import Any
 
 from serving.adapters.base import Adapter, ImageInput, LoadContext, regions
 from serving.adapters.postprocess import damage, pose, threat
+from serving.adapters.weights import ENGINE_INFO, ONNX_INFO, PICKLE_INFO
 from serving.errors import BadRequest, DeviceOOM, ModelLoadFailed
 
 FORMAT_ORDER: tuple[str, ...] = ("engine", "onnx", "pt")
@@ -196,6 +197,7 @@ class YoloAdapter(Adapter):
         self.confidence = float(ctx.spec.options.get("confidence", 0.25))
         self._blob: bytes | None = None  # .onnx bytes kept for a disk-free restore
         self._providers: list[Any] = []
+        self._parking: Any = None  # Parking of the .pt module, made at its first offload
         self._lock = threading.Lock()
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -213,6 +215,7 @@ class YoloAdapter(Adapter):
             try:
                 self._load_format(fmt, self.ctx.paths[fmt])
                 self.format, self.tier = fmt, "HOT"
+                self.load_info = {"pt": PICKLE_INFO, "onnx": ONNX_INFO, "engine": ENGINE_INFO}[fmt]
                 return
             except Exception as e:
                 self.unload()
@@ -242,41 +245,46 @@ class YoloAdapter(Adapter):
 
     def offload(self) -> None:
         be = self._backend()
-        if self.format == "pt":
-            from serving.adapters.torch_base import move_module
+        if self.format == "pt":  # one pooled host buffer, one large copy (serving/adapters/parking.py)
+            if self._parking is None:
+                from serving.adapters.parking import Parking, module_tensors
 
-            be.model = move_module(be.model, "cpu", pin=self.ctx.device.pin_memory)
-            self.yolo.model = be.model
+                self._parking = Parking(module_tensors(be.model), self.ctx.device)
+            self._parking.offload()
             be.device = next(be.model.parameters()).device
         elif self.format == "onnx":
-            be.session = None
-            if getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA only
-                be.io, be.bindings = None, []
+            if self.ctx.device.kind == "cuda":  # pragma: no cover - the session's weights sit in VRAM
+                be.session = None
+                if getattr(be, "use_io_binding", False):
+                    be.io, be.bindings = None, []
+            # on the CPU the session's weights are host memory already: the session is kept as it is, so
+            # the restore re-initialises nothing
         else:  # pragma: no cover - TensorRT needs a GPU
             self.yolo.predictor = None
         self.tier = "WARM"
 
     def restore(self) -> None:
         if self.format == "pt":
-            from serving.adapters.torch_base import move_module
-
             be = self._backend()
-            be.model = move_module(be.model, self.ctx.device.torch_device)
-            self.yolo.model = be.model
+            assert self._parking is not None
+            self._parking.restore()
             be.device = next(be.model.parameters()).device
         elif self.format == "onnx":
-            import onnxruntime as ort
-
             be = self._backend()
-            be.session = ort.InferenceSession(self._blob, be.session_options, providers=self._providers)
-            if getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA only
-                _bind_onnx_outputs(be)
+            if be.session is None:  # pragma: no cover - CUDA: rebuilt from the bytes in RAM (no disk)
+                import onnxruntime as ort
+
+                be.session = ort.InferenceSession(self._blob, be.session_options, providers=self._providers)
+                if getattr(be, "use_io_binding", False):
+                    _bind_onnx_outputs(be)
         else:  # pragma: no cover - TensorRT needs a GPU
             self._run([_blank(64)], conf=1.0)
         self.tier = "HOT"
 
     def unload(self) -> None:
-        self.yolo, self._blob, self._providers = None, None, []
+        if self._parking is not None:
+            self._parking.drop()
+        self.yolo, self._blob, self._providers, self._parking = None, None, [], None
         self.tier = "COLD"
 
     def param_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """Prometheus metrics of one service process (one registry per app instance, so tests can run many).
 
 What is exported (names are stable; dashboards may rely on them):
-- `zoo_model_loads_total{model,from_tier}`, `zoo_model_load_failures_total{model}`,
-  `zoo_model_load_seconds{model}` (histogram), `zoo_model_evictions_total{model,reason}`,
+- `zoo_model_loads_total{model,from_tier}` (from_tier WARM counts restores), `zoo_model_load_failures_total{model}`,
+  `zoo_model_load_seconds{model}` (histogram of cold loads from disk only), `zoo_model_restore_seconds{model}`
+  (histogram of warm-tier restores, WARM -> HOT), `zoo_model_evictions_total{model,reason}`,
   `zoo_model_cache_hits_total{model}`, `zoo_model_cache_misses_total{model}`, `zoo_model_ooms_total{model,phase}`,
   `zoo_inference_overloaded_total{device}` — fed by the manager's typed events (serving/vram/events.py)
   through `Metrics.HANDLERS`, one handler per event type (a test fails when a type has none);
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.vram.manager import OnDemandModelManager
 
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RESTORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
@@ -45,8 +47,10 @@ class Metrics:
         self.loads = Counter("zoo_model_loads", "Model loads (COLD->HOT or WARM->HOT)", ["model", "from_tier"],
                              registry=r)
         self.load_failures = Counter("zoo_model_load_failures", "Failed model loads", ["model"], registry=r)
-        self.load_seconds = Histogram("zoo_model_load_seconds", "Seconds to bring a model HOT", ["model"],
+        self.load_seconds = Histogram("zoo_model_load_seconds", "Seconds of a cold load from disk", ["model"],
                                       buckets=LOAD_BUCKETS, registry=r)
+        self.restore_seconds = Histogram("zoo_model_restore_seconds", "Seconds of a warm-tier restore (WARM->HOT)",
+                                         ["model"], buckets=RESTORE_BUCKETS, registry=r)
         self.evictions = Counter("zoo_model_evictions", "Demotions of a model by reason", ["model", "reason"],
                                  registry=r)
         self.hits = Counter("zoo_model_cache_hits", "Leases served by a HOT model", ["model"], registry=r)
@@ -89,9 +93,9 @@ class Metrics:
         self.loads.labels(e.model, e.from_tier).inc()
         self.load_seconds.labels(e.model).observe(e.seconds)
 
-    def _on_restore(self, e: ev.Restore) -> None:  # a WARM -> HOT load, as before the events were typed
+    def _on_restore(self, e: ev.Restore) -> None:  # counted with the loads (from WARM), timed on its own
         self.loads.labels(e.model, "WARM").inc()
-        self.load_seconds.labels(e.model).observe(e.seconds)
+        self.restore_seconds.labels(e.model).observe(e.seconds)
 
     def _on_load_failed(self, e: ev.LoadFailed) -> None:
         self.load_failures.labels(e.model).inc()

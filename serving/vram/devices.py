@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from serving.errors import DeviceOOM
+from serving.vram.pinned import CopyEngine, HostPool
 
 
 class Device(abc.ABC):
@@ -28,10 +29,26 @@ class Device(abc.ABC):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._host_pool: HostPool | None = None
+        self._copy_engine: CopyEngine | None = None
 
     @property
     def torch_device(self) -> str:
         return self.name
+
+    @property
+    def host_pool(self) -> HostPool:
+        """Host buffers of this device's warm tier (pinned on CUDA, reused across offloads)."""
+        if self._host_pool is None:
+            self._host_pool = HostPool(pin=self.pin_memory)
+        return self._host_pool
+
+    @property
+    def copy_engine(self) -> CopyEngine:
+        """Large host <-> device copies (a side stream on CUDA)."""
+        if self._copy_engine is None:
+            self._copy_engine = CopyEngine.for_device(self.torch_device)
+        return self._copy_engine
 
     @abc.abstractmethod
     def total_bytes(self) -> int: ...
@@ -95,13 +112,15 @@ class CudaDevice(Device):
     """A CUDA GPU seen through torch's caching allocator and NVML.
 
     `cuda` (default `torch.cuda`) and `nvml` (default `pynvml`, optional) are seams: tests pass fakes
-    with the same functions, so the arithmetic here runs without a GPU.
+    with the same functions, so the arithmetic here runs without a GPU. The copy engine runs its copies
+    on a side stream of `cuda`; `host_pool` (default: a pinned `HostPool`) is a seam too.
     """
 
     kind = "cuda"
     pin_memory = True
 
-    def __init__(self, index: int = 0, *, cuda: Any = None, nvml: Any = None) -> None:
+    def __init__(self, index: int = 0, *, cuda: Any = None, nvml: Any = None,
+                 host_pool: HostPool | None = None) -> None:
         super().__init__(f"cuda:{index}")
         if cuda is None:  # pragma: no cover - the real module on a GPU box
             import torch
@@ -109,6 +128,8 @@ class CudaDevice(Device):
             cuda = torch.cuda
         self.index = index
         self._cuda = cuda
+        self._host_pool = host_pool
+        self._copy_engine = CopyEngine(self.name, cuda=cuda)
         self._nvml = nvml
         self._handle = None
         if nvml is None:

@@ -45,6 +45,7 @@ from serving.vram.footprints import FootprintStore
 from serving.vram.gate import InferenceGate
 from serving.vram.ledger import Ledger
 from serving.vram.loads import Loads
+from serving.vram.pinned import STAGING_RESERVE
 from serving.vram.policy import get_policy
 from serving.vram.runner import Runner, inline_runner, thread_runner
 from serving.vram.snapshot import Oracle, check_invariants, decayed_rate, model_view
@@ -77,6 +78,7 @@ class OnDemandModelManager:
     ) -> None:
         self.device = device
         self.ledger = Ledger(budget_bytes, host_cache_bytes)
+        device.host_pool.max_bytes = host_cache_bytes + STAGING_RESERVE  # pooled host buffers: the warm tier
         self.policy_name = policy
         self.sweep_interval_s = sweep_interval_s
         self.clock = clock

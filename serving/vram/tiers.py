@@ -76,6 +76,7 @@ class TierMover:
             self.ledger.host.release(e.name)
             restore_wall = time.perf_counter() - t0
             e.restore_s = max(self.clock() - start, 0.0) or restore_wall
+            await self._record_restore(e, e.restore_s)
         else:
             if e.adapter is None:  # single-flight: only this load task touches e now
                 e.adapter = await self.new_adapter(e)
@@ -100,14 +101,27 @@ class TierMover:
         e.measured_bytes = max(load_bytes, peak_bytes) or None
         if e.measured_bytes is None:
             return
+        fmt, dtype = e.adapter.format or "unknown", e.adapter.dtype
+        prev = self.footprints.lookup(e.name, self.device.hardware_name, fmt, dtype)
+        info = getattr(e.adapter, "load_info", None)  # serving.adapters.weights.LoadInfo, when the family says
         self.footprints.record(
             Footprint(
-                model=e.name, format=e.adapter.format or "unknown", device=self.device.hardware_name,
-                dtype=e.adapter.dtype, load_bytes=load_bytes, peak_bytes=peak_bytes, load_s=e.load_s,
-                restore_s=e.restore_s, measured_at=self.clock(),
+                model=e.name, format=fmt, device=self.device.hardware_name, dtype=dtype, load_bytes=load_bytes,
+                peak_bytes=peak_bytes, load_s=e.load_s, restore_s=prev.restore_s if prev else None,
+                restores=prev.restores if prev else 0, measured_at=self.clock(),
+                loader=getattr(info, "loader", None), direct_load=getattr(info, "direct", None),
+                load_note=getattr(info, "note", "") or "",
             )
         )
         await self.runner(self.footprints.save)  # file I/O off the loop
+
+    async def _record_restore(self, e: ModelEntry, seconds: float) -> None:
+        """A restore's time goes to the footprint's restore_s, apart from the cold load's load_s."""
+        assert e.adapter is not None
+        changed = self.footprints.record_restore(e.name, self.device.hardware_name, e.adapter.format or "unknown",
+                                                 e.adapter.dtype, seconds)
+        if changed:
+            await self.runner(self.footprints.save)
 
     def _fit_reservation(self, e: ModelEntry) -> None:
         """After a load, the reservation becomes the measured footprint when that still fits."""

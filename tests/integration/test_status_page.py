@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,13 +25,13 @@ from serving.services.app import create_app
 from serving.settings import Settings
 from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeBehaviour, fake_registry
+from tests.integration.debian_tools import ensure
 from tests.integration.svc_helpers import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "status-page.png"
 TOKEN = "s3cret-admin"
 GB = 2**30
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -110,19 +107,6 @@ def test_feed_and_admin_proxy_over_http(zoo, tmp_path):
         assert warm["tier"] == "WARM" and warm["host_mb"] > 0
 
 
-def _ensure_chromium() -> None:
-    """Debian's chromium; installed here when missing (make test runs as root on these machines)."""
-    if Path(CHROMIUM).exists():
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("Debian's chromium is not installed and apt-get is unavailable here (need root + apt)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True, timeout=600)
-    r = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0 and Path(CHROMIUM).exists(), r.stderr[-2000:]
-
-
 def _not_blank(png: bytes) -> tuple[int, float]:
     """(distinct colours, standard deviation of the grey levels) of a screenshot."""
     from PIL import Image, ImageStat
@@ -134,12 +118,12 @@ def _not_blank(png: bytes) -> tuple[int, float]:
 
 @pytest.mark.slow
 def test_status_page_in_headless_chromium(zoo, tmp_path):
-    _ensure_chromium()
+    chromium = ensure("chromium", "chromium")
     from playwright.sync_api import expect, sync_playwright
 
     with running_zoo(zoo, tmp_path) as (gw, _), sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(  # a fresh --user-data-dir
-            tmp_path / "chromium", executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            tmp_path / "chromium", executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1500, "height": 1100})
         try:
             page = browser.new_page()

@@ -37,6 +37,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from serving.tables import fit  # 80 columns: one block per row when too wide
+
     con = Console()
     t = Table(title="Endpoints (services packed per GPU instance)")
     for c in ("endpoint", "instance", "GPU need/mem GB", "host need/mem GB", "idle inst", "idle $/h", "active $/h",
@@ -47,7 +49,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
                   f"{e['host_need_gb']:.2f}/{e['host_memory_gb']}", str(e["idle_instances"]),
                   f"{e['idle_per_hour']:.2f}", f"{e['active_per_hour']:.2f}", f"{e['warmup_cost']:.4f}",
                   f"{e['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     t = Table(title="Services: $/h if all their models were in each state")
     for c in ("service", "instance", "share", "OFF", "COLD", "WARM", "HOT", "AUTO", "idle $/h", "warm-up $",
               "monthly $"):
@@ -57,7 +59,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
         t.add_row(s["service"], s["instance_type"], f"{s['share']:.2f}", *(f"{h[k]:.3f}" for k in
                   ("OFF", "COLD", "WARM", "HOT", "AUTOMATIC")), f"{s['idle_per_hour']:.3f}", f"{s['warmup_cost']:.4f}",
                   f"{s['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     t = Table(title="Models: share of their endpoint, $/h per thermal state")
     for c in ("model", "service", "state", "instance", "OFF", "COLD", "WARM", "HOT", "warm-up $", "monthly $"):
         t.add_column(c)
@@ -66,7 +68,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
         t.add_row(m["model"], m["service"], m["state"], m["instance_type"], *(f"{h[k]:.3f}" for k in
                   ("OFF", "COLD", "WARM", "HOT")), f"{m['warmup_costs']['estimated_cost']:.4f}",
                   f"{m['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     tot = plan["totals"]
     con.print(f"idle ${tot['idle_per_hour']:.2f}/h, all active ${tot['active_per_hour']:.2f}/h, "
               f"monthly ${tot['monthly_estimate']:.2f} for {plan['usage']['active_hours']:g} active h, "
@@ -76,6 +78,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
 def _print_catalog(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from serving.tables import fit
 
     t = Table(title="Catalog (seed 000): instance rule vs the seed")
     for c in ("model", "GPU GB", "seed", "rule", "match", "state", "WARM $/h", "HOT $/h", "warm-up $"):
@@ -87,7 +91,8 @@ def _print_catalog(rows: list[dict[str, Any]]) -> None:
                   str(r["instance_type"]), {True: "yes", False: "NO", None: "-"}[r["matches_seed"]],
                   c.get("current_state", ""), f"{h.get('WARM', 0):.2f}", f"{h.get('HOT', 0):.2f}",
                   f"{c.get('warmup_costs', {}).get('estimated_cost', 0):.4f}")
-    Console().print(t)
+    con = Console()
+    con.print(fit(t, con))
 
 
 def plan_cmd(

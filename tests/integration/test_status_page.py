@@ -12,48 +12,19 @@ real gateway sits in front with the thermal API and an admin token. Then:
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serving.router.fanout import env_key
-from serving.services.app import create_app
-from serving.settings import Settings
-from serving.vram.devices import FakeDevice
-from serving.vram.fakes import FakeBehaviour, fake_registry
 from tests.integration.debian_tools import ensure
-from tests.integration.svc_helpers import BackgroundServer
+from tests.integration.zoo_fakes import TOKEN, running_zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "status-page.png"
-TOKEN = "s3cret-admin"
-GB = 2**30
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@contextlib.contextmanager
-def running_zoo(zoo, tmp_path: Path, *, down: frozenset[str] = frozenset()) -> Iterator[tuple[str, dict[str, str]]]:
-    """Every model service of `zoo` on a loopback port (fake devices), then the gateway; yields its URL."""
-    urls: dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        for name, spec in zoo.services.items():
-            if spec.kind == "gateway":
-                continue
-            if name in down:
-                urls[name] = "http://127.0.0.1:9"  # discard port: connection refused
-                continue
-            device = FakeDevice(int(spec.vram_budget_gb * GB) + GB, name=f"fake:{spec.gpu or 0}")
-            app = create_app(zoo, name, device=device, registry=fake_registry(FakeBehaviour()), admin_token=TOKEN)
-            urls[name] = stack.enter_context(BackgroundServer(app))
-        env = {env_key(n): u for n, u in urls.items()} | {"ZOO_ADMIN_TOKEN": TOKEN,
-                                                           "DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}"}
-        gw = create_app(zoo, "gateway", settings=Settings.from_env(env))
-        yield stack.enter_context(BackgroundServer(gw)), urls
 
 
 def test_feed_and_admin_proxy_over_http(zoo, tmp_path):

@@ -53,7 +53,8 @@ def test_zoo_plan_at_80_columns(zoo):
     wide = zoo_cli("plan", columns=250)  # a wide terminal keeps the tables
     assert "┃" in wide or "│" in wide
     catalog = json.loads(zoo_cli("plan", "--catalog", "--json"))
-    assert_legible(zoo_cli("plan", "--catalog"), {r["id"] for r in catalog} | {str(r["instance_type"]) for r in catalog})
+    ids = {r["id"] for r in catalog} | {str(r["instance_type"]) for r in catalog}
+    assert_legible(zoo_cli("plan", "--catalog"), ids)
 
 
 def test_zoo_status_and_up_at_80_columns(zoo, tmp_path):

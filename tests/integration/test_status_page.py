@@ -13,11 +13,13 @@ real gateway sits in front with the thermal API and an admin token. Then:
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from serving.vram.fakes import FakeBehaviour
 from tests.integration.debian_tools import ensure
 from tests.integration.zoo_fakes import TOKEN, running_zoo
 
@@ -92,7 +94,9 @@ def test_status_page_in_headless_chromium(zoo, tmp_path):
     chromium = ensure("chromium", "chromium")
     from playwright.sync_api import expect, sync_playwright
 
-    with running_zoo(zoo, tmp_path) as (gw, _), sync_playwright() as pw:
+    gate = threading.Event()  # holds the load of segformer_clothes so the page can show it loading
+    behaviour = FakeBehaviour(gates={"segformer_clothes": gate})
+    with running_zoo(zoo, tmp_path, behaviour=behaviour) as (gw, _), sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(  # a fresh --user-data-dir
             tmp_path / "chromium", executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1500, "height": 1100})
@@ -143,8 +147,22 @@ def test_status_page_in_headless_chromium(zoo, tmp_path):
             expect(bar.locator('.seg[data-model="pet_classifier"]')).to_have_count(0, timeout=15_000)
             expect(page.locator("#events li[data-type=evict]", has_text="pet_classifier").first).to_be_visible()
 
-            # a busier picture for the screenshot: two enrichment models HOT, one parked WARM in host RAM
+            # a load in flight is a striped "loading" segment on the bar and its row says loading
             auth = {"Authorization": f"Bearer {TOKEN}"}
+            holder = threading.Thread(target=lambda: httpx.post(
+                f"{gw}/zoo/services/enrichment/models/preload", json={"model": "segformer_clothes"}, headers=auth,
+                timeout=60))
+            holder.start()
+            heavy = page.locator('.card[data-service="enrichment"]')
+            expect(heavy.locator('.bar.vram .seg[data-model="segformer_clothes"][data-tier="loading"]')
+                   ).to_have_count(1, timeout=15_000)
+            expect(heavy.locator('tr[data-model="segformer_clothes"] td.tier')).to_have_text("loading")
+            gate.set()
+            holder.join(timeout=60)
+            expect(heavy.locator('.bar.vram .seg[data-model="segformer_clothes"][data-tier="HOT"]')
+                   ).to_have_count(1, timeout=15_000)
+
+            # a busier picture for the screenshot: more enrichment models HOT, one parked WARM in host RAM
             for model, to in (("fashion_clip", None), ("vehicle_classifier", None), ("demographics_age", "warm")):
                 r = httpx.post(f"{gw}/zoo/services/enrichment/models/preload", json={"model": model}, headers=auth)
                 assert r.status_code == 200, r.text
@@ -152,8 +170,7 @@ def test_status_page_in_headless_chromium(zoo, tmp_path):
                     r = httpx.post(f"{gw}/zoo/services/enrichment/models/unload", json={"model": model, "to": to},
                                    headers=auth)
                     assert r.status_code == 200, r.text
-            heavy = page.locator('.card[data-service="enrichment"]')
-            expect(heavy.locator('.bar.vram .seg[data-tier="HOT"]')).to_have_count(2, timeout=15_000)
+            expect(heavy.locator('.bar.vram .seg[data-tier="HOT"]')).to_have_count(3, timeout=15_000)
             expect(heavy.locator('.bar.host .seg[data-model="demographics_age"]')).to_have_count(1, timeout=15_000)
 
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,10 @@ GB = 2**30
 
 
 @contextlib.contextmanager
-def running_zoo(zoo, tmp_path: Path, *, down: frozenset[str] = frozenset()) -> Iterator[tuple[str, dict[str, str]]]:
-    """Every model service of `zoo` on a loopback port (fake devices), then the gateway; yields its URL."""
+def running_zoo(zoo, tmp_path: Path, *, down: frozenset[str] = frozenset(),
+                behaviour: FakeBehaviour | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """Every model service of `zoo` on a loopback port (fake devices), then the gateway; yields its URL and the
+    services' URLs. `behaviour` scripts the fake adapters (e.g. a gate that holds a load)."""
     urls: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         for name, spec in zoo.services.items():
@@ -30,7 +32,8 @@ def running_zoo(zoo, tmp_path: Path, *, down: frozenset[str] = frozenset()) -> I
                 urls[name] = "http://127.0.0.1:9"  # discard port: connection refused
                 continue
             device = FakeDevice(int(spec.vram_budget_gb * GB) + GB, name=f"fake:{spec.gpu or 0}")
-            app = create_app(zoo, name, device=device, registry=fake_registry(FakeBehaviour()), admin_token=TOKEN)
+            registry = fake_registry(behaviour or FakeBehaviour())
+            app = create_app(zoo, name, device=device, registry=registry, admin_token=TOKEN)
             urls[name] = stack.enter_context(BackgroundServer(app))
         env = {env_key(n): u for n, u in urls.items()} | {"ZOO_ADMIN_TOKEN": TOKEN,
                                                            "DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}"}

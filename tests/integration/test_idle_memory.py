@@ -75,13 +75,16 @@ def cycle(c: httpx.Client, proc: subprocess.Popen, log: Path, models: list[str])
     _wait(all_cold, 60, "the sweeper to demote every model to COLD", proc, log)
     events = c.get(f"/models/activity?since={seq}&limit=500").json()["events"]
     assert {e["model"] for e in events if e["type"] == "evict" and "(idle)" in e["detail"]} == set(models)
-    # the release runs in the sweep that made the last demotion, on a worker thread: read RSS once it settled
-    last = [loaded]
+    # the release runs in the sweep that made the last demotion, on a worker thread: read RSS once it has
+    # stayed within 2 MB for a second (two more sweeps)
+    first = [time.monotonic(), _rss_mb(proc.pid)]
 
     def settled() -> float | None:
-        now, before = _rss_mb(proc.pid), last[0]
-        last[0] = now
-        return now if abs(now - before) < 2 else None
+        now = _rss_mb(proc.pid)
+        if abs(now - first[1]) >= 2:
+            first[:] = [time.monotonic(), now]
+            return None
+        return now if time.monotonic() - first[0] >= 1.0 else None
 
     return loaded, _wait(settled, 10, "RSS to settle", proc, log)
 

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "serving.services.commands",    # serve, up, status, frame
     "serving.control.commands",     # plan, deploy, thermal
     "serving.sagemaker.commands",   # sagemaker serve entry
+    "serving.k8s",                  # k8s manifests from zoo.yaml
 )
 
 for _mod in COMMAND_MODULES:

@@ -79,6 +79,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from serving.tables import fit  # 80 columns: one block per row when too wide
+
     con = Console()
     t = Table(title="Endpoints (services packed per GPU instance)")
     for c in ("endpoint", "instance", "GPU need/mem GB", "host need/mem GB", "idle inst", "idle $/h", "active $/h",
@@ -91,7 +93,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
                   f"{e['host_need_gb']:.2f}/{e['host_memory_gb']}", str(e["idle_instances"]),
                   f"{e['idle_per_hour']:.2f}", f"{e['active_per_hour']:.2f}", f"{e['idle_tail_cost']:.4f}",
                   f"{e['warmup_cost']:.4f}", f"{e['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     t = Table(title="Services: $/h if all their models were in each state")
     for c in ("service", "instance", "share", "OFF", "COLD", "WARM", "HOT", "AUTO", "idle $/h", "warm-up $",
               "monthly $"):
@@ -101,7 +103,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
         t.add_row(s["service"], s["instance_type"], f"{s['share']:.2f}", *(f"{h[k]:.3f}" for k in
                   ("OFF", "COLD", "WARM", "HOT", "AUTOMATIC")), f"{s['idle_per_hour']:.3f}", f"{s['warmup_cost']:.4f}",
                   f"{s['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     t = Table(title="Models: share of their endpoint, $/h per thermal state")
     for c in ("model", "service", "state", "instance", "OFF", "COLD", "WARM", "HOT", "warm-up $", "monthly $"):
         t.add_column(c)
@@ -110,7 +112,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
         t.add_row(m["model"], m["service"], m["state"], m["instance_type"], *(f"{h[k]:.3f}" for k in
                   ("OFF", "COLD", "WARM", "HOT")), f"{m['warmup_costs']['estimated_cost']:.4f}",
                   f"{m['monthly_estimate']:.2f}")
-    con.print(t)
+    con.print(fit(t, con))
     tot = plan["totals"]
     con.print(f"idle ${tot['idle_per_hour']:.2f}/h, all active ${tot['active_per_hour']:.2f}/h, "
               f"monthly ${tot['monthly_estimate']:.2f} for {plan['usage']['active_hours']:g} active h, "
@@ -120,6 +122,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
 def _print_catalog(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from serving.tables import fit
 
     t = Table(title="Catalog (seed 000): priced on the seed's instance; the rule's choice is a suggestion")
     for c in ("model", "GPU GB", "instance", "rule suggests", "state", "$/h", "WARM $/h", "HOT $/h", "idle tail $",
@@ -134,7 +138,8 @@ def _print_catalog(rows: list[dict[str, Any]]) -> None:
                   str(r["rule_instance_type"]), r["state"], f"{r['hourly_rate']:.2f}", f"{h.get('WARM', 0):.2f}",
                   f"{h.get('HOT', 0):.2f}", f"{c.get('idle_tail', {}).get('cost_per_idle_period', 0):.4f}",
                   f"{c.get('monthly_estimate', 0):.2f}")
-    Console().print(t)
+    con = Console()
+    con.print(fit(t, con))
 
 
 STATE_OPT = typer.Option([], "--state", help="MODEL=STATE thermal override, STATE one of OFF, COLD, WARM, HOT, "

@@ -30,7 +30,7 @@ import httpx
 from fastapi import FastAPI
 
 from serving.config import ZooConfig
-from serving.services import health, kserve, models_admin
+from serving.services import activity, health, kserve, models_admin
 from serving.services.context import ServiceContext
 from serving.services.errors import InternalErrorMiddleware, install_error_handlers
 from serving.services.limits import Limits
@@ -105,9 +105,10 @@ def create_app(
         limits=limits or Limits.from_settings(settings),
         admin_token=settings.zoo_admin_token if admin_token is _UNSET else admin_token,
         metrics=metrics, http_transport=http_transport,
+        activity=activity.ActivityLog.attach(manager, clock) if manager is not None else None,
     )
     module = service_module(spec.kind)
-    routers = [health.router, models_admin.router, kserve.router, module.router]
+    routers = [health.router, models_admin.router, activity.router, kserve.router, module.router]
     setup = getattr(module, "setup", None)
     if setup is not None:
         routers += setup(ctx)

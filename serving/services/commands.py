@@ -77,12 +77,15 @@ def serve(
 
 
 # ---------------------------------------------------------------------------------------- up
-def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
+def _services_table(launcher: Any, ready: dict[str, str], console: Any = None) -> Any:
+    """The `zoo up` summary: a table, or one block per service in a narrow terminal (serving/tables.py)."""
     from rich.table import Table
+
+    from serving.tables import fit
 
     t = Table(title="zoo up", show_lines=False)
     for col in ("service", "url", "pid", "device", "state", "loaded models"):
-        t.add_column(col, no_wrap=col in ("service", "url"), overflow="fold")
+        t.add_column(col, no_wrap=col != "loaded models")
     for name, p in launcher.procs.items():
         h = p.health or {}
         device = h.get("device")
@@ -94,7 +97,7 @@ def _services_table(launcher: Any, ready: dict[str, str]) -> Any:
         others = len(tiers) - len(hot)
         models = ", ".join(hot) + (f" (+{others} on demand)" if others else "") if tiers else "-"
         t.add_row(name, p.url, str(p.pid), dev, state, models)
-    return t
+    return fit(t, console or _console())
 
 
 def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None:
@@ -153,7 +156,7 @@ def up(
         launcher.start()
         ready = launcher.wait_ready(ready_timeout, stop)
         launcher.refresh_health()
-        console.print(_services_table(launcher, ready))
+        console.print(_services_table(launcher, ready, console))
         not_ready = {n: r for n, r in ready.items() if r != "ready"}
         if stop.is_set():
             console.print("interrupted while starting")
@@ -180,13 +183,49 @@ def up(
 
 
 # ---------------------------------------------------------------------------------------- status
+def status_renderables(data: dict[str, Any], url: str, console: Any) -> list[Any]:
+    """`zoo status` as one block per service: a header line (name, state, device, VRAM) and its models'
+    table, which becomes one block per model when the terminal is too narrow (serving/tables.py)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from serving.tables import fit
+
+    out: list[Any] = [Text(f"zoo status ({url})", style="bold underline")]
+    for name, s in data["services"].items():
+        h = s.get("health") or {}
+        st = s.get("models") or {}
+        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else "-"
+        state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
+        head = Text.assemble((name, "bold"), "  ", (state, "red" if not s.get("reachable") else "green"), "  ", dev)
+        if st:
+            head.append(f"  VRAM {st.get('vram_used_mb', 0):g}/{st.get('vram_budget_mb', 0):g} MB")
+            if st.get("pending_loads"):
+                head.append(f"  loading {', '.join(st['pending_loads'])}")
+        out += [Text(""), head]
+        if s.get("error"):
+            out.append(Text(f"  {s['error']}", style="red"))
+        models = st.get("registered_models") or []
+        if not models:
+            continue
+        loaded = {m["name"]: m for m in st.get("loaded_models") or []}
+        t = Table(box=None, pad_edge=False, padding=(0, 2, 0, 2))
+        for col in ("model", "priority", "tier", "MB", "leases"):
+            t.add_column(col, no_wrap=True, justify="right" if col in ("MB", "leases") else "left")
+        for m in models:
+            mb = m.get("measured_vram_mb") if m.get("measured_vram_mb") is not None else m.get("vram_mb", 0)
+            t.add_row(m["name"], str(m.get("priority", "")), str(m.get("tier", "HOT" if m.get("loaded") else "COLD")),
+                      f"{mb:g}", str(loaded.get(m["name"], {}).get("leases", 0)))
+        out.append(fit(t, console))
+    return out
+
+
 def status(
     url: str = typer.Option(DEFAULT_GATEWAY, "--url", help="The gateway."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """Every service's models, tiers and VRAM, through the gateway's /zoo/status."""
     import httpx
-    from rich.table import Table
 
     try:
         r = httpx.get(f"{url.rstrip('/')}/zoo/status", timeout=30.0)
@@ -198,30 +237,10 @@ def status(
         print(json.dumps(data, indent=2))
         return
     console = _console()
-    t = Table(title=f"zoo status ({url})")
-    for col in ("service", "VRAM used/budget MB", "model", "priority", "tier", "MB", "leases"):
-        t.add_column(col)
-    for name, s in data["services"].items():
-        h = s.get("health") or {}
-        st = s.get("models") or {}
-        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else "-"
-        state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
-        vram = f"{st.get('vram_used_mb', 0):g}/{st.get('vram_budget_mb', 0):g}" if st else "-"
-        models = st.get("registered_models") or []
-        loaded = {m["name"]: m for m in st.get("loaded_models") or []}
-        head = [f"[bold]{name}[/]", state, dev]  # service column: name, state, device on three lines
-        if not models:
-            t.add_row("\n".join(head), vram, "-", "", "", "", "", style="red" if not s.get("reachable") else None)
-        for i, m in enumerate(models):
-            mb = m.get("measured_vram_mb") if m.get("measured_vram_mb") is not None else m.get("vram_mb", 0)
-            t.add_row(head[i] if i < len(head) else "", vram if i == 0 else "", m["name"], str(m.get("priority", "")),
-                      str(m.get("tier", "HOT" if m.get("loaded") else "COLD")), f"{mb:g}",
-                      str(loaded.get(m["name"], {}).get("leases", 0)))
-        for extra in head[len(models):] if models else []:
-            t.add_row(extra, "", "", "", "", "", "")
-    console.print(t)
+    for part in status_renderables(data, url, console):
+        console.print(part)
     summ = data.get("summary", {})
-    console.print(f"{summ.get('reachable', 0)}/{summ.get('services', 0)} services reachable; "
+    console.print(f"\n{summ.get('reachable', 0)}/{summ.get('services', 0)} services reachable; "
                   f"VRAM used {summ.get('vram_used_mb', 0):g} of {summ.get('vram_budget_mb', 0):g} MB")
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.control.plane import ControlPlane
     from serving.router.fanout import EnrichmentRouter
     from serving.router.pipeline import FramePipeline
+    from serving.services.activity import ActivityLog
     from serving.services.batching import DynamicBatcher
     from serving.services.llm_backend import LLMBackend
     from serving.vram.manager import OnDemandModelManager
@@ -72,6 +73,8 @@ class ServiceContext:
     gateway: GatewayState | None = None
     #: a service's contribution to GET /health
     health_probe: HealthProbe | None = None
+    #: recent manager events for the status page (serving/services/activity.py); None on the gateway
+    activity: ActivityLog | None = None
 
 
 def get_context(request: Request) -> ServiceContext:

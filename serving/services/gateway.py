@@ -7,7 +7,8 @@ Routes:
                            (serving/router/pipeline.py); images as base64 JSON, raw bytes or multipart
     GET  /zoo/status       every service's /health and /models/status, side by side
     GET  /zoo/services     the base URL the gateway uses for each service
-    GET  /zoo              the status page (HTML over /zoo/status)
+    GET  /zoo              a plain status table (HTML over /zoo/status, no JavaScript)
+    GET  /, /zoo/feed      the live status page and its JSON feed (serving/services/status_page.py)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
 Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and
@@ -40,6 +41,7 @@ from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
+from serving.services import status_page as live_page
 from serving.services.context import Ctx, GatewayState, ServiceContext
 from serving.services.openapi import request_body
 from serving.services.schemas import EnrichmentResult
@@ -160,7 +162,7 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
         return {"upstreams": urls, "thermal_api": control is not None}
 
     ctx.health_probe = health
-    return [control.router] if control else []
+    return [live_page.router] + ([control.router] if control else [])  # the live page at / (status_page.py)
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,9 @@ What is exported (names are stable; dashboards may rely on them):
   `zoo_inference_overloaded_total{device}` — fed by the manager's typed events (serving/vram/events.py)
   through `Metrics.HANDLERS`, one handler per event type (a test fails when a type has none);
 - `zoo_vram_budget_bytes`, `zoo_vram_reserved_bytes`, `zoo_host_cache_budget_bytes`,
-  `zoo_host_cache_reserved_bytes`, `zoo_device_free_bytes`, `zoo_model_reserved_bytes{model,tier}` — gauges
-  refreshed from the manager's `ManagerView` at scrape time (no device probe on the loop);
+  `zoo_host_cache_reserved_bytes`, `zoo_device_free_bytes`, `zoo_model_reserved_bytes{model,tier}`,
+  `zoo_inference_queued`, `zoo_model_loads_in_flight`, `zoo_model_leases{model}` — gauges refreshed from the
+  manager's `ManagerView` at scrape time (no device probe on the loop);
 - `zoo_http_requests_total{method,route,status}` and `zoo_http_request_duration_seconds{method,route}`
   (histogram), by route template (`/v2/models/{name}/infer`, not the raw path);
 - `zoo_batch_size{model}` (histogram) and `zoo_batch_wait_seconds{model}` for dynamic batching.
@@ -65,6 +66,10 @@ class Metrics:
         self.device_free = Gauge("zoo_device_free_bytes", "Free memory on the device (all tenants)", registry=r)
         self.model_bytes = Gauge("zoo_model_reserved_bytes", "Bytes reserved per model and tier", ["model", "tier"],
                                  registry=r)
+        self.queued = Gauge("zoo_inference_queued", "Inference calls waiting beyond max_inflight", registry=r)
+        self.loading = Gauge("zoo_model_loads_in_flight", "Model loads in flight", registry=r)
+        self.leases = Gauge("zoo_model_leases", "Leases held per model (requests using it now)", ["model"],
+                            registry=r)
         self.requests = Counter("zoo_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.latency = Histogram("zoo_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
@@ -131,10 +136,13 @@ class Metrics:
         self.host_reserved.set(v.host_used_bytes)
         if "free_bytes" in v.device_info:  # probed off the loop by the manager
             self.device_free.set(v.device_info["free_bytes"])
+        self.queued.set(v.inference_queued)
+        self.loading.set(len(v.pending_loads))
         self.model_bytes.clear()
         for name, m in v.models.items():
             self.model_bytes.labels(name, "device").set(m.reserved_bytes)
             self.model_bytes.labels(name, "host").set(m.host_bytes)
+            self.leases.labels(name).set(m.leases)
 
     # ------------------------------------------------------------------ HTTP
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -10,7 +10,11 @@
 from __future__ import annotations
 
 import abc
+import ctypes
+import ctypes.util
+import gc
 import os
+import sys
 import threading
 from typing import Any
 
@@ -72,6 +76,12 @@ class Device(abc.ABC):
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, (DeviceOOM, MemoryError))
 
+    def release_host_memory(self) -> bool:
+        """Hand freed host memory back to the OS once models have left (the idle sweeper calls it): collect
+        garbage, then glibc's malloc_trim(0) returns the allocator's free pages. True when trimmed."""
+        gc.collect()
+        return malloc_trim()
+
     def describe(self) -> dict[str, Any]:
         """Probes the device (blocking on CUDA/NVML): the manager calls it through its runner and caches it."""
         return {"name": self.name, "kind": self.kind, "total_bytes": self.total_bytes(),
@@ -81,6 +91,23 @@ class Device(abc.ABC):
     def hardware_name(self) -> str:
         """What the hardware is (e.g. "NVIDIA L4", "cpu"): the key footprints are measured and stored under."""
         return self.kind
+
+
+_LIBC: Any = None
+
+
+def malloc_trim() -> bool:
+    """glibc's malloc_trim(0): free heap pages go back to the OS. False where there is no glibc (musl, macOS)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    return bool(_LIBC.malloc_trim(0))
 
 
 class CpuDevice(Device):
@@ -165,6 +192,18 @@ class CudaDevice(Device):
         # Called by the manager only, after an OOM on load or after unloading: never in generic code.
         self._cuda.empty_cache()
 
+    def release_host_memory(self) -> bool:
+        """Also empty the caching allocator and the pinned (page-locked) host pool of parked weights."""
+        gc.collect()
+        self._cuda.empty_cache()
+        empty_host = getattr(self._cuda, "empty_host_cache", None)
+        torch = sys.modules.get("torch")
+        if empty_host is None and torch is not None and hasattr(torch, "accelerator"):
+            empty_host = getattr(torch.accelerator, "empty_host_cache", None)
+        if empty_host is not None:
+            empty_host()
+        return malloc_trim()
+
     def is_oom(self, exc: BaseException) -> bool:
         if isinstance(exc, (DeviceOOM, MemoryError, self._cuda.OutOfMemoryError)):
             return True
@@ -209,6 +248,7 @@ class FakeDevice(Device):
         self._peak = 0
         self.fail_next_allocs = 0  # scripted OOMs: the next N allocate() calls raise DeviceOOM
         self.empty_cache_calls = 0
+        self.release_host_memory_calls = 0
 
     @property
     def torch_device(self) -> str:
@@ -235,6 +275,10 @@ class FakeDevice(Device):
 
     def empty_cache(self) -> None:
         self.empty_cache_calls += 1
+
+    def release_host_memory(self) -> bool:
+        self.release_host_memory_calls += 1
+        return False
 
     def allocate(self, owner: str, nbytes: int) -> None:
         with self._lock:

@@ -233,6 +233,8 @@ class TierMover:
             elif x.tier == WARM and idle >= 2 * x.keep_alive_s and not x.keep_warm:
                 await self.demote(x, COLD, reason="idle")
                 changes.append((x.name, x.tier))
+        if changes:  # idle means idle: freed weights go back to the OS (malloc_trim, caches, pinned pool)
+            await self.runner(self.device.release_host_memory)
         return changes
 
     # ------------------------------------------------------------------ straight into the host tier

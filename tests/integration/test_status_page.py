@@ -8,7 +8,8 @@ real gateway sits in front with the thermal API and an admin token. Then:
   the page loads, shows a card for every service, preloads a model through the UI with the admin token
   and sees the VRAM bar grow, sets a thermal state, sees the events list, and saves a screenshot that
   must not be blank (in the test's temporary folder; `ZOO_SCREENSHOT_TO=docs/status-page.png pytest ...`
-  refreshes the one committed in docs/, so a test run never modifies the repository). Every request the page makes must go to the gateway.
+  refreshes the one committed in docs/, so a test run never modifies the repository).
+  Every request the page makes must go to the gateway.
 """
 
 from __future__ import annotations

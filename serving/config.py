@@ -170,7 +170,7 @@ class ManagerSettings(_Strict):
     admission_timeout_s: float = Field(10.0, gt=0, description="How long a load waits for leases to release.")
     sweep_interval_s: float = Field(15.0, gt=0, description="How often the idle sweeper runs.")
     max_inflight: int = Field(4, ge=1, description="Inference calls running at once on this device.")
-    max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 429.")
+    max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 503.")
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay after a failed load (doubles each time).")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay after failed loads.")
 

@@ -62,6 +62,7 @@ def assert_error(resp: httpx.Response, status: int, error_type: str) -> dict[str
     body = resp.json()
     assert body["error_type"] == error_type, body
     assert body["message"]
+    assert isinstance(body.get("detail"), str) and body["detail"], body  # what FastAPI clients read
     return body
 
 

@@ -1,5 +1,9 @@
 """Detection service (ai-yolo26, port 8095): POST /detect and POST /detect/batch (seed 003).
 
+Request forms (serving/services/uploads.py): JSON {image}, a raw image body, multipart with the image in a
+part named `image` or `file` (the reference client's), or `?image_base64=`. Each detection's `bbox` carries
+the seed's corners {x1, y1, x2, y2} and the reference client's {x, y, width, height} side by side.
+
 The detector is the service's model with task `detect` (yolo26 in zoo.yaml). Every image of every
 request goes through one `DynamicBatcher`: concurrent requests are run as one `predict` call of up to
 `max_batch` images, started at the latest `max_delay_ms` after the first image arrived. Mixed options in
@@ -31,7 +35,13 @@ from serving.services.batching import DynamicBatcher
 from serving.services.common import Stopwatch, model_of_task, model_options, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.openapi import request_body
-from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
+from serving.services.schemas import (
+    BatchDetectRequest,
+    BatchDetectResponse,
+    DetectRequest,
+    DetectResponse,
+    pixel_box,
+)
 from serving.services.uploads import read_request
 
 router = APIRouter(tags=["detection"])
@@ -59,7 +69,7 @@ def filter_detections(result: dict[str, Any], *, confidence: float, classes: set
             continue
         if classes is not None and d["class"] not in classes:
             continue
-        kept.append({**d, "detection_type": detection_type_of(d["class"])})
+        kept.append({**d, "bbox": pixel_box(d["bbox"]), "detection_type": detection_type_of(d["class"])})
     kept.sort(key=lambda d: -d["confidence"])
     return kept[:max_detections] if max_detections else kept
 

@@ -170,8 +170,23 @@ class CudaDevice(Device):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(model=self.hardware_name, allocated_bytes=self.allocated_bytes(),
-                 other_tenants_bytes=self.other_tenants_bytes())
+                 other_tenants_bytes=self.other_tenants_bytes(), **self.nvml_figures())
         return d
+
+    def nvml_figures(self) -> dict[str, float]:
+        """What NVML says of the GPU: gpu_utilization (%), temperature (C), power_watts; {} without NVML."""
+        if self._nvml is None:
+            return {}
+        out: dict[str, float] = {}
+        probes = (("gpu_utilization", lambda h: self._nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                  ("temperature", lambda h: self._nvml.nvmlDeviceGetTemperature(h, 0)),  # 0 = NVML_TEMPERATURE_GPU
+                  ("power_watts", lambda h: self._nvml.nvmlDeviceGetPowerUsage(h) / 1000.0))
+        for key, probe in probes:
+            try:
+                out[key] = float(probe(self._handle))
+            except Exception:  # a figure this GPU or driver does not report
+                continue
+        return out
 
 
 class FakeDevice(Device):

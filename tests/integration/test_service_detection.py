@@ -160,7 +160,7 @@ def test_bad_input_is_4xx_then_service_keeps_serving(svc, case):
         body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422,
                             "validation_error")
         assert "confidence" in body["message"]
-        assert_error(client.post("/detect", json={"image": jpeg_b64(), "bogus": 1}), 422, "validation_error")
+        assert client.post("/detect", json={"image": jpeg_b64(), "bogus": 1}).status_code == 200  # extras ignored
     elif case == "empty_batch":
         assert_error(client.post("/detect/batch", json={"images": []}), 422, "validation_error")
     elif case == "batch_too_long":
@@ -180,7 +180,7 @@ def test_common_routes_health_status_metrics(svc):
     assert h.status_code == 200
     body = h.json()
     assert body["state"] == "RUNNING" and body["service"] == "detection"
-    assert body["loaded_models"] == ["yolo26"] and body["device"]["kind"] == "cpu"
+    assert body["loaded_models"] == ["yolo26"] and body["device"] == "cpu" and body["device_info"]["kind"] == "cpu"
     st = SeedStatus.model_validate(client.get("/models/status").json())
     assert [m.name for m in st.loaded_models] == ["yolo26"] and st.registered_models[0].loaded
     assert st.vram_used_mb > 0 and st.vram_budget_mb == 2560.0

@@ -204,7 +204,8 @@ def status(
     for name, s in data["services"].items():
         h = s.get("health") or {}
         st = s.get("models") or {}
-        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else str(h.get("device") or "-")
+        device = h.get("device")
+        dev = (device or {}).get("name", "-") if isinstance(device, dict) else str(device or "-")
         state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
         vram = f"{st.get('vram_used_mb', 0):g}/{st.get('vram_budget_mb', 0):g}" if st else "-"
         models = st.get("registered_models") or []

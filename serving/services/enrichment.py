@@ -9,13 +9,15 @@ EnrichmentResult: per-detection maps (`age_classifications`, `gender_classificat
 `person_embeddings`, keyed by detection_id) and one key per capability that ran (`threat_detection`,
 `pose`, `clothing`, `vehicle`, `pet`, `depth`, `action`, `vehicle_damage`, ...), plus `models` (status
 and time per model), `errors` (one entry per failed model: model, error_type, message, status_code) and
-`inference_time_ms`. When every model failed, the first failure is the HTTP answer (e.g. 503
+`inference_time_ms`, plus the reference client's keys (serving/services/enrich_view.py).
+When every model failed, the first failure is the HTTP answer (e.g. 503
 insufficient_vram with Retry-After), so a one-model call keeps its natural status.
 
 Single-model routes (image + optional bbox; the model is this service's model with the capability):
 /vehicle-classify (vehicle_type), /pet-classify (pet), /clothing-classify (clothing; + `segmentation`
 when options.include_segmentation and a segformer is hosted here), /depth-estimate (depth with the map),
-/object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize (action, frames),
+/object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize and /action-classify (the
+reference client's name; action, frames),
 /vehicle-damage (vehicle_damage). A capability hosted by the other enrichment service is a 404 that
 names it; a model that cannot run now is the manager's 503.
 
@@ -43,6 +45,7 @@ from serving.errors import BadRequest, NotFound, ServingError, UnknownModel
 from serving.imaging import BBox, decode_image, decode_images, decode_images_async
 from serving.services.common import Stopwatch, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
+from serving.services.enrich_view import client_view
 from serving.services.errors import ErrorBody
 from serving.services.openapi import request_body
 from serving.services.schemas import (
@@ -256,6 +259,7 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
     if models and len(failed) == len(models):
         raise failed[0]
     result.update(models=status, errors=errors, inference_time_ms=round((time.perf_counter() - t0) * 1e3, 2))
+    result.update(client_view(result))
     return result
 
 
@@ -317,6 +321,7 @@ async def object_distance(ctx: Ctx, request: Request) -> dict[str, Any]:
     return body
 
 
+@router.post("/action-classify", openapi_extra=request_body(ActionRequest), **_doc(ActionRecognizeResponse))
 @router.post("/action-recognize", openapi_extra=request_body(ActionRequest), **_doc(ActionRecognizeResponse))
 async def action_recognize(ctx: Ctx, request: Request) -> dict[str, Any]:
     with Stopwatch() as sw:

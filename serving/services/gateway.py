@@ -41,6 +41,7 @@ from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
 from serving.services.context import Ctx, GatewayState, ServiceContext
+from serving.services.enrich_view import client_view
 from serving.services.openapi import request_body
 from serving.services.schemas import EnrichmentResult
 from serving.services.uploads import read_request
@@ -196,7 +197,8 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
         decode_image(f, ctx.limits, f"frames[{i}]")
     image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")
     req = GatewayEnrichRequest.model_validate(body.model_dump() | {"image": image_b64})
-    return await _state(ctx).enricher.enrich(req)
+    result = await _state(ctx).enricher.enrich(req)
+    return result | client_view(result)  # the reference client's keys, over the merged answer
 
 
 @router.post("/pipeline/frame", response_model=None, responses={200: {"model": RiskEvent}},

@@ -342,6 +342,12 @@ class EnrichmentResult(_Resp):
     inference_time_ms: float
     errors: list[dict[str, Any]] = Field(default_factory=list)
     models: dict[str, Any] = Field(default_factory=dict)
+    # the reference client's keys (serving/services/enrich_view.py)
+    models_loaded: list[str] = Field(default_factory=list, description="Models that answered.")
+    models_used: list[str] = Field(default_factory=list)
+    demographics: dict[str, Any] | None = Field(None, description="age_range, age_confidence, gender, ...")
+    threat: dict[str, Any] | None = Field(None, description="{threats, has_threat, max_severity}")
+    reid_embedding: list[float] | None = None
 
 
 # ---------------------------------------------------------------------------------------- single-model routes

@@ -2,9 +2,11 @@
 
 Validated once at start-up by pydantic; an invalid file fails with the field path and what to change.
 Environment overrides of seed 003 (VRAM_BUDGET_GB, PORT, *_MODEL_PATH, YOLO26_CONFIDENCE,
-ENRICHMENT_<MODEL>_SERVICE) come from the process `Settings` (serving/settings.py, the environment read
-once) and are applied in `load_zoo`, never later. `load_zoo` also checks `family`, `task` and `policy`
-against their registries, so a typo is a ConfigError at start-up, not a 503 retried forever.
+ENRICHMENT_<MODEL>_SERVICE, and the llama.cpp server's GPU_LAYERS / CTX_SIZE for gguf models; a MODEL_PATH
+to a .gguf file runs the LLM on the gguf family, to a checkpoint folder on causal_lm) come from the
+process `Settings` (serving/settings.py, the environment read once) and are applied in `load_zoo`, never
+later. `load_zoo` also checks `family`, `task` and `policy` against their registries, so a typo is a
+ConfigError at start-up, not a 503 retried forever.
 """
 
 from __future__ import annotations
@@ -350,6 +352,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None)
         if env.get(key):
             svc["vram_budget_gb"] = float(env[key])
     _apply_model_paths(models, env, Path(raw["models_root"]))
+    _apply_llama_options(models, env)
     if env.get("YOLO26_CONFIDENCE"):
         for spec in models.values():
             is_yolo26 = "yolo26" in str(spec.get("env_path", "")).lower()
@@ -365,7 +368,32 @@ def _apply_model_paths(models: dict[str, Any], env: Mapping[str, str], root: Pat
         if var and env.get(var):
             full = resolve_inside(root, env[var])  # absolute allowed only inside models_root
             rel = str(full.relative_to(Path(root).resolve()))
-            spec["source"] = {_FORMAT_BY_SUFFIX.get(full.suffix, "hf"): rel}
+            fmt = _FORMAT_BY_SUFFIX.get(full.suffix, "hf")
+            spec["source"] = {fmt: rel}
+            if fmt == "gguf" and spec.get("family") == "causal_lm":  # seed 003's MODEL_PATH=/models/....gguf
+                spec["family"] = "gguf"
+            elif fmt == "hf" and spec.get("family") == "gguf":  # a transformers checkpoint folder
+                spec["family"] = "causal_lm"
+
+
+#: seed 003's llama.cpp server variables -> options of the gguf family
+_LLAMA_ENV = (("GPU_LAYERS", "n_gpu_layers"), ("CTX_SIZE", "n_ctx"))
+
+
+def _apply_llama_options(models: dict[str, Any], env: Mapping[str, str]) -> None:
+    """GPU_LAYERS -> n_gpu_layers, CTX_SIZE -> n_ctx of every gguf-family model."""
+    for var, option in _LLAMA_ENV:
+        if not env.get(var):
+            continue
+        try:
+            value = int(env[var])
+        except ValueError as e:
+            raise ConfigError(f"environment {var}={env[var]!r} is not an integer") from e
+        if option == "n_ctx" and value < 1:
+            raise ConfigError(f"environment {var}={env[var]!r} must be >= 1")
+        for spec in models.values():
+            if spec.get("family") == "gguf":
+                spec.setdefault("options", {})[option] = value
 
 
 def _route_overrides(models: dict[str, Any], services: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:

@@ -156,6 +156,18 @@ class CudaDevice(Device):
     def hardware_name(self) -> str:
         return str(self._cuda.get_device_name(self.index))
 
+    def process_bytes(self) -> int:
+        """Bytes this process uses on this GPU as NVML sees them (allocations outside torch included, e.g.
+        llama.cpp's buffers), 0 when NVML cannot tell."""
+        if self._nvml is None:
+            return 0
+        try:
+            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception:
+            return 0
+        me = os.getpid()
+        return sum((p.usedGpuMemory or 0) for p in procs if p.pid == me)
+
     def other_tenants_bytes(self) -> int:
         """Bytes used on this GPU by other processes (NVML), 0 when NVML cannot tell."""
         if self._nvml is None:

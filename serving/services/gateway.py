@@ -7,6 +7,8 @@ Routes:
                            (serving/router/pipeline.py); images as base64 JSON, raw bytes or multipart
     GET  /zoo/status       every service's /health and /models/status, side by side
     GET  /zoo/services     the base URL the gateway uses for each service
+    /yolo26/*, /florence/*, /clip/*, /enrichment/*, /enrich-lt/*   each service's own routes, forwarded
+                           unchanged, streams included (serving/services/gateway_proxy.py)
     GET  /zoo              the status page (HTML over /zoo/status)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
@@ -40,6 +42,7 @@ from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
+from serving.services import gateway_proxy
 from serving.services.context import Ctx, GatewayState, ServiceContext
 from serving.services.enrich_view import client_view
 from serving.services.openapi import request_body
@@ -161,7 +164,7 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
         return {"upstreams": urls, "thermal_api": control is not None}
 
     ctx.health_probe = health
-    return [control.router] if control else []
+    return [gateway_proxy.router] + ([control.router] if control else [])
 
 
 @contextlib.asynccontextmanager

@@ -58,8 +58,9 @@ def client_view(result: dict[str, Any]) -> dict[str, Any]:
     }
     pose = result.get("pose")
     if isinstance(pose, dict):
-        out["pose"] = _aliased(pose, {"pose_class": pose.get("posture"),
-                                      "is_suspicious": bool(pose.get("alerts"))})
+        kps = [k.get("confidence", 0.0) for k in pose.get("keypoints") or [] if isinstance(k, dict)]
+        out["pose"] = _aliased(pose, {"pose_class": pose.get("posture"), "is_suspicious": bool(pose.get("alerts")),
+                                      "confidence": round(sum(kps) / len(kps), 4) if kps else 0.0})
     clothing = result.get("clothing")
     if isinstance(clothing, dict):
         cats = [c for c in (clothing.get("top_category"), clothing.get("clothing_type")) if c]

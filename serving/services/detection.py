@@ -1,4 +1,5 @@
-"""Detection service (ai-yolo26, port 8095): POST /detect and POST /detect/batch (seed 003).
+"""Detection service (ai-yolo26, port 8095): POST /detect and POST /detect/batch (seed 003), and POST /segment
+(instance masks and outlines from the service's `segment` model, yolo26_seg in zoo.yaml, loaded on demand).
 
 Request forms (serving/services/uploads.py): JSON {image}, a raw image body, multipart with the image in a
 part named `image` or `file` (the reference client's), or `?image_base64=`. Each detection's `bbox` carries
@@ -32,7 +33,7 @@ from PIL import Image
 from serving.config import SECURITY_CLASSES, detection_type_of
 from serving.imaging import decode_image_async, decode_images_async
 from serving.services.batching import DynamicBatcher
-from serving.services.common import Stopwatch, model_of_task, model_options, require_manager
+from serving.services.common import Stopwatch, model_of_task, model_options, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.openapi import request_body
 from serving.services.schemas import (
@@ -40,6 +41,7 @@ from serving.services.schemas import (
     BatchDetectResponse,
     DetectRequest,
     DetectResponse,
+    SegmentResponse,
     pixel_box,
 )
 from serving.services.uploads import read_request
@@ -154,3 +156,18 @@ async def detect_batch(ctx: Ctx, request: Request) -> dict[str, Any]:
     for p in per_image:
         p["inference_time_ms"] = sw.ms
     return {"results": per_image, "count": len(per_image), "inference_time_ms": sw.ms}
+
+
+@router.post("/segment", response_model=SegmentResponse, response_model_by_alias=True,
+             openapi_extra=request_body(DetectRequest))
+async def segment(ctx: Ctx, request: Request) -> dict[str, Any]:
+    """Instance masks (and their outlines) of the service's `segment` model, same request forms as /detect."""
+    model = model_of_task(ctx, "segment")
+    with Stopwatch() as sw:
+        req = await read_request(request, DetectRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        conf = _default_confidence(ctx, model) if req.confidence is None else req.confidence
+        (result,) = await predict(ctx, model, [img], confidence=conf, polygons=True)
+        dets = filter_detections(result, confidence=conf, classes=_class_set(req.classes, req.all_classes),
+                                 max_detections=req.max_detections)
+    return _response(model, result, dets, sw.ms)

@@ -104,6 +104,25 @@ class DetectResponse(_Resp):
     inference_time_ms: float
 
 
+class SegmentedObject(DetectedObject):
+    """One instance of POST /segment: a detection with its mask."""
+
+    has_mask: bool
+    mask_area: int = Field(description="Mask pixels at the input image's resolution.")
+    polygon: list[list[float]] = Field(description="The mask outline [[x, y], ...] in pixels (at most 64 points).")
+
+
+class SegmentResponse(_Resp):
+    """POST /segment on the detection service."""
+
+    detections: list[SegmentedObject]
+    count: int
+    image_width: int
+    image_height: int
+    model: str
+    inference_time_ms: float
+
+
 class BatchDetectResponse(_Resp):
     results: list[DetectResponse]
     count: int

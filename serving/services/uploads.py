@@ -10,7 +10,8 @@ object whose image fields hold `str` (base64, from JSON) or `bytes` (raw / multi
   repeated keys or a JSON array, objects as JSON: `?bbox={"x1":0,...}`);
 - `multipart/form-data`: file parts named like the schema's image fields (`image`, `images`, `frames`),
   or `file` (the reference detector client's part name) for the schema's first image field; other parts as
-  text fields (same coercion as the query string); a text part `payload` holding a JSON object is merged first;
+  text fields (same coercion as the query string); a text part `payload` holding a JSON object is merged first,
+  query-string fields before it (the form wins);
 - no body and `?image_base64=...` in the query string (the reference clients' other form): every field from
   the query string, `image_base64` as the image.
 Anything else is 415 unsupported_media_type. A raw body whose declared type is not among
@@ -183,5 +184,6 @@ async def _read_multipart(request: Request, schema: type[M]) -> M:
     target = _image_field(schema)
     if "file" in pairs and "file" not in schema.model_fields and target is not None:
         pairs.setdefault(target, []).extend(pairs.pop("file"))
-    fields = base | _fields_from_pairs(schema, pairs)
+    query = {k: request.query_params.getlist(k) for k in request.query_params.keys()}
+    fields = _fields_from_pairs(schema, query) | base | _fields_from_pairs(schema, pairs)
     return schema.model_validate(fields)

@@ -130,6 +130,18 @@ def test_detect_image_base64_query(stack, http):
     _check_detections(ok(http.post(stack["detection"] + "/detect", params={"image_base64": JPEG_B64})))
 
 
+def test_segment_multipart_file_part(stack, http):
+    r = http.post(stack["detection"] + "/segment", files={"file": ("frame.jpg", _jpeg(), "image/jpeg")},
+                  params={"confidence": 0.0001, "all_classes": "true"})
+    body = ok(r)
+    _check_detections(body)
+    for d in body["detections"]:
+        assert isinstance(d["has_mask"], bool) and isinstance(d["mask_area"], int)
+        assert isinstance(d["polygon"], list) and all(len(p) == 2 and all(is_num(v) for v in p) for p in d["polygon"])
+        assert len(d["polygon"]) <= 64
+    assert any(d["has_mask"] and len(d["polygon"]) >= 3 for d in body["detections"]), "some instance has an outline"
+
+
 # ---------------------------------------------------------------------------------------- enrichment
 def test_vehicle_classify(stack, http):
     b = ok(http.post(stack["enrichment"] + "/vehicle-classify", json={"image": PNG_B64, "bbox": list(BOX.values())}))

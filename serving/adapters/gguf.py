@@ -159,16 +159,30 @@ class GgufAdapter(Adapter):
         return meta.get("tokenizer.chat_template")
 
     def _grammar(self, opts: Mapping[str, Any]) -> Any:
+        """A checked `LlamaGrammar` from `grammar` (GBNF) or `json_schema`, or None. llama-cpp-python does not
+        check a grammar before sampling with it, and an unparsable one crashes the process in llama.cpp's
+        sampler: every grammar is parsed here first by llama.cpp's own parser (400 when it fails)."""
         grammar, schema = opts.get("grammar"), opts.get("json_schema")
         if not grammar and not schema:
             return None
-        llama_grammar = llama_cpp_module().LlamaGrammar
-        try:
-            if grammar:
-                return llama_grammar.from_string(str(grammar), verbose=False)
-            return llama_grammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as e:  # llama.cpp's grammar parser: ValueError / RuntimeError on bad input
-            raise BadRequest(f"invalid {'grammar' if grammar else 'json_schema'}: {e}") from e
+        ll = llama_cpp_module()
+        if not grammar:
+            try:
+                grammar = ll.llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+            except Exception as e:  # the converter asserts on schemas it does not know
+                raise BadRequest(f"json_schema cannot be turned into a grammar: {e}") from e
+        text = str(grammar)
+        self._check_grammar(ll, text)
+        return ll.LlamaGrammar.from_string(text, verbose=False)
+
+    def _check_grammar(self, ll: Any, text: str) -> None:
+        model = getattr(getattr(self.llm, "_model", None), "model", None)
+        if model is None:  # not a real llama_cpp.Llama (a test double): nothing to check against
+            return
+        sampler = ll.llama_sampler_init_grammar(ll.llama_model_get_vocab(model), text.encode("utf-8"), b"root")
+        if not sampler:
+            raise BadRequest("invalid grammar: llama.cpp cannot parse it (GBNF with a `root` rule expected)")
+        ll.llama_sampler_free(sampler)
 
     def _sampling(self, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = {**self.options, **options}

@@ -373,6 +373,12 @@ def test_llm_guided_json_is_honoured_or_4xx(stack, http):
         assert 400 <= r.status_code < 500 and isinstance(r.json()["detail"], str)
 
 
+def test_llm_bad_grammar_is_400_and_the_server_lives(stack, http):
+    r = http.post(stack["llm"] + "/completion", json={"prompt": CHATML, "max_tokens": 4, "grammar": "root ::= ("})
+    assert 400 <= r.status_code < 500 and isinstance(r.json()["detail"], str)
+    assert ok(http.get(stack["llm"] + "/health"))["status"] == "healthy"
+
+
 def test_llm_v1_completions(stack, http):
     b = ok(http.post(stack["llm"] + "/v1/completions", json={"prompt": CHATML, "max_tokens": 8, "temperature": 0}))
     assert isinstance(b["choices"][0]["text"], str) and b["usage"]["completion_tokens"] <= 8

@@ -118,7 +118,8 @@ def test_gpu_layers_and_ctx_size_reach_llama_cpp(tmp_path: Path):
     assert spec.options["n_gpu_layers"] == 35 and spec.options["n_ctx"] == 131072
     FakeLlama.opened.clear()
     cuda = SimpleNamespace(kind="cuda", name="cuda:0", process_bytes=lambda: 0)
-    ctx = LoadContext(name="nemotron", spec=spec, models_root=tmp_path, device=cuda, paths={"gguf": tmp_path / "m.gguf"})
+    ctx = LoadContext(name="nemotron", spec=spec, models_root=tmp_path, device=cuda,
+                      paths={"gguf": tmp_path / "m.gguf"})
     a = GgufAdapter(ctx, llama_factory=FakeLlama)
     a.load()
     a.offload()  # WARM: no layer on the GPU

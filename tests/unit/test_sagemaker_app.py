@@ -54,7 +54,8 @@ def root(tmp_path):
     artifact(r, "model", {"yolo26/yolo26m.pt": b"weights"})  # zoo layout: the default model
     artifact(r, "models/a/model", {"yolo26m.pt": b"weights"})  # flat
     artifact(r, "models/b/model", {"best.pt": b"weights"})  # threat_detector's file name
-    artifact(r, "models/big/model", {MANIFEST: json.dumps({"model": "nemotron"}), "nemotron-gguf/Nemotron-3-Nano-30B-A3B-Q4_K_M.gguf": b"GGUF"})
+    artifact(r, "models/big/model", {MANIFEST: json.dumps({"model": "nemotron"}),
+                                     "nemotron-gguf/Nemotron-3-Nano-30B-A3B-Q4_K_M.gguf": b"GGUF"})
     return r
 
 

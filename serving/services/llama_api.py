@@ -143,7 +143,7 @@ def _final(name: str, text: str, prompt_tokens: int, completion_tokens: int, fin
 async def completion(ctx: Ctx, req: CompletionRequest) -> Any:
     backend = _backend(ctx)
     if backend.upstream:
-        body = req.model_dump(exclude_none=True)
+        body = req.model_dump(exclude_unset=True, by_alias=True)
         return await (backend.upstream_stream(body, "/completion") if req.stream
                       else backend.upstream_post("/completion", body))
     name = backend.resolve(None)
@@ -165,7 +165,7 @@ async def completion(ctx: Ctx, req: CompletionRequest) -> Any:
 async def legacy_completions(ctx: Ctx, req: LegacyCompletionRequest) -> Any:
     backend = _backend(ctx)
     if backend.upstream:
-        body = req.model_dump(exclude_none=True)
+        body = req.model_dump(exclude_unset=True, by_alias=True)
         return await (backend.upstream_stream(body, "/v1/completions") if req.stream
                       else backend.upstream_post("/v1/completions", body))
     creq = req.as_completion()

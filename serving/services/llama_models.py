@@ -1,6 +1,6 @@
-"""Request models of llama.cpp's server API (serving/services/llama_api.py). Unknown fields are ignored
-(llama.cpp takes dozens of sampling knobs: top_k, min_p, repeat_penalty, cache_prompt, n_probs, ...; the
-ones not listed here do not change our sampling)."""
+"""Request models of llama.cpp's server API (serving/services/llama_api.py). Unknown fields do not fail a
+request (llama.cpp takes dozens of sampling knobs: top_k, min_p, repeat_penalty, cache_prompt, n_probs, ...;
+the ones not listed here do not change our sampling; upstream mode forwards them unchanged)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,13 @@ class ResponseFormat(_Req):
     json_schema: dict[str, Any] | None = None
 
 
-class CompletionRequest(_Req):
+class _Passing(BaseModel):
+    """Unknown fields are kept (not used locally): upstream mode forwards them to llama.cpp as they came."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CompletionRequest(_Passing):
     """POST /completion (llama.cpp)."""
 
     prompt: str | list[int] = Field(description="Prompt text (used as it is, e.g. ChatML) or token ids.")
@@ -56,7 +62,7 @@ class CompletionRequest(_Req):
         return None
 
 
-class LegacyCompletionRequest(_Req):
+class LegacyCompletionRequest(_Passing):
     """POST /v1/completions (OpenAI legacy text completion)."""
 
     model: str | None = None

@@ -83,9 +83,9 @@ def _route(prefix: str, service: str) -> None:
         assert ctx.gateway is not None, "the gateway's setup did not run"
         return await forward(ctx.gateway, service, path, request, ctx.settings.zoo_analyze_timeout_s)
 
+    # not in this app's OpenAPI document: each forwarded route is described by the service's own document
     router.add_api_route(f"/{prefix}/{{path:path}}", proxy, methods=METHODS, name=f"forward to {service}",
-                         include_in_schema=True, response_class=StreamingResponse,
-                         summary=f"/{prefix}/... -> the {service} service's own route")
+                         include_in_schema=False, response_class=StreamingResponse)
 
 
 for _prefix, _service in PREFIXES.items():

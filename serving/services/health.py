@@ -34,7 +34,7 @@ class ServiceState(BaseModel):
 class HealthResponse(ServiceState):
     """GET /health (200 when healthy, 503 otherwise). Model fields are absent on the gateway."""
 
-    status: str = Field(description="healthy | unhealthy")
+    status: str = Field(description="healthy | degraded (serving, optional models missing) | unhealthy (503)")
     service: str
     kind: str
     device: str | None = Field(None, description='The device as a string ("cuda:0", "cpu"): what clients read.')
@@ -73,7 +73,8 @@ def is_serving(state: str) -> bool:
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(ctx: Ctx) -> JSONResponse:
     st = compute_service_state(ctx)
-    body: dict[str, Any] = {"status": "healthy" if is_serving(st["state"]) else "unhealthy",
+    status = ("degraded" if st["state"] == "DEGRADED" else "healthy") if is_serving(st["state"]) else "unhealthy"
+    body: dict[str, Any] = {"status": status,
                             "service": ctx.service, "kind": ctx.spec.kind, **st}
     if ctx.manager is not None:
         v = ctx.manager.view()
@@ -92,7 +93,7 @@ async def health(ctx: Ctx) -> JSONResponse:
         body["vram_budget_mb"] = round(v.budget_bytes / (1024 * 1024), 1)
     if ctx.health_probe is not None:
         body.update(await ctx.health_probe())
-    return JSONResponse(body, status_code=200 if body["status"] == "healthy" else 503)
+    return JSONResponse(body, status_code=200 if body["status"] in ("healthy", "degraded") else 503)
 
 
 @router.get("/metrics", response_class=Response,

@@ -214,11 +214,15 @@ def test_admin_routes_need_the_token_and_drive_the_manager(svc):
     assert metric_value(text, "zoo_model_cache_misses_total", model="yolo26") >= 1
     r = client.post("/models/configure", json={"model": "yolo26", "disabled": True}, headers=auth)
     assert r.status_code == 200 and r.json()["disabled"] is True
+    # DISABLED = every model of the service OFF (the /segment model too; with it on, the service is DEGRADED)
+    assert client.get("/health").json()["state"] == "DEGRADED"
+    client.post("/models/configure", json={"model": "yolo26_seg", "disabled": True}, headers=auth)
     off = assert_error(client.post("/detect", json={"image": jpeg_b64()}), 503, "model_disabled")
     assert off and client.get("/health").json()["state"] == "DISABLED"
     resp = client.post("/detect", json={"image": jpeg_b64()})
     assert int(resp.headers["retry-after"]) >= 1
     client.post("/models/configure", json={"model": "yolo26", "disabled": False}, headers=auth)
+    client.post("/models/configure", json={"model": "yolo26_seg", "disabled": False}, headers=auth)
     assert client.post("/models/preload", json={"models": ["yolo26"]}, headers=auth).json()["models"][0]["loaded"]
     good(client)
 

@@ -124,7 +124,9 @@ def test_model_larger_than_budget_fails_fast(zoo):
 
 def test_failed_required_model_makes_the_service_offline(zoo):
     b = FakeBehaviour(fail_loads={"yolo26": 100})
-    with running_service(zoo, "detection", device=FakeDevice(8192 * MB), registry=registry(b),
+    z = zoo.model_copy(deep=True)
+    z.services["detection"].models = ["yolo26"]  # nothing else to degrade to (no /segment model)
+    with running_service(z, "detection", device=FakeDevice(8192 * MB), registry=registry(b),
                          admin_token=None) as (client, _):
         h = client.get("/health")
         assert h.status_code == 503 and h.json()["state"] == "OFFLINE" and h.json()["missing_required"] == ["yolo26"]
@@ -148,6 +150,7 @@ def test_failed_optional_model_degrades(zoo):
         assert_error(client.post("/enrich", json={"image": IMG, "detection_type": "dog"}), 503, "model_load_failed")
         h = client.get("/health")
         assert h.status_code == 200 and h.json()["state"] == "DEGRADED"
+        assert h.json()["status"] == "degraded"  # what the reference clients accept beside healthy
         assert "pet_classifier" in h.json()["unavailable_models"]
 
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError, UnsafePath
+from serving.llama_env import apply_llama_options
 from serving.settings import Settings
 
 MB = 1024 * 1024
@@ -352,7 +353,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None)
         if env.get(key):
             svc["vram_budget_gb"] = float(env[key])
     _apply_model_paths(models, env, Path(raw["models_root"]))
-    _apply_llama_options(models, env)
+    apply_llama_options(models, env)
     if env.get("YOLO26_CONFIDENCE"):
         for spec in models.values():
             is_yolo26 = "yolo26" in str(spec.get("env_path", "")).lower()
@@ -374,26 +375,6 @@ def _apply_model_paths(models: dict[str, Any], env: Mapping[str, str], root: Pat
                 spec["family"] = "gguf"
             elif fmt == "hf" and spec.get("family") == "gguf":  # a transformers checkpoint folder
                 spec["family"] = "causal_lm"
-
-
-#: seed 003's llama.cpp server variables -> options of the gguf family
-_LLAMA_ENV = (("GPU_LAYERS", "n_gpu_layers"), ("CTX_SIZE", "n_ctx"))
-
-
-def _apply_llama_options(models: dict[str, Any], env: Mapping[str, str]) -> None:
-    """GPU_LAYERS -> n_gpu_layers, CTX_SIZE -> n_ctx of every gguf-family model."""
-    for var, option in _LLAMA_ENV:
-        if not env.get(var):
-            continue
-        try:
-            value = int(env[var])
-        except ValueError as e:
-            raise ConfigError(f"environment {var}={env[var]!r} is not an integer") from e
-        if option == "n_ctx" and value < 1:
-            raise ConfigError(f"environment {var}={env[var]!r} must be >= 1")
-        for spec in models.values():
-            if spec.get("family") == "gguf":
-                spec.setdefault("options", {})[option] = value
 
 
 def _route_overrides(models: dict[str, Any], services: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
 
 import httpx
@@ -57,7 +58,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def stack(zoo, built_models):
-    """{service: base URL} of every service and the gateway, wired to each other like a deployment."""
+    """{service: base URL} of every service and the gateway, wired to each other like a deployment.
+
+    With ZOO_CONTRACT_ZOO=<zoo.yaml of a running `zoo up` / `make up`> the tests run against that stack
+    instead (its ports on 127.0.0.1; start it with YOLO26_CONFIDENCE=0.0001 for the random fixture)."""
+    running = os.environ.get("ZOO_CONTRACT_ZOO")
+    if running:
+        from serving.config import load_zoo
+
+        live = load_zoo(running, env={})
+        yield {s: f"http://127.0.0.1:{live.services[s].port}" for s in (*SERVICES, "gateway")}
+        return
     built_models(*[m for s in SERVICES for m in zoo.services[s].models])
     z = zoo.model_copy(deep=True)
     z.models["yolo26"].options["confidence"] = 0.0001  # random fixture weights: low scores

@@ -2,9 +2,11 @@
 
 Validated once at start-up by pydantic; an invalid file fails with the field path and what to change.
 Environment overrides of seed 003 (VRAM_BUDGET_GB, PORT, *_MODEL_PATH, YOLO26_CONFIDENCE,
-ENRICHMENT_<MODEL>_SERVICE) come from the process `Settings` (serving/settings.py, the environment read
-once) and are applied in `load_zoo`, never later. `load_zoo` also checks `family`, `task` and `policy`
-against their registries, so a typo is a ConfigError at start-up, not a 503 retried forever.
+ENRICHMENT_<MODEL>_SERVICE, and the llama.cpp server's GPU_LAYERS / CTX_SIZE for gguf models; a MODEL_PATH
+to a .gguf file runs the LLM on the gguf family, to a checkpoint folder on causal_lm) come from the
+process `Settings` (serving/settings.py, the environment read once) and are applied in `load_zoo`, never
+later. `load_zoo` also checks `family`, `task` and `policy` against their registries, so a typo is a
+ConfigError at start-up, not a 503 retried forever.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError, UnsafePath
+from serving.llama_env import apply_llama_options
 from serving.settings import Settings
 
 MB = 1024 * 1024
@@ -170,7 +173,7 @@ class ManagerSettings(_Strict):
     admission_timeout_s: float = Field(10.0, gt=0, description="How long a load waits for leases to release.")
     sweep_interval_s: float = Field(15.0, gt=0, description="How often the idle sweeper runs.")
     max_inflight: int = Field(4, ge=1, description="Inference calls running at once on this device.")
-    max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 429.")
+    max_queue: int = Field(64, ge=0, description="Inference calls waiting beyond max_inflight; more get 503.")
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay after a failed load (doubles each time).")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay after failed loads.")
 
@@ -350,6 +353,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], service: str | None)
         if env.get(key):
             svc["vram_budget_gb"] = float(env[key])
     _apply_model_paths(models, env, Path(raw["models_root"]))
+    apply_llama_options(models, env)
     if env.get("YOLO26_CONFIDENCE"):
         for spec in models.values():
             is_yolo26 = "yolo26" in str(spec.get("env_path", "")).lower()
@@ -365,7 +369,12 @@ def _apply_model_paths(models: dict[str, Any], env: Mapping[str, str], root: Pat
         if var and env.get(var):
             full = resolve_inside(root, env[var])  # absolute allowed only inside models_root
             rel = str(full.relative_to(Path(root).resolve()))
-            spec["source"] = {_FORMAT_BY_SUFFIX.get(full.suffix, "hf"): rel}
+            fmt = _FORMAT_BY_SUFFIX.get(full.suffix, "hf")
+            spec["source"] = {fmt: rel}
+            if fmt == "gguf" and spec.get("family") == "causal_lm":  # seed 003's MODEL_PATH=/models/....gguf
+                spec["family"] = "gguf"
+            elif fmt == "hf" and spec.get("family") == "gguf":  # a transformers checkpoint folder
+                spec["family"] = "causal_lm"
 
 
 def _route_overrides(models: dict[str, Any], services: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:

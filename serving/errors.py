@@ -93,9 +93,11 @@ class ImageTooLarge(ServingError):
     error_type = "image_too_large"
 
 
-# --- 429/503: capacity -------------------------------------------------------------------------
+# --- 503: capacity (clients retry 5xx and drop every 4xx, so busy is never a 4xx) ---------------
 class Overloaded(ServingError):
-    status_code = 429
+    """The inference queue is full: 503 + Retry-After (the reference clients retry 5xx, drop 4xx)."""
+
+    status_code = 503
     error_type = "overloaded"
     default_retry_after = 1.0
 

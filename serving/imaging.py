@@ -207,10 +207,26 @@ class BBox(BaseModel):
             value = dict(zip(("x1", "y1", "x2", "y2"), value, strict=True))
         if not isinstance(value, dict):
             raise InvalidBBox("bbox must be an object {x1, y1, x2, y2} or a list of 4 numbers")
+        value = cls._corners(value)
         try:
             return cls.model_validate(value)
         except Exception as e:
             raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
+
+    @staticmethod
+    def _corners(value: dict[str, Any]) -> dict[str, Any]:
+        """The corners of a detector's box, which carries {x1..y2} and {x, y, width, height} side by side
+        (serving/services/detection.py); a bare {x, y, width, height} is converted."""
+        corners = ("x1", "y1", "x2", "y2")
+        if all(k in value for k in corners):
+            return {k: value[k] for k in corners}
+        if all(k in value for k in ("x", "y", "width", "height")) and not any(k in value for k in corners):
+            try:
+                x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+            except (TypeError, ValueError):
+                return value
+            return {"x1": x, "y1": y, "x2": x + w, "y2": y + h}
+        return value
 
     @classmethod
     def coerce(cls, v: Any) -> Any:

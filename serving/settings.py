@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     llm_upstream_timeout_s: float | None = Field(None, gt=0)
     llm_upstream_api_key: str | None = None
 
+    # -- enrichment services
+    zoo_enrich_siblings: bool = Field(True, description="An enrichment service answers for its sibling's models "
+                                                        "(forwarded single routes, merged /enrich); "
+                                                        "serving/services/sibling.py.")
+
     # -- gateway
     zoo_gateway_thermal: bool = Field(True, description="Mount the thermal API on the gateway.")
     zoo_gateway_url: str | None = Field(None, description="Gateway base URL for CLI clients.")

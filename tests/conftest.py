@@ -31,3 +31,19 @@ def built_models(zoo):
         return zoo
 
     return build
+
+
+@pytest.fixture(scope="session")
+def hf_llm_zoo(zoo):
+    """zoo.yaml with its LLM on the transformers backend (`family: causal_lm`, the Nemotron-H checkpoint folder
+    fixture), the other choice zoo.yaml offers besides gguf; the fixture is built if missing."""
+    from serving.fixtures import build_fixtures
+
+    z = zoo.model_copy(deep=True)
+    spec = z.models["nemotron"]
+    spec.family, spec.source = "causal_lm", {"hf": "nemotron"}
+    spec.options = {k: v for k, v in spec.options.items() if k not in ("n_ctx", "n_gpu_layers")}
+    results = build_fixtures(z, ["nemotron"])
+    if results["nemotron"] not in ("built", "skipped"):
+        pytest.fail(f"fixture build failed: {results}")
+    return z

@@ -18,7 +18,8 @@ with `serving.imaging` and hand over typed items, one per result:
   - clip models (X-CLIP): `FramesItem` (frames oldest first + an optional bbox cropped on each frame;
     a bare list of decoded frames is one clip);
   - text towers (CLIP embed_text): `TextItem` or a str;
-  - chat models (causal LM): a `Conversation`, a list of {"role", "content"}.
+  - chat models (causal_lm, gguf): a `Conversation`, a list of {"role", "content"}, or a `PromptText`
+    (a raw completion prompt).
 Anything else is a 400 `InvalidImage` / `BadRequest` from `image_item` / `frames_item`.
 """
 
@@ -126,13 +127,21 @@ class TextItem:
     text: str
 
 
+@dataclass(frozen=True)
+class PromptText:
+    """A raw prompt for a text-completion model (llama.cpp's /completion: e.g. ChatML text), no chat
+    template applied."""
+
+    text: str
+
+
 #: a chat for a causal LM: [{"role": system|user|assistant|tool, "content": str}, ...]
 Conversation: TypeAlias = Sequence[Mapping[str, str]]
 ImageInput: TypeAlias = ImageItem | Image.Image
 FramesInput: TypeAlias = FramesItem | Sequence[Image.Image]
 TextInput: TypeAlias = TextItem | str
 #: what `Adapter.predict` takes, per family (each adapter narrows it)
-Item: TypeAlias = ImageInput | FramesInput | TextInput | Conversation
+Item: TypeAlias = ImageInput | FramesInput | TextInput | Conversation | PromptText
 
 
 def image_item(x: ImageInput, what: str = "image") -> ImageItem:

@@ -3,7 +3,8 @@ template); Nemotron in the zoo. Production serves the GGUF through llama.cpp (se
 is the transformers path the project runs everywhere, fixtures included.
 
 predict(items, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top_p=1.0, seed=None):
-    items: `Conversation`s, each a list of {"role": system|user|assistant|tool, "content": str}.
+    items: `Conversation`s, each a list of {"role": system|user|assistant|tool, "content": str}, or
+           `PromptText`s (a raw prompt, tokenized as it is: llama.cpp's /completion).
     returns per conversation: {"text", "prompt_tokens", "completion_tokens", "finish_reason": stop|length}.
     temperature 0 = greedy; > 0 samples (seeded when `seed` is given).
 stream(messages, **same options): generator of text pieces as they are decoded (TextIteratorStreamer,
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-from serving.adapters.base import Conversation
+from serving.adapters.base import Conversation, PromptText
 from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, model_dtype
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
@@ -79,7 +80,12 @@ class CausalLMAdapter(TorchModuleAdapter):
         return out
 
     def encode(self, messages: Any) -> Any:
-        """Prompt token ids (1, n) on the device, chat template applied with the generation prompt."""
+        """Prompt token ids (1, n) on the device: a `PromptText` as it is, a conversation through the chat
+        template with the generation prompt."""
+        if isinstance(messages, PromptText):
+            if not messages.text:
+                raise BadRequest("the prompt is empty")
+            return self.tokenizer(messages.text, return_tensors="pt")["input_ids"].to(self.torch_device)
         enc = self.tokenizer.apply_chat_template(
             check_messages(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -87,6 +93,9 @@ class CausalLMAdapter(TorchModuleAdapter):
 
     def generate_kwargs(self, prompt_len: int, options: Mapping[str, Any]) -> dict[str, Any]:
         opts = {**(self.ctx.spec.options or {}), **options}
+        if opts.get("grammar") or opts.get("json_schema"):
+            raise BadRequest("constrained decoding (grammar / json_schema) needs the gguf (llama.cpp) backend; "
+                             "this model runs on transformers", details={"backend": "transformers"})
         raw = opts.get("max_new_tokens")
         max_new = int(DEFAULT_MAX_NEW_TOKENS if raw is None else raw)
         if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
@@ -168,6 +177,21 @@ class CausalLMAdapter(TorchModuleAdapter):
             raise result["error"]
         new_ids = result["seq"][0, ids.shape[1]:].tolist()
         return self._info(ids.shape[1], new_ids, kw["max_new_tokens"])
+
+    # --- text API shared with the gguf family (llama.cpp server routes) -------------------------
+    supports_grammar = False
+
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def token_piece(self, token_id: int) -> str:
+        return self.detokenize([token_id])
+
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
 
     def metadata(self) -> dict[str, Any]:
         meta = {**super().metadata(), "chat_template": True}

@@ -25,6 +25,8 @@ from serving.errors import BadRequest
 
 SEED_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<OD>", "<DENSE_REGION_CAPTION>", "<OCR>", "<OCR_WITH_REGION>")
 DEFAULT_TASK = "<CAPTION>"
+#: "<VQA>question": the free question as the prompt, the answer as text (the reference client's form)
+VQA_TASK = "<VQA>"
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_NUM_BEAMS = 3
 MAX_NEW_TOKENS_LIMIT = 1024
@@ -51,10 +53,16 @@ class Florence2Adapter(TorchModuleAdapter):
 
     @property
     def tasks(self) -> list[str]:
-        return sorted(self.processor.tasks_answer_post_processing_type) if self.processor else list(SEED_TASKS)
+        if not self.processor:
+            return list(SEED_TASKS)
+        return sorted([*self.processor.tasks_answer_post_processing_type, VQA_TASK])
 
     def prompt_of(self, task: str, text: str | None) -> str:
         """The prompt string the processor expects: the task token, plus the text for tasks with input."""
+        if task == VQA_TASK:  # no VQA task in Florence-2's processor: the question itself is the prompt
+            if not text:
+                raise BadRequest("florence2 task <VQA> needs a question (\"<VQA>what is the person holding?\")")
+            return str(text)
         if task in self.processor.task_prompts_without_inputs:
             return task
         if task in self.processor.task_prompts_with_input:
@@ -65,6 +73,10 @@ class Florence2Adapter(TorchModuleAdapter):
 
     def parse(self, task: str, generated: str, image_size: tuple[int, int]) -> Any:
         """The processor's post-processing of one generated string (special tokens kept)."""
+        if task == VQA_TASK:
+            for token in ("</s>", "<s>", "<pad>"):
+                generated = generated.replace(token, "")
+            return generated.strip()
         return self.processor.post_process_generation(generated, task=task, image_size=image_size)[task]
 
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ _BUILTIN: dict[str, str] = {
     "segformer": "serving.adapters.segformer:SegformerAdapter",
     "osnet": "serving.adapters.osnet:OsnetAdapter",
     "causal_lm": "serving.adapters.causal_lm:CausalLMAdapter",
+    "gguf": "serving.adapters.gguf:GgufAdapter",
     "image_quality": "serving.adapters.quality:ImageQualityAdapter",
 }
 
@@ -50,6 +51,7 @@ FAMILY_TASKS: dict[str, tuple[str, ...]] = {
     "segformer": ("segment",),
     "osnet": ("reid",),
     "causal_lm": ("chat",),
+    "gguf": ("chat",),
     "image_quality": ("quality",),
 }
 

@@ -39,7 +39,8 @@ options: confidence (0..1), classes (names or ids), max_det, imgsz, vocabulary (
    "image_height"}
   pose:    each detection + "keypoints" (17 COCO {"name","x","y","confidence"}), "posture", "alerts";
            the image + "pose": the seed's {"keypoints","posture","alerts"} of the most confident person or None
-  segment: each detection + "has_mask", "mask_area" (pixels at the input image's resolution)
+  segment: each detection + "has_mask", "mask_area" (pixels at the input image's resolution), and with
+           `polygons=True` its mask outline "polygon" [[x, y], ...] (pixels, at most 64 points)
   capability vehicle_damage: + the seed's damage schema (postprocess.damage.summarize)
   capability threat:         + "threat": the seed's ThreatDetectionResult (postprocess.threat.assess)
 """
@@ -152,11 +153,20 @@ def _add_pose(result: dict[str, Any], r: Any, adapter: YoloAdapter, options: Map
     result["pose"] = {k: best[k] for k in ("keypoints", "posture", "alerts")} if best and "keypoints" in best else None
 
 
+#: most points of a mask outline returned with `polygons=True` (longer outlines are subsampled evenly)
+MAX_POLYGON_POINTS = 64
+
+
 def _add_masks(result: dict[str, Any], r: Any, adapter: YoloAdapter, options: Mapping[str, Any]) -> None:
     areas = (r.masks.data > 0.5).flatten(1).sum(1).cpu().tolist() if r.masks is not None else []
+    outlines = list(r.masks.xy) if r.masks is not None and options.get("polygons") else []
     for i, det in enumerate(result["detections"]):
         area = int(areas[i]) if i < len(areas) else 0
         det.update(has_mask=area > 0, mask_area=area)
+        if options.get("polygons"):
+            pts = outlines[i].tolist() if i < len(outlines) else []
+            step = max(1, -(-len(pts) // MAX_POLYGON_POINTS))
+            det["polygon"] = [[round(float(x), 1), round(float(y), 1)] for x, y in pts[::step]]
 
 
 def _add_damage(result: dict[str, Any], adapter: YoloAdapter, options: Mapping[str, Any]) -> None:

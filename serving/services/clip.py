@@ -7,7 +7,9 @@ real ViT-L/14; a fixture has its own projection size, reported in `embedding_dim
   normal look, from /embed), `is_anomaly` above the threshold (0.3 by default).
 - /classify: {image, labels} -> zero-shot softmax over the labels.
 - /similarity: {image, text} -> cosine between the image and the text.
-- /batch-similarity: {image | images, texts} -> every image against every text.
+- /batch-similarity: {image | images, texts} -> every image against every text; top-level `similarities`
+  is the first image's row (the reference client's single-image form).
+The reference client also reads `top_label` (/classify) and `similarity_to_baseline` (/anomaly-score).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ async def anomaly(ctx: Ctx, request: Request) -> dict[str, Any]:
         if req.threshold is not None:
             opts["threshold"] = req.threshold
         out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], **opts))[0]
-    return {**out, "model": model, "inference_time_ms": sw.ms}
+    return {**out, "similarity_to_baseline": out["similarity"], "model": model, "inference_time_ms": sw.ms}
 
 
 @router.post("/classify", response_model=ClassifyResponse, openapi_extra=request_body(ClassifyRequest))
@@ -80,7 +82,7 @@ async def classify(ctx: Ctx, request: Request) -> dict[str, Any]:
             raise BadRequest("labels must be distinct, non-empty strings")
         out = (await predict(ctx, model, [await decode_image_async(req.image, ctx.limits)], task="classify",
                              labels=labels))[0]
-    return {**out, "model": model, "inference_time_ms": sw.ms}
+    return {**out, "top_label": out["label"], "model": model, "inference_time_ms": sw.ms}
 
 
 @router.post("/similarity", response_model=SimilarityResponse, openapi_extra=request_body(SimilarityRequest))
@@ -108,4 +110,5 @@ async def batch_similarity(ctx: Ctx, request: Request) -> dict[str, Any]:
             imgs = await decode_images_async(req.images or [], ctx.limits)
         texts = list(dict.fromkeys(t for t in req.texts))
         rows = await predict(ctx, model, imgs, task="similarity", texts=texts)
-    return {"results": rows, "count": len(rows), "model": model, "inference_time_ms": sw.ms}
+    return {"similarities": dict(rows[0]["similarities"]) if rows else {}, "results": rows, "count": len(rows),
+            "model": model, "inference_time_ms": sw.ms}

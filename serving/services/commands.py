@@ -195,7 +195,8 @@ def status_renderables(data: dict[str, Any], url: str, console: Any) -> list[Any
     for name, s in data["services"].items():
         h = s.get("health") or {}
         st = s.get("models") or {}
-        dev = (h.get("device") or {}).get("name", "-") if isinstance(h.get("device"), dict) else "-"
+        device = h.get("device")
+        dev = (device or {}).get("name", "-") if isinstance(device, dict) else str(device or "-")
         state = h.get("state") or ("unreachable" if not s.get("reachable") else "?")
         head = Text.assemble((name, "bold"), "  ", (state, "red" if not s.get("reachable") else "green"), "  ", dev)
         if st:

@@ -1,4 +1,9 @@
-"""Detection service (ai-yolo26, port 8095): POST /detect and POST /detect/batch (seed 003).
+"""Detection service (ai-yolo26, port 8095): POST /detect and POST /detect/batch (seed 003), and POST /segment
+(instance masks and outlines from the service's `segment` model, yolo26_seg in zoo.yaml, loaded on demand).
+
+Request forms (serving/services/uploads.py): JSON {image}, a raw image body, multipart with the image in a
+part named `image` or `file` (the reference client's), or `?image_base64=`. Each detection's `bbox` carries
+the seed's corners {x1, y1, x2, y2} and the reference client's {x, y, width, height} side by side.
 
 The detector is the service's model with task `detect` (yolo26 in zoo.yaml). Every image of every
 request goes through one `DynamicBatcher`: concurrent requests are run as one `predict` call of up to
@@ -28,10 +33,17 @@ from PIL import Image
 from serving.config import SECURITY_CLASSES, detection_type_of
 from serving.imaging import decode_image_async, decode_images_async
 from serving.services.batching import DynamicBatcher
-from serving.services.common import Stopwatch, model_of_task, model_options, require_manager
+from serving.services.common import Stopwatch, model_of_task, model_options, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.openapi import request_body
-from serving.services.schemas import BatchDetectRequest, BatchDetectResponse, DetectRequest, DetectResponse
+from serving.services.schemas import (
+    BatchDetectRequest,
+    BatchDetectResponse,
+    DetectRequest,
+    DetectResponse,
+    SegmentResponse,
+    pixel_box,
+)
 from serving.services.uploads import read_request
 
 router = APIRouter(tags=["detection"])
@@ -59,7 +71,7 @@ def filter_detections(result: dict[str, Any], *, confidence: float, classes: set
             continue
         if classes is not None and d["class"] not in classes:
             continue
-        kept.append({**d, "detection_type": detection_type_of(d["class"])})
+        kept.append({**d, "bbox": pixel_box(d["bbox"]), "detection_type": detection_type_of(d["class"])})
     kept.sort(key=lambda d: -d["confidence"])
     return kept[:max_detections] if max_detections else kept
 
@@ -144,3 +156,18 @@ async def detect_batch(ctx: Ctx, request: Request) -> dict[str, Any]:
     for p in per_image:
         p["inference_time_ms"] = sw.ms
     return {"results": per_image, "count": len(per_image), "inference_time_ms": sw.ms}
+
+
+@router.post("/segment", response_model=SegmentResponse, response_model_by_alias=True,
+             openapi_extra=request_body(DetectRequest))
+async def segment(ctx: Ctx, request: Request) -> dict[str, Any]:
+    """Instance masks (and their outlines) of the service's `segment` model, same request forms as /detect."""
+    model = model_of_task(ctx, "segment")
+    with Stopwatch() as sw:
+        req = await read_request(request, DetectRequest, ctx.limits)
+        img = await decode_image_async(req.image, ctx.limits)
+        conf = _default_confidence(ctx, model) if req.confidence is None else req.confidence
+        (result,) = await predict(ctx, model, [img], confidence=conf, polygons=True)
+        dets = filter_detections(result, confidence=conf, classes=_class_set(req.classes, req.all_classes),
+                                 max_detections=req.max_detections)
+    return _response(model, result, dets, sw.ms)

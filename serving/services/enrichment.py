@@ -9,13 +9,15 @@ EnrichmentResult: per-detection maps (`age_classifications`, `gender_classificat
 `person_embeddings`, keyed by detection_id) and one key per capability that ran (`threat_detection`,
 `pose`, `clothing`, `vehicle`, `pet`, `depth`, `action`, `vehicle_damage`, ...), plus `models` (status
 and time per model), `errors` (one entry per failed model: model, error_type, message, status_code) and
-`inference_time_ms`. When every model failed, the first failure is the HTTP answer (e.g. 503
+`inference_time_ms`, plus the reference client's keys (serving/services/enrich_view.py).
+When every model failed, the first failure is the HTTP answer (e.g. 503
 insufficient_vram with Retry-After), so a one-model call keeps its natural status.
 
 Single-model routes (image + optional bbox; the model is this service's model with the capability):
 /vehicle-classify (vehicle_type), /pet-classify (pet), /clothing-classify (clothing; + `segmentation`
 when options.include_segmentation and a segformer is hosted here), /depth-estimate (depth with the map),
-/object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize (action, frames),
+/object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize and /action-classify (the
+reference client's name; action, frames),
 /vehicle-damage (vehicle_damage). A capability hosted by the other enrichment service is a 404 that
 names it; a model that cannot run now is the manager's 503.
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from PIL import Image
 from pydantic import BaseModel
 
@@ -43,6 +46,7 @@ from serving.errors import BadRequest, NotFound, ServingError, UnknownModel
 from serving.imaging import BBox, decode_image, decode_images, decode_images_async
 from serving.services.common import Stopwatch, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
+from serving.services.enrich_view import client_view
 from serving.services.errors import ErrorBody
 from serving.services.openapi import request_body
 from serving.services.schemas import (
@@ -59,6 +63,8 @@ from serving.services.schemas import (
     PoseAnalyzeResponse,
     VehicleClassifyResponse,
 )
+from serving.services.sibling import asks_siblings, sibling_enrich, sibling_hosting
+from serving.services.sibling import forward as forward_to
 from serving.services.uploads import read_request
 
 log = logging.getLogger(__name__)
@@ -253,10 +259,42 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
         elif key is not None:
             result[key] = value
     failed = [exc for *_, exc in outcomes if exc is not None]
-    if models and len(failed) == len(models):
+    remote = _sibling_models(ctx, label, req.options) if req.models is None and asks_siblings(ctx, request) else {}
+    if models and len(failed) == len(models) and not remote:
         raise failed[0]
+    if remote:
+        payload = req.model_dump(by_alias=True, exclude_none=True) | {"detection_id": det_id}
+        answers = await asyncio.gather(*(sibling_enrich(ctx, svc, payload, ms) for svc, ms in remote.items()))
+        for svc, answer in zip(remote, answers, strict=True):
+            _merge(result, status, errors, answer, svc)
     result.update(models=status, errors=errors, inference_time_ms=round((time.perf_counter() - t0) * 1e3, 2))
+    result.update(client_view(result))
     return result
+
+
+def _sibling_models(ctx: ServiceContext, label: str, options: dict[str, Any]) -> dict[str, list[str]]:
+    """{sibling service: the triggered models it hosts} for a client's /enrich (serving/services/sibling.py)."""
+    out: dict[str, list[str]] = {}
+    for m in ctx.zoo.models_for_detection(label, options):
+        svc = ctx.zoo.service_of(m)
+        if svc and svc != ctx.service and ctx.zoo.services[svc].kind == ctx.spec.kind:
+            out.setdefault(svc, []).append(m)
+    return out
+
+
+def _merge(result: dict[str, Any], status: dict[str, Any], errors: list[dict[str, Any]], answer: dict[str, Any],
+           service: str) -> None:
+    """A sibling's /enrich answer into this one: per-detection maps merged, other keys where still empty."""
+    for m, st in (answer.get("models") or {}).items():
+        status[m] = {**st, "service": service} if isinstance(st, dict) else st
+    errors.extend({"service": service, **e} for e in answer.get("errors") or [] if isinstance(e, dict))
+    for key, value in answer.items():
+        if key in ("models", "errors", "inference_time_ms", "service", "detection_id", "detection_type"):
+            continue
+        if key in PER_DETECTION and isinstance(value, dict):
+            result.setdefault(key, {}).update(value)
+        elif value is not None and result.get(key) is None:
+            result[key] = value
 
 
 async def _single(ctx: ServiceContext, request: Request, capability: str,
@@ -275,8 +313,16 @@ def _answer(model: str, value: Any, sw: Stopwatch) -> dict[str, Any]:
     return {**body, "model": model, "inference_time_ms": sw.ms}
 
 
+async def _sibling(ctx: ServiceContext, request: Request, capability: str) -> Response | None:
+    """The sibling enrichment service's answer when only it hosts `capability` (serving/services/sibling.py)."""
+    other = sibling_hosting(ctx, capability) if asks_siblings(ctx, request) else None
+    return await forward_to(ctx, other, request) if other else None
+
+
 def _simple(path: str, capability: str, response: type[BaseModel]) -> None:
-    async def route(ctx: Ctx, request: Request) -> dict[str, Any]:
+    async def route(ctx: Ctx, request: Request) -> Any:
+        if (fwd := await _sibling(ctx, request, capability)) is not None:
+            return fwd
         model, value, _, sw = await _single(ctx, request, capability)
         return _answer(model, value, sw)
 
@@ -292,7 +338,9 @@ _simple("/vehicle-damage", "vehicle_damage", DamageResponse)
 
 @router.post("/clothing-classify", openapi_extra=request_body(ClassifyImageRequest),
              **_doc(ClothingClassifyResponse))
-async def clothing_classify(ctx: Ctx, request: Request) -> dict[str, Any]:
+async def clothing_classify(ctx: Ctx, request: Request) -> Any:
+    if (fwd := await _sibling(ctx, request, "clothing")) is not None:
+        return fwd
     model, value, req, sw = await _single(ctx, request, "clothing")
     body = _answer(model, value, sw)
     if req.options.get("include_segmentation"):
@@ -304,21 +352,28 @@ async def clothing_classify(ctx: Ctx, request: Request) -> dict[str, Any]:
 
 
 @router.post("/depth-estimate", openapi_extra=request_body(ClassifyImageRequest), **_doc(DepthResponse))
-async def depth_estimate(ctx: Ctx, request: Request) -> dict[str, Any]:
+async def depth_estimate(ctx: Ctx, request: Request) -> Any:
+    if (fwd := await _sibling(ctx, request, "depth")) is not None:
+        return fwd
     model, value, _, sw = await _single(ctx, request, "depth", extra={"include_map": True})
     return _answer(model, value, sw)
 
 
 @router.post("/object-distance", openapi_extra=request_body(ObjectDistanceRequest), **_doc(DepthResponse))
-async def object_distance(ctx: Ctx, request: Request) -> dict[str, Any]:
+async def object_distance(ctx: Ctx, request: Request) -> Any:
+    if (fwd := await _sibling(ctx, request, "depth")) is not None:
+        return fwd
     model, value, _, sw = await _single(ctx, request, "depth", ObjectDistanceRequest, extra={"include_map": False})
     body = _answer(model, value, sw)
     body.pop("depth_map_base64", None)
     return body
 
 
+@router.post("/action-classify", openapi_extra=request_body(ActionRequest), **_doc(ActionRecognizeResponse))
 @router.post("/action-recognize", openapi_extra=request_body(ActionRequest), **_doc(ActionRecognizeResponse))
-async def action_recognize(ctx: Ctx, request: Request) -> dict[str, Any]:
+async def action_recognize(ctx: Ctx, request: Request) -> Any:
+    if (fwd := await _sibling(ctx, request, "action")) is not None:
+        return fwd
     with Stopwatch() as sw:
         req = await read_request(request, ActionRequest, ctx.limits)
         model = model_for(ctx, "action")

@@ -9,6 +9,8 @@ Routes:
     GET  /zoo/services     the base URL the gateway uses for each service
     GET  /zoo              a plain status table (HTML over /zoo/status, no JavaScript)
     GET  /, /zoo/feed      the live status page and its JSON feed (serving/services/status_page.py)
+    /yolo26/*, /florence/*, /clip/*, /enrichment/*, /enrich-lt/*   each service's own routes, forwarded
+                           unchanged, streams included (serving/services/gateway_proxy.py)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
 Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and
@@ -41,8 +43,10 @@ from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
+from serving.services import gateway_proxy
 from serving.services import status_page as live_page
 from serving.services.context import Ctx, GatewayState, ServiceContext
+from serving.services.enrich_view import client_view
 from serving.services.openapi import request_body
 from serving.services.schemas import EnrichmentResult
 from serving.services.uploads import read_request
@@ -162,7 +166,7 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
         return {"upstreams": urls, "thermal_api": control is not None}
 
     ctx.health_probe = health
-    return [live_page.router] + ([control.router] if control else [])  # the live page at / (status_page.py)
+    return [live_page.router, gateway_proxy.router] + ([control.router] if control else [])
 
 
 @contextlib.asynccontextmanager
@@ -198,7 +202,8 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
         decode_image(f, ctx.limits, f"frames[{i}]")
     image_b64 = body.image if isinstance(body.image, str) else base64.b64encode(body.image).decode("ascii")
     req = GatewayEnrichRequest.model_validate(body.model_dump() | {"image": image_b64})
-    return await _state(ctx).enricher.enrich(req)
+    result = await _state(ctx).enricher.enrich(req)
+    return result | client_view(result)  # the reference client's keys, over the merged answer
 
 
 @router.post("/pipeline/frame", response_model=None, responses={200: {"model": RiskEvent}},

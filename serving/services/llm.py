@@ -1,6 +1,7 @@
 """The LLM service (ai-llm, 8091): OpenAI-compatible chat, model list, and the risk analysis.
 
-Routes:
+Routes (and llama.cpp's server API: /completion, /v1/completions, /slots, /props, /tokenize, /detokenize,
+in serving/services/llama_api.py):
     POST /v1/chat/completions   OpenAI Chat Completions (plain, and SSE when "stream": true)
     GET  /v1/models             OpenAI model list
     POST /analyze               detections + enrichment -> risk event (serving/router/risk.py)
@@ -19,7 +20,6 @@ manager starts, so upstream mode never loads the local weights) and kept on `ctx
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -37,10 +37,20 @@ from serving.router.schemas import AnalyzeRequest, FrameDetection, RiskAssessmen
 from serving.services.common import Stopwatch, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.errors import sse_error
-from serving.services.llm_backend import ChatRequest, LeasedStream, LLMBackend, StopFilter, StreamEnd, TokenStream
+from serving.services.llama_api import router as llama_router
+from serving.services.llm_backend import (
+    ChatRequest,
+    LeasedStream,
+    LLMBackend,
+    StopFilter,
+    StreamEnd,
+    TokenStream,
+    sse,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["llm"])
+router.include_router(llama_router)  # llama.cpp's server API (serving/services/llama_api.py)
 
 
 # ------------------------------------------------------------------ response models (OpenAI + /analyze)
@@ -101,6 +111,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     """Build the backend (`ctx.llm`) and its /health contribution; close its HTTP client at the end."""
     backend = LLMBackend(ctx.zoo, ctx.service, ctx.settings, ctx.manager, ctx.http_transport)
     ctx.llm = backend
+    backend.on_tokens = lambda p, c: _count_tokens(ctx, p, c)
     _count_tokens(ctx, 0, 0)  # registers the metrics: present in /metrics before the first request
     _scoring_total(ctx)
 
@@ -152,8 +163,7 @@ def _completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+_sse = sse
 
 
 def _piece_text(item: Any) -> tuple[str, dict[str, Any]]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -26,6 +27,11 @@ from serving.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.vram.manager import OnDemandModelManager
+
+
+def sse(obj: Any) -> bytes:
+    """One Server-Sent Event `data: <json>` (compact JSON)."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 class StreamEnd:
@@ -94,6 +100,7 @@ class StopFilter:
         self.hold = max((len(x) for x in self.stops), default=1) - 1
         self.buf = ""
         self.hit = False
+        self.word: str | None = None  # the stop sequence that matched
 
     def feed(self, piece: str) -> str:
         if not self.stops:
@@ -101,8 +108,9 @@ class StopFilter:
         if self.hit:
             return ""
         self.buf += piece
-        cut = min((i for i in (self.buf.find(x) for x in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, x) for x in self.stops if (i := self.buf.find(x)) >= 0]
+        if found:
+            cut, self.word = min(found)
             out, self.buf, self.hit = self.buf[:cut], "", True
             return out
         keep = min(self.hold, len(self.buf))
@@ -173,6 +181,9 @@ class LLMBackend:
         self.upstream_model = settings.llm_upstream_model or opts.get("upstream_model")
         self.upstream_timeout_s = float(settings.llm_upstream_timeout_s or opts.get("upstream_timeout_s", 120))
         self.client: httpx.AsyncClient | None = None
+        #: requests holding the model now (GET /slots); token counts go to `on_tokens` (the service's metrics)
+        self.processing = 0
+        self.on_tokens: Callable[[int, int], None] | None = None
         if self.upstream and manager is not None and self.model:
             # the local weights are not used while forwarding: never load them
             manager.configure(self.model, disabled=True)
@@ -182,6 +193,20 @@ class LLMBackend:
                 headers["Authorization"] = f"Bearer {settings.llm_upstream_api_key}"
             self.client = httpx.AsyncClient(base_url=self.upstream, transport=transport, headers=headers,
                                             timeout=httpx.Timeout(self.upstream_timeout_s, connect=5.0))
+
+    def count_tokens(self, prompt: int, completion: int) -> None:
+        if self.on_tokens is not None:
+            self.on_tokens(int(prompt), int(completion))
+
+    def n_ctx(self) -> int:
+        """The context window from zoo.yaml options (n_ctx / context_window), without loading the model."""
+        return int(self.options.get("n_ctx") or self.options.get("context_window") or 4096)
+
+    def model_path(self) -> str:
+        if self.model is None:
+            return ""
+        spec = self.zoo.models[self.model]
+        return str(spec.source.get("gguf") or spec.source.get("hf") or next(iter(spec.source.values()), ""))
 
     def served_names(self) -> list[str]:
         if self.model is None:
@@ -230,9 +255,13 @@ class LLMBackend:
         return out
 
     async def upstream_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.upstream_post("/v1/chat/completions", self._upstream_body(body | {"stream": False}))
+
+    async def upstream_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to the upstream's `path`, its JSON answer back (502/504 when it fails)."""
         assert self.client is not None
         try:
-            resp = await self.client.post("/v1/chat/completions", json=self._upstream_body(body | {"stream": False}))
+            resp = await self.client.post(path, json=body)
         except httpx.TimeoutException as e:
             raise UpstreamTimeout(f"LLM upstream {self.upstream} timed out") from e
         except httpx.TransportError as e:
@@ -242,11 +271,13 @@ class LLMBackend:
                                 details={"upstream_status": resp.status_code})
         return resp.json()
 
-    async def upstream_stream(self, body: dict[str, Any]) -> StreamingResponse:
+    async def upstream_stream(self, body: dict[str, Any], path: str = "/v1/chat/completions") -> StreamingResponse:
         assert self.client is not None
         stack = contextlib.AsyncExitStack()
+        if path == "/v1/chat/completions":
+            body = self._upstream_body(body)
         try:
-            req = self.client.build_request("POST", "/v1/chat/completions", json=self._upstream_body(body))
+            req = self.client.build_request("POST", path, json=body)
             resp = await self.client.send(req, stream=True)
             stack.push_async_callback(resp.aclose)
         except httpx.TimeoutException as e:

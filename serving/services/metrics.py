@@ -57,7 +57,7 @@ class Metrics:
         self.hits = Counter("zoo_model_cache_hits", "Leases served by a HOT model", ["model"], registry=r)
         self.misses = Counter("zoo_model_cache_misses", "Leases that needed a load or restore", ["model"], registry=r)
         self.ooms = Counter("zoo_model_ooms", "Out-of-memory events", ["model", "phase"], registry=r)
-        self.overloaded = Counter("zoo_inference_overloaded", "Inference calls refused (429): queue full",
+        self.overloaded = Counter("zoo_inference_overloaded", "Inference calls refused (503): queue full",
                                   ["device"], registry=r)
         self.vram_budget = Gauge("zoo_vram_budget_bytes", "VRAM budget of this service's manager", registry=r)
         self.vram_reserved = Gauge("zoo_vram_reserved_bytes", "VRAM reserved by loaded models", registry=r)

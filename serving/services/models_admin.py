@@ -1,7 +1,7 @@
 """Model administration routes of every model service (the manager's public methods over HTTP).
 
     GET  /models/status       manager.status() (seed 003 "Model Status Endpoint" + extras)
-    POST /models/preload      {"model": name} | {"models": [...]}, "tier": hot|warm  (admin)
+    POST /models/preload      {"model": name} | {"models": [...]}, "tier": hot|warm, or ?model_name=NAME (admin)
     POST /models/unload       {"model": name} | {"models": [...], "to": "cold"|"warm"} (admin)
     POST /models/configure    {model, disabled?, pinned?, keep_alive_s?, keep_warm?, thermal_state?} (admin)
 Admin routes need `Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is configured (401 otherwise).
@@ -10,11 +10,12 @@ Admin routes need `Authorization: Bearer <ZOO_ADMIN_TOKEN>` when a token is conf
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.errors import BadRequest
 from serving.services.common import require_admin, require_manager, require_model
 from serving.services.context import Ctx
 from serving.vram.status import ManagerStatus
@@ -78,8 +79,14 @@ async def models_status(ctx: Ctx) -> dict[str, Any]:
 
 
 @router.post("/models/preload", response_model=ModelsActionResponse, dependencies=[Depends(require_admin)])
-async def models_preload(body: ModelsRequest, ctx: Ctx) -> dict[str, Any]:
+async def models_preload(ctx: Ctx, body: Annotated[ModelsRequest | None, Body()] = None,
+                         model_name: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+    """JSON body, or `?model_name=NAME` without a body (the reference enrichment client's form)."""
     manager = require_manager(ctx)
+    if body is None:
+        if not model_name:
+            raise BadRequest("give {'model': name} or ?model_name=NAME")
+        body = ModelsRequest(model=model_name)
     names = [require_model(ctx, n) for n in body.names()]
     load = manager.prewarm if body.tier.lower() == "warm" else manager.preload
     results = await asyncio.gather(*(load(n) for n in names))

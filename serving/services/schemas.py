@@ -1,8 +1,8 @@
 """Request and response models of the per-GPU services (seed 003 "API Reference" and result schemas).
 
 Requests: images are `str` (base64, the seed's JSON form) or `bytes` (raw body / multipart), read by
-serving/services/uploads.py and decoded by serving.imaging. Requests forbid unknown fields (a typo is a
-422, not a silent default).
+serving/services/uploads.py and decoded by serving.imaging. Requests ignore unknown fields (the reference
+clients send extras such as `min_confidence` or `method`, CONTRACTS.md); wrong types of known fields are 422.
 Responses allow extra fields: the seed shapes are the floor, adapters may add detail (tests validate
 every response against these models).
 """
@@ -11,15 +11,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from serving.imaging import BBox  # the one BBox: parsed here, passed on typed to the adapters
+from serving.services.schemas_florence import (  # noqa: F401 - re-exported: one import place for every service
+    FLORENCE_PROMPTS,
+    BoxList,
+    DenseCaptionResponse,
+    ExtractRequest,
+    ExtractResponse,
+    FlorenceDetectRequest,
+    FlorenceDetectResponse,
+    FlorenceImageRequest,
+    OcrRegion,
+    OcrRequest,
+    OcrResponse,
+    RegionCaption,
+    RegionLabel,
+)
 
 ImageData = str | bytes
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
 
 class _Resp(BaseModel):
@@ -51,12 +66,31 @@ class BatchDetectRequest(_Req):
     max_detections: int | None = Field(None, ge=1, le=1000)
 
 
+class PixelBox(_Resp):
+    """A detector box: the seed's corners and the reference client's top-left + size, side by side."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    x: float = Field(description="Left edge (= x1), pixels.")
+    y: float = Field(description="Top edge (= y1), pixels.")
+    width: float = Field(description="x2 - x1, pixels.")
+    height: float = Field(description="y2 - y1, pixels.")
+
+
+def pixel_box(b: dict[str, Any]) -> dict[str, float]:
+    """{x1, y1, x2, y2} -> the same with x, y, width, height added (PixelBox)."""
+    x1, y1, x2, y2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
+    return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "x": x1, "y": y1, "width": x2 - x1, "height": y2 - y1}
+
+
 class DetectedObject(_Resp):
     """One object found by the detector (an item of DetectResponse.detections)."""
 
     cls: str = Field(alias="class", description="Class name (person, car, ...).")
     confidence: float = Field(ge=0.0, le=1.0)
-    bbox: BBox
+    bbox: PixelBox
     class_id: int | None = None
     detection_type: str | None = None
 
@@ -70,94 +104,32 @@ class DetectResponse(_Resp):
     inference_time_ms: float
 
 
+class SegmentedObject(DetectedObject):
+    """One instance of POST /segment: a detection with its mask."""
+
+    has_mask: bool
+    mask_area: int = Field(description="Mask pixels at the input image's resolution.")
+    polygon: list[list[float]] = Field(description="The mask outline [[x, y], ...] in pixels (at most 64 points).")
+
+
+class SegmentResponse(_Resp):
+    """POST /segment on the detection service."""
+
+    detections: list[SegmentedObject]
+    count: int
+    image_width: int
+    image_height: int
+    model: str
+    inference_time_ms: float
+
+
 class BatchDetectResponse(_Resp):
     results: list[DetectResponse]
     count: int
     inference_time_ms: float
 
 
-# ---------------------------------------------------------------------------------------- florence (8092)
-FLORENCE_PROMPTS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>", "<DENSE_REGION_CAPTION>",
-                    "<OCR>", "<OCR_WITH_REGION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<OPEN_VOCABULARY_DETECTION>",
-                    "<REGION_PROPOSAL>")
-
-
-class ExtractRequest(_Req):
-    """POST /extract: a Florence-2 task prompt (seed "Supported Prompts")."""
-
-    image: ImageData
-    prompt: str = Field("<CAPTION>", description="One of " + ", ".join(FLORENCE_PROMPTS))
-    text_input: str | None = Field(None, max_length=500, description="Text for grounding / open-vocabulary prompts.")
-    max_new_tokens: int | None = Field(None, ge=1, le=1024)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v: str) -> str:
-        v = v.strip().upper()
-        if not (v.startswith("<") and v.endswith(">")):
-            v = f"<{v}>"
-        if len(v) > 64:
-            raise ValueError(f"unsupported prompt; use one of {', '.join(FLORENCE_PROMPTS)}")
-        return v  # the adapter knows the processor's tasks and rejects others with a 400
-
-
-class FlorenceImageRequest(_Req):
-    """POST /ocr, /dense-caption."""
-
-    image: ImageData
-    max_new_tokens: int | None = Field(None, ge=1, le=1024)
-
-
-class OcrRequest(FlorenceImageRequest):
-    with_regions: bool = Field(False, description="Also return text regions (<OCR_WITH_REGION>).")
-
-
-class FlorenceDetectRequest(FlorenceImageRequest):
-    """POST /detect on Florence: <OD>, or open-vocabulary detection of `text_input`."""
-
-    text_input: str | None = Field(None, max_length=500)
-
-
-class ExtractResponse(_Resp):
-    prompt: str
-    result: Any
-    model: str
-    inference_time_ms: float
-
-
-class RegionCaption(_Resp):
-    caption: str
-    bbox: BBox
-
-
-class OcrRegion(_Resp):
-    text: str
-    quad_box: list[float]
-    bbox: BBox
-
-
-class OcrResponse(_Resp):
-    text: str
-    regions: list[OcrRegion] | None = None
-    model: str
-    inference_time_ms: float
-
-
-class RegionLabel(_Resp):
-    label: str
-    bbox: BBox
-
-
-class FlorenceDetectResponse(_Resp):
-    detections: list[RegionLabel]
-    model: str
-    inference_time_ms: float
-
-
-class DenseCaptionResponse(_Resp):
-    regions: list[RegionCaption]
-    model: str
-    inference_time_ms: float
+# florence (8092): serving/services/schemas_florence.py
 
 
 # ---------------------------------------------------------------------------------------- clip (8093)
@@ -184,6 +156,7 @@ class AnomalyRequest(_Req):
 class AnomalyResponse(_Resp):
     anomaly_score: float
     similarity: float
+    similarity_to_baseline: float
     is_anomaly: bool
     model: str
     inference_time_ms: float
@@ -196,6 +169,7 @@ class ClassifyRequest(_Req):
 
 class ClassifyResponse(_Resp):
     label: str
+    top_label: str
     confidence: float
     scores: dict[str, float]
     model: str
@@ -229,6 +203,7 @@ class SimilarityRow(_Resp):
 
 
 class BatchSimilarityResponse(_Resp):
+    similarities: dict[str, float] = Field(description="The first image's similarity to each text.")
     results: list[SimilarityRow]
     count: int
     model: str
@@ -249,7 +224,7 @@ class EnrichmentServiceRequest(_Req):
     models: list[str] | None = Field(None, description="Run exactly these models (the gateway sends one).")
     cls: str | None = Field(None, alias="class", description="Detector class name when detection_type was generalised.")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 class ClassifyImageRequest(_Req):
@@ -278,11 +253,12 @@ class VehicleResult(_Resp):
     display_name: str
     confidence: float
     is_commercial: bool
+    all_scores: dict[str, float] = Field(default_factory=dict, description="The three best classes.")
 
 
 class PetResult(_Resp):
     pet_type: str
-    breed: str | None = None
+    breed: str = Field("unknown", description='The breed, "unknown" when none.')
     confidence: float
     is_household_pet: bool
 
@@ -292,6 +268,8 @@ class ClothingResult(_Resp):
     color: str
     style: str
     confidence: float
+    top_category: str
+    description: str
     is_suspicious: bool
     is_service_uniform: bool
 
@@ -301,6 +279,9 @@ class DepthResult(_Resp):
     estimated_distance_m: float
     relative_depth: float
     proximity_label: str
+    min_depth: float
+    max_depth: float
+    mean_depth: float
 
 
 class Keypoint(_Resp):
@@ -320,6 +301,9 @@ class ActionResult(_Resp):
     action: str
     confidence: float
     action_scores: dict[str, float]
+    all_scores: dict[str, float]
+    is_suspicious: bool
+    risk_weight: float = Field(ge=0.0, le=1.0)
 
 
 class DamageResult(_Resp):
@@ -377,6 +361,12 @@ class EnrichmentResult(_Resp):
     inference_time_ms: float
     errors: list[dict[str, Any]] = Field(default_factory=list)
     models: dict[str, Any] = Field(default_factory=dict)
+    # the reference client's keys (serving/services/enrich_view.py)
+    models_loaded: list[str] = Field(default_factory=list, description="Models that answered.")
+    models_used: list[str] = Field(default_factory=list)
+    demographics: dict[str, Any] | None = Field(None, description="age_range, age_confidence, gender, ...")
+    threat: dict[str, Any] | None = Field(None, description="{threats, has_threat, max_severity}")
+    reid_embedding: list[float] | None = None
 
 
 # ---------------------------------------------------------------------------------------- single-model routes
@@ -414,4 +404,4 @@ class DepthResponse(DepthResult, ModelAnswer):
 
 
 class ActionRecognizeResponse(ActionResult, ModelAnswer):
-    """POST /action-recognize."""
+    """POST /action-recognize and /action-classify."""

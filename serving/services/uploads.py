@@ -9,8 +9,11 @@ object whose image fields hold `str` (base64, from JSON) or `bytes` (raw / multi
   one-element `images`); the other fields come from the query string (`?confidence=0.3`, lists as
   repeated keys or a JSON array, objects as JSON: `?bbox={"x1":0,...}`);
 - `multipart/form-data`: file parts named like the schema's image fields (`image`, `images`, `frames`),
-  other parts as text fields (same coercion as the query string); a text part `payload` holding a JSON
-  object is merged first.
+  or `file` (the reference detector client's part name) for the schema's first image field; other parts as
+  text fields (same coercion as the query string); a text part `payload` holding a JSON object is merged first,
+  query-string fields before it (the form wins);
+- no body and `?image_base64=...` in the query string (the reference clients' other form): every field from
+  the query string, `image_base64` as the image.
 Anything else is 415 unsupported_media_type. A raw body whose declared type is not among
 `limits.allowed_formats` is 415 too. Decoding the image fields (limits, formats, EXIF) is
 `serving.imaging.decode_image`'s job, called by the routes.
@@ -91,6 +94,8 @@ def _fields_from_pairs(schema: type[BaseModel], pairs: dict[str, list[Any]]) -> 
 async def read_request(request: Request, schema: type[M], limits: DecodeLimits) -> M:
     """Parse JSON / raw image / multipart into `schema` (see the module docstring)."""
     mtype = _media_type(request)
+    if "image_base64" in request.query_params and mtype not in ("multipart/form-data", *RAW_IMAGE_TYPES):
+        return await _read_query(request, schema)
     if mtype == "application/json" or mtype.endswith("+json") or (mtype == "" and not request.query_params):
         return await _read_json(request, schema)
     if mtype in RAW_IMAGE_TYPES:
@@ -133,6 +138,24 @@ async def _read_raw(request: Request, schema: type[M], mtype: str, limits: Decod
     return schema.model_validate(fields)
 
 
+def _image_field(schema: type[BaseModel]) -> str | None:
+    return next((f for f in ("image", "images", "frames") if f in schema.model_fields), None)
+
+
+async def _read_query(request: Request, schema: type[M]) -> M:
+    body = await request.body()
+    if body.strip() and _media_type(request) in ("application/json", ""):
+        raise BadRequest("send the image either as ?image_base64= or in the body, not both")
+    pairs = {k: request.query_params.getlist(k) for k in request.query_params.keys() if k != "image_base64"}
+    fields = _fields_from_pairs(schema, pairs)
+    target = _image_field(schema)
+    if target is None:
+        raise BadRequest("this route takes no image")
+    image = request.query_params["image_base64"]
+    fields[target] = [image] if _is_list_field(schema, target) else image
+    return schema.model_validate(fields)
+
+
 def _payload_part(item: str) -> dict[str, Any]:
     try:
         obj = json.loads(item)
@@ -158,5 +181,9 @@ async def _read_multipart(request: Request, schema: type[M]) -> M:
                     pairs.setdefault(key, []).append(item)
     finally:
         await form.close()
-    fields = base | _fields_from_pairs(schema, pairs)
+    target = _image_field(schema)
+    if "file" in pairs and "file" not in schema.model_fields and target is not None:
+        pairs.setdefault(target, []).extend(pairs.pop("file"))
+    query = {k: request.query_params.getlist(k) for k in request.query_params.keys()}
+    fields = _fields_from_pairs(schema, query) | base | _fields_from_pairs(schema, pairs)
     return schema.model_validate(fields)

@@ -216,6 +216,18 @@ class CudaDevice(Device):
     def hardware_name(self) -> str:
         return str(self._cuda.get_device_name(self.index))
 
+    def process_bytes(self) -> int:
+        """Bytes this process uses on this GPU as NVML sees them (allocations outside torch included, e.g.
+        llama.cpp's buffers), 0 when NVML cannot tell."""
+        if self._nvml is None:
+            return 0
+        try:
+            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception:
+            return 0
+        me = os.getpid()
+        return sum((p.usedGpuMemory or 0) for p in procs if p.pid == me)
+
     def other_tenants_bytes(self) -> int:
         """Bytes used on this GPU by other processes (NVML), 0 when NVML cannot tell."""
         if self._nvml is None:
@@ -230,8 +242,23 @@ class CudaDevice(Device):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d.update(model=self.hardware_name, allocated_bytes=self.allocated_bytes(),
-                 other_tenants_bytes=self.other_tenants_bytes())
+                 other_tenants_bytes=self.other_tenants_bytes(), **self.nvml_figures())
         return d
+
+    def nvml_figures(self) -> dict[str, float]:
+        """What NVML says of the GPU: gpu_utilization (%), temperature (C), power_watts; {} without NVML."""
+        if self._nvml is None:
+            return {}
+        out: dict[str, float] = {}
+        probes = (("gpu_utilization", lambda h: self._nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                  ("temperature", lambda h: self._nvml.nvmlDeviceGetTemperature(h, 0)),  # 0 = NVML_TEMPERATURE_GPU
+                  ("power_watts", lambda h: self._nvml.nvmlDeviceGetPowerUsage(h) / 1000.0))
+        for key, probe in probes:
+            try:
+                out[key] = float(probe(self._handle))
+            except Exception:  # a figure this GPU or driver does not report
+                continue
+        return out
 
 
 class FakeDevice(Device):

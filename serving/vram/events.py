@@ -74,7 +74,7 @@ class Oom:
 
 @dataclass(frozen=True, slots=True)
 class Overloaded:
-    """An inference call was refused: `queued` calls already wait beyond `max_inflight` (429)."""
+    """An inference call was refused: `queued` calls already wait beyond `max_inflight` (503)."""
 
     device: str
     queued: int

@@ -1,7 +1,7 @@
 """The inference gate: bounded concurrency and a bounded queue in front of the runner (STYLE.md #7).
 
 At most `max_inflight` calls run at once; at most `max_queue` wait; beyond that a call fails at once with
-`Overloaded` (429 + Retry-After) and an `events.Overloaded` is emitted. Runs on the manager's event loop.
+`Overloaded` (503 + Retry-After) and an `events.Overloaded` is emitted. Runs on the manager's event loop.
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ class OnDemandModelManager:
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run blocking inference (inside a lease) through the `InferenceGate`: at most `max_inflight` at
-        once, at most `max_queue` waiting; beyond that Overloaded (429 + Retry-After) at once."""
+        once, at most `max_queue` waiting; beyond that Overloaded (503 + Retry-After) at once."""
         return await self.gate.run(fn, *args, **kwargs)
 
     async def _acquire(self, name: str, *, count: bool = True) -> ModelEntry:

@@ -87,6 +87,10 @@ class TierMover:
             peak_delta = await self.runner(self.device.peak_bytes) - before
             if not self.device.measures_allocations:
                 load_delta = peak_delta = await self.runner(e.adapter.param_bytes)
+            own = getattr(e.adapter, "device_bytes", None)  # allocations torch cannot see (llama.cpp, NVML)
+            if own is not None:
+                outside = int(await self.runner(own))
+                load_delta, peak_delta = max(load_delta, outside), max(peak_delta, outside)
             e.load_s = max(self.clock() - start, 0.0) or (time.perf_counter() - t0)
             await self._record_footprint(e, max(load_delta, 0), max(peak_delta, 0))
         e.tier = HOT

@@ -18,6 +18,7 @@ import uvicorn
 from PIL import Image
 
 from serving.services.app import create_app
+from serving.settings import Settings
 
 
 def image_bytes(w: int = 320, h: int = 240, fmt: str = "JPEG", color: tuple[int, int, int] = (120, 30, 200)) -> bytes:
@@ -62,6 +63,7 @@ def assert_error(resp: httpx.Response, status: int, error_type: str) -> dict[str
     body = resp.json()
     assert body["error_type"] == error_type, body
     assert body["message"]
+    assert isinstance(body.get("detail"), str) and body["detail"], body  # what FastAPI clients read
     return body
 
 
@@ -106,7 +108,11 @@ class BackgroundServer:
 
 @contextlib.contextmanager
 def running_service(zoo: Any, service: str, **kwargs: Any) -> Iterator[tuple[httpx.Client, Any]]:
-    """create_app + uvicorn on a free loopback port; yields (client, app)."""
+    """create_app + uvicorn on a free loopback port; yields (client, app). The service runs alone: it does not
+    ask a sibling enrichment service (not running here) unless `siblings=True`."""
+    siblings = kwargs.pop("siblings", False)
+    settings = kwargs.get("settings") or Settings.model_construct()
+    kwargs["settings"] = settings.model_copy(update={"zoo_enrich_siblings": siblings})
     app = create_app(zoo, service, **kwargs)
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client, app

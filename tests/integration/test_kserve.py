@@ -61,10 +61,12 @@ def test_server_health_and_metadata(triton):
 def test_repository_load_ready_infer_unload(triton):
     tc, http = triton
     index = {m["name"]: m for m in tc.get_model_repository_index()}
-    assert set(index) == {"yolo26"} and index["yolo26"]["state"] == "READY"  # `always` model, loaded at start
+    assert set(index) == {"yolo26", "yolo26_seg"}  # the detector and the /segment model (issue 12)
+    assert index["yolo26"]["state"] == "READY"  # `always` model, loaded at start
+    assert index["yolo26_seg"]["state"] != "READY"  # on demand
     tc.unload_model("yolo26", headers=AUTH)
     assert not tc.is_model_ready("yolo26")
-    assert tc.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
+    assert {m["name"]: m for m in tc.get_model_repository_index()}["yolo26"]["state"] == "UNAVAILABLE"
     tc.load_model("yolo26", headers=AUTH)
     assert tc.is_model_ready("yolo26")
     data, _ = _png_and_array()

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def llm(built_models):
-    """(base_url, app) of a real llm service with the fixture model, shared by the module."""
-    zoo = built_models("nemotron")
+def llm(hf_llm_zoo):
+    """(base_url, app) of a real llm service with the fixture model (transformers backend), shared by the module."""
+    zoo = hf_llm_zoo
     app = create_app(zoo, "llm", admin_token=None)
     with BackgroundServer(app) as url:
         yield url, app

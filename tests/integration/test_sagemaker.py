@@ -72,9 +72,9 @@ def sagemaker_root(built_models, tmp_path_factory) -> Path:
     _copy_files(files, root / "models" / "det-a" / "model", flat=True, models_root=zoo.models_root)
     _copy_files(files, root / "models" / "det-b" / "model", flat=False, models_root=zoo.models_root)
     big = root / "models" / "big" / "model"
-    (big / "nemotron").mkdir(parents=True)
+    (big / "nemotron-gguf").mkdir(parents=True)
     # refused by admission before any file is read: the manifest names a 14.7 GB model
-    (big / "nemotron" / "config.json").write_text("{}")
+    (big / "nemotron-gguf" / "Nemotron-3-Nano-30B-A3B-Q4_K_M.gguf").write_bytes(b"GGUF")
     (big / "zoo-model.json").write_text(json.dumps({"model": "nemotron"}))
     return root
 

@@ -29,7 +29,7 @@ def test_extract_caption_and_od(client):
     cap = ok(client.post("/extract", json={"image": jpeg_b64(), "prompt": "<CAPTION>", **FAST}), ExtractResponse)
     assert cap.prompt == "<CAPTION>" and isinstance(cap.result, str) and cap.model == "florence2"
     od = ok(client.post("/extract", json={"image": jpeg_b64(), "prompt": "od", **FAST}), ExtractResponse)
-    assert od.prompt == "<OD>" and set(od.result) == {"bboxes", "labels"}
+    assert od.prompt == "<OD>" and set(od.parsed) == {"bboxes", "labels"} and isinstance(od.result, str)
     grounding = client.post("/extract", json={"image": jpeg_b64(), "prompt": "<CAPTION_TO_PHRASE_GROUNDING>",
                                               "text_input": "a car", **FAST})
     assert grounding.status_code == 200
@@ -67,5 +67,6 @@ def test_result_mapping_of_processor_shapes():
     assert labelled_boxes(ov) == [("dog", {"x1": 0.0, "y1": 0.0, "x2": 10.0, "y2": 10.0})]
     assert labelled_boxes("a caption") == []
     ocr = {"quad_boxes": [[10, 20, 50, 20, 50, 40, 10, 40]], "labels": ["</s>ABC 123"]}
-    assert ocr_regions(ocr) == [{"text": "ABC 123", "quad_box": [10.0, 20.0, 50.0, 20.0, 50.0, 40.0, 10.0, 40.0],
-                                 "bbox": {"x1": 10.0, "y1": 20.0, "x2": 50.0, "y2": 40.0}}]
+    quad = [10.0, 20.0, 50.0, 20.0, 50.0, 40.0, 10.0, 40.0]
+    assert ocr_regions(ocr) == [{"text": "ABC 123", "bbox": quad, "quad_box": quad,
+                                 "box": {"x1": 10.0, "y1": 20.0, "x2": 50.0, "y2": 40.0}}]

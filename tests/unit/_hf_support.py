@@ -36,11 +36,12 @@ class VehicleResult(Strict):
     display_name: str
     confidence: float = Prob
     is_commercial: bool
+    all_scores: dict[str, float]  # the reference client's field (issue 12)
 
 
 class PetResult(Strict):
     pet_type: Literal["cat", "dog", "other"]
-    breed: str | None
+    breed: str  # "unknown" when none: the reference client needs a string (issue 12)
     confidence: float = Prob
     is_household_pet: bool
 
@@ -65,6 +66,8 @@ class ClothingResult(Strict):
     confidence: float = Prob
     is_suspicious: bool
     is_service_uniform: bool
+    top_category: str  # the reference client's fields (issue 12)
+    description: str
 
 
 class Embedding(Strict):
@@ -78,6 +81,9 @@ class DepthResult(Strict):
     relative_depth: float = Prob
     proximity_label: Literal["very_close", "close", "medium", "far"]
     bbox: dict[str, float] | None = None
+    min_depth: float = Prob  # the reference client's fields (issue 12)
+    max_depth: float = Prob
+    mean_depth: float = Prob
 
 
 class ActionResult(Strict):
@@ -85,6 +91,8 @@ class ActionResult(Strict):
     confidence: float = Prob
     action_scores: dict[str, float]
     is_suspicious: bool
+    all_scores: dict[str, float]  # the reference client's fields (issue 12)
+    risk_weight: float = Prob
 
 
 class Keypoint(Strict):

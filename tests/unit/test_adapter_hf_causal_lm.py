@@ -13,8 +13,8 @@ MSGS = [{"role": "system", "content": "You are a home security analyst."},
 
 
 @pytest.fixture(scope="module")
-def llm(built_models):
-    return load_adapter(built_models("nemotron"), "nemotron")
+def llm(hf_llm_zoo):
+    return load_adapter(hf_llm_zoo, "nemotron")
 
 
 def drain(gen):

@@ -156,7 +156,7 @@ async def test_full_queue_is_overloaded_with_retry_after():
     await settle()
     with pytest.raises(Overloaded) as ei:
         await b.submit(3)
-    assert ei.value.status_code == 429 and ei.value.retry_after
+    assert ei.value.status_code == 503 and ei.value.retry_after
     model.gate.set()
     assert await first == 0 and [await q for q in queued] == [2, 4]
     await b.stop()

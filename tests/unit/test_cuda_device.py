@@ -75,6 +75,7 @@ def test_memory_views_and_other_tenants():
     nvml = FakeNvml([SimpleNamespace(pid=os.getpid(), usedGpuMemory=500 * MB),
                      SimpleNamespace(pid=1, usedGpuMemory=3_000 * MB)])
     d = CudaDevice(1, cuda=cuda, nvml=nvml)
+    assert d.process_bytes() == 500 * MB  # this process's own usage as NVML sees it (llama.cpp's buffers too)
     cuda.alloc(1_000 * MB)
     assert d.name == "cuda:1" and d.torch_device == "cuda:1" and d.pin_memory
     assert d.total_bytes() == 24_000 * MB and d.free_bytes() == 20_000 * MB
@@ -171,3 +172,22 @@ async def test_cuda_oom_during_inference_is_a_503_and_the_model_stays():
         async with m.use("a") as model:
             model.predict([1], activations=900 * MB)
     assert m.entry("a").tier == "HOT" and m.entry("a").refcount == 0
+
+
+class FigureNvml(FakeNvml):
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return SimpleNamespace(gpu=37, memory=12)
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 64
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 71_500  # milliwatts
+
+
+def test_describe_carries_the_nvml_figures_health_reports():
+    d = CudaDevice(0, cuda=FakeCuda(total=24_000 * MB, other=0), nvml=FigureNvml([]))
+    desc = d.describe()
+    assert desc["gpu_utilization"] == 37.0 and desc["temperature"] == 64.0 and desc["power_watts"] == 71.5
+    bare = CudaDevice(0, cuda=FakeCuda(total=24_000 * MB, other=0), nvml=FakeNvml([])).describe()
+    assert "gpu_utilization" not in bare  # a figure NVML does not give is absent, not invented

@@ -320,9 +320,9 @@ async def test_inference_admission_is_bounded_and_fails_fast():
     second = asyncio.create_task(call(2))  # queued
     await asyncio.sleep(0.01)
     assert m.status()["inference_queued"] == 1
-    with pytest.raises(Overloaded) as ei:  # beyond the queue: 429 at once, no hang
+    with pytest.raises(Overloaded) as ei:  # beyond the queue: 503 at once, no hang
         await call(3)
-    assert ei.value.status_code == 429 and ei.value.retry_after
+    assert ei.value.status_code == 503 and ei.value.retry_after
     gate.set()
     assert await first == 1 and await second == 2
     assert await call(4) == 4  # and it keeps serving

@@ -51,3 +51,12 @@ def test_action_result_from_logits():
 def test_action_result_rejects_mismatch():
     with pytest.raises(ValueError):
         action_result(["walking"], [1.0, 2.0])
+
+
+def test_risk_weight_and_all_scores_for_the_reference_client():
+    from serving.adapters.postprocess.action import action_result, risk_weight
+
+    out = action_result(["walking", "breaking in", "custom thing"], [0.0, 5.0, 1.0])
+    assert out["action"] == "breaking in" and out["risk_weight"] == 1.0
+    assert out["all_scores"] == out["action_scores"] and abs(sum(out["all_scores"].values()) - 1) < 1e-3
+    assert risk_weight("a person walking") == 0.1 and 0 < risk_weight("custom thing") < 1

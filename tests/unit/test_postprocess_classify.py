@@ -33,7 +33,7 @@ def test_dog_mass_spread_over_breeds_beats_single_cat_class():
 def test_cat_and_other():
     assert pet_result(imagenet({283: ("Persian cat", 0.9)}))["pet_type"] == "cat"
     other = pet_result(imagenet({10: ("brambling", 0.9), 285: ("Egyptian cat", 0.05)}))
-    assert other == {"pet_type": "other", "breed": None, "confidence": 0.9, "is_household_pet": False}
+    assert other == {"pet_type": "other", "breed": "unknown", "confidence": 0.9, "is_household_pet": False}
 
 
 def test_pet_by_name_for_small_label_sets():

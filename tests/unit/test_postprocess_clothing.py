@@ -33,14 +33,16 @@ def test_dark_hoodie_is_the_seed_example():
     rest = {p: 0.15 / 17 for p in SECURITY_CLOTHING_PROMPTS[1:]}
     out = clothing_result({**probs(), "person wearing dark hoodie": 0.85, **rest})
     assert out == {"clothing_type": "hoodie", "color": "dark", "style": "suspicious", "confidence": 0.85,
-                   "is_suspicious": True, "is_service_uniform": False}
+                   "is_suspicious": True, "is_service_uniform": False,
+                   "top_category": "person wearing dark hoodie", "description": "dark hoodie (suspicious)"}
 
 
 def test_ups_uniform_takes_color_from_color_prompts():
     p = dict.fromkeys(SECURITY_CLOTHING_PROMPTS, 0.02) | {"UPS uniform": 0.66}
     colors = dict.fromkeys(COLOR_PROMPTS, 0.05) | {"person wearing brown clothing": 0.45}
     assert clothing_result(p, colors) == {"clothing_type": "ups_uniform", "color": "brown", "style": "service",
-                                          "confidence": 0.66, "is_suspicious": False, "is_service_uniform": True}
+                                          "confidence": 0.66, "is_suspicious": False, "is_service_uniform": True,
+                                          "top_category": "UPS uniform", "description": "brown ups uniform (service)"}
 
 
 def test_face_coverings_together_make_casual_suspicious():

@@ -38,7 +38,8 @@ def test_bbox_on_near_and_far_halves():
     near = depth_result(d, (0, 0, 10, 30), include_map=False)
     far = depth_result(d, (20, 0, 30, 30), include_map=False)
     assert near == {"depth_map_base64": None, "estimated_distance_m": 0.0, "relative_depth": 0.0,
-                    "proximity_label": "very_close", "bbox": {"x1": 0, "y1": 0, "x2": 10, "y2": 30}}
+                    "proximity_label": "very_close", "bbox": {"x1": 0, "y1": 0, "x2": 10, "y2": 30},
+                    "min_depth": 0.0, "max_depth": 1.0, "mean_depth": 0.5}
     assert (far["estimated_distance_m"], far["relative_depth"], far["proximity_label"]) == (10.0, 1.0, "far")
 
 

@@ -15,6 +15,7 @@ def one_hot(label, p=0.92):
 def test_seed_example():
     assert vehicle_result(one_hot("pickup_truck")) == {
         "vehicle_type": "pickup_truck", "display_name": "pickup truck", "confidence": 0.92, "is_commercial": False,
+        "all_scores": {"pickup_truck": 0.92, "articulated_truck": 0.008, "background": 0.008},
     }
 
 

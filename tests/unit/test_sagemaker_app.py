@@ -54,7 +54,8 @@ def root(tmp_path):
     artifact(r, "model", {"yolo26/yolo26m.pt": b"weights"})  # zoo layout: the default model
     artifact(r, "models/a/model", {"yolo26m.pt": b"weights"})  # flat
     artifact(r, "models/b/model", {"best.pt": b"weights"})  # threat_detector's file name
-    artifact(r, "models/big/model", {MANIFEST: json.dumps({"model": "nemotron"}), "nemotron/config.json": "{}"})
+    artifact(r, "models/big/model", {MANIFEST: json.dumps({"model": "nemotron"}),
+                                     "nemotron-gguf/Nemotron-3-Nano-30B-A3B-Q4_K_M.gguf": b"GGUF"})
     return r
 
 
@@ -217,7 +218,7 @@ def test_services_mode_registers_every_model_of_the_services(deploy_root, behavi
     with serve(env, deploy_root, behaviour) as c:
         state = c.app.state.sagemaker
         names = [m["modelName"] for m in c.get("/models").json()["models"]]
-        assert names == ["yolo26", "threat_detector", "pose_estimator", "person_reid", "pet_classifier",
+        assert names == ["yolo26", "yolo26_seg", "threat_detector", "pose_estimator", "person_reid", "pet_classifier",
                          "depth_estimator", "brisque_quality"]
         assert state.default_model == "yolo26"  # the detection service's required model
         assert behaviour.loads == {"yolo26": 1}  # `always` loads at start, the rest on demand

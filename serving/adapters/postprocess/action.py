@@ -19,6 +19,19 @@ SECURITY_ACTIONS: list[str] = [
 SUSPICIOUS_ACTIONS = frozenset({"fighting", "falling", "loitering", "climbing", "breaking in", "vandalizing",
                                 "looking into a window", "crouching"})
 DEFAULT_TOP_K = 5
+#: risk weight (0..1) of an action for the security assessment; unknown labels get DEFAULT_RISK_WEIGHT
+RISK_WEIGHTS: dict[str, float] = {
+    "breaking in": 1.0, "vandalizing": 0.9, "fighting": 0.9, "climbing": 0.8, "looking into a window": 0.7,
+    "loitering": 0.6, "crouching": 0.6, "falling": 0.6, "running": 0.4, "walking": 0.1, "standing": 0.1,
+    "sitting": 0.1, "carrying a package": 0.2, "delivering a package": 0.1, "riding a bicycle": 0.1,
+}
+DEFAULT_RISK_WEIGHT = 0.3
+
+
+def risk_weight(action: str) -> float:
+    """The risk weight of an action label (the "a person " prompt prefix is ignored)."""
+    key = action.strip().lower().removeprefix("a person ").strip()
+    return RISK_WEIGHTS.get(key, DEFAULT_RISK_WEIGHT)
 
 
 def prompt_for(action: str) -> str:
@@ -54,9 +67,12 @@ def action_result(labels: Sequence[str], logits: Sequence[float],
         raise ValueError("labels and logits must be non-empty and of the same length")
     probs = dict(zip(labels, softmax([float(x) for x in logits]), strict=True))
     best = max(probs, key=lambda k: probs[k])
+    scores = normalise_scores(probs, top_k=top_k)
     return {
         "action": best,
         "confidence": round(probs[best], 4),
-        "action_scores": normalise_scores(probs, top_k=top_k),
+        "action_scores": scores,
+        "all_scores": dict(scores),
         "is_suspicious": best in SUSPICIOUS_ACTIONS,
+        "risk_weight": risk_weight(best),
     }

@@ -67,7 +67,7 @@ def pet_result(probs: Mapping[str, float], imagenet: bool | None = None) -> dict
     breed = best_in.get(pet, ("unknown", 0.0))[0]
     return {
         "pet_type": pet,
-        "breed": breed.split(",")[0].strip() if pet != "other" else None,
+        "breed": breed.split(",")[0].strip() if pet != "other" else "unknown",  # always a string
         "confidence": round(groups[pet], 4),
         "is_household_pet": pet in ("cat", "dog"),
     }

@@ -86,14 +86,24 @@ def clothing_result(
     top = prompt_info(top_text)
     suspicious_mass = sum(p for t, p in prompt_probs.items() if prompt_info(t).suspicious)
     is_suspicious = top.suspicious or suspicious_mass >= suspicious_threshold
+    color = top.color or color_of(color_probs or {})
+    style = "suspicious" if is_suspicious else top.style
     return {
         "clothing_type": top.clothing_type,
-        "color": top.color or color_of(color_probs or {}),
-        "style": "suspicious" if is_suspicious else top.style,
+        "color": color,
+        "style": style,
+        "top_category": top_text,
+        "description": describe(color, top.clothing_type, style),
         "confidence": round(float(prompt_probs[top_text]), 4),
         "is_suspicious": is_suspicious,
         "is_service_uniform": top.service_uniform and not is_suspicious,
     }
+
+
+def describe(color: str | None, clothing_type: str, style: str) -> str:
+    """A short human-readable description, e.g. "dark hoodie (suspicious)"."""
+    words = " ".join(w for w in (color if color and color != "unknown" else None, clothing_type.replace("_", " ")) if w)
+    return f"{words} ({style})" if style and style not in ("unknown", "") else words
 
 
 # --- SegFormer clothes segmentation (mattmdjaga/segformer_b2_clothes) ------------------------------

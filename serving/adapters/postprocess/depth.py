@@ -85,6 +85,10 @@ def depth_result(
         "estimated_distance_m": distance,
         "relative_depth": round(r, 4),
         "proximity_label": proximity_label(distance),
+        # statistics of the whole relative depth map (0 = near, 1 = far)
+        "min_depth": round(float(rel.min()), 4),
+        "max_depth": round(float(rel.max()), 4),
+        "mean_depth": round(float(rel.mean()), 4),
     }
     if bbox is not None:
         out["bbox"] = {"x1": bbox[0], "y1": bbox[1], "x2": bbox[2], "y2": bbox[3]}

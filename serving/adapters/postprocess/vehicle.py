@@ -32,7 +32,8 @@ def is_commercial(vehicle_type: str) -> bool:
 def vehicle_result(probs: Mapping[str, float]) -> dict[str, object]:
     """Seed schema from {class: probability}; the class name is normalised to snake_case."""
     if not probs:
-        return {"vehicle_type": "unknown", "display_name": "unknown", "confidence": 0.0, "is_commercial": False}
+        return {"vehicle_type": "unknown", "display_name": "unknown", "confidence": 0.0, "is_commercial": False,
+                "all_scores": {}}
     label = max(probs, key=lambda k: probs[k])
     vtype = label.strip().lower().replace(" ", "_").replace("-", "_")
     return {
@@ -40,4 +41,7 @@ def vehicle_result(probs: Mapping[str, float]) -> dict[str, object]:
         "display_name": display_name(vtype),
         "confidence": round(float(probs[label]), 4),
         "is_commercial": is_commercial(vtype),
+        # the three best classes (what the reference client shows as alternatives)
+        "all_scores": {k.strip().lower().replace(" ", "_").replace("-", "_"): round(float(v), 4)
+                       for k, v in sorted(probs.items(), key=lambda kv: -kv[1])[:3]},
     }

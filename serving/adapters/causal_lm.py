@@ -5,7 +5,7 @@ is the transformers path the project runs everywhere, fixtures included.
 predict(items, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top_p=1.0, seed=None):
     items: `Conversation`s, each a list of {"role": system|user|assistant|tool, "content": str}.
     returns per conversation: {"text", "prompt_tokens", "completion_tokens", "finish_reason": stop|length}.
-    temperature 0 = greedy; > 0 samples (seeded when `seed` is given).
+    temperature 0 (or below MIN_SAMPLING_TEMPERATURE) = greedy; above samples (seeded when `seed` is given).
 stream(messages, **same options): generator of text pieces as they are decoded (TextIteratorStreamer,
     generation in a worker thread); its return value (StopIteration.value, or `yield from`) is the same
     dict without "text". Errors of the generation thread are re-raised in the consumer.
@@ -28,6 +28,8 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_NEW_TOKENS_LIMIT = 8192
 STREAM_TIMEOUT_S = 600.0
+#: temperatures below this decode greedily (logits / 1e-308 are infinite: sampling would fail)
+MIN_SAMPLING_TEMPERATURE = 1e-3
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -94,6 +96,8 @@ class CausalLMAdapter(TorchModuleAdapter):
             raise BadRequest(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new}) exceeds the context window "
                              f"({self.context_window()})")
         temperature = float(opts.get("temperature") or 0.0)
+        if temperature < MIN_SAMPLING_TEMPERATURE:  # the limit T -> 0 is greedy; a tiny T overflows softmax
+            temperature = 0.0
         top_p = float(opts.get("top_p", 1.0) if opts.get("top_p") is not None else 1.0)
         if temperature < 0 or not 0 < top_p <= 1:
             raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")

@@ -10,7 +10,9 @@ object whose image fields hold `str` (base64, from JSON) or `bytes` (raw / multi
   repeated keys or a JSON array, objects as JSON: `?bbox={"x1":0,...}`);
 - `multipart/form-data`: file parts named like the schema's image fields (`image`, `images`, `frames`),
   other parts as text fields (same coercion as the query string); a text part `payload` holding a JSON
-  object is merged first.
+  object is merged first. Every part, file or text (a base64 image may travel as text), may be as large as
+  the whole body limit (`limits.max_body_bytes`, which the body-size middleware enforces first); Starlette's
+  own 1 MiB text-part limit does not apply.
 Anything else is 415 unsupported_media_type. A raw body whose declared type is not among
 `limits.allowed_formats` is 415 too. Decoding the image fields (limits, formats, EXIF) is
 `serving.imaging.decode_image`'s job, called by the routes.
@@ -26,11 +28,15 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from serving.errors import BadRequest, UnsupportedMediaType
 from serving.imaging import DecodeLimits
 
 M = TypeVar("M", bound=BaseModel)
+#: the multipart part limit when `limits` carries no body limit (the services' default body limit)
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 RAW_IMAGE_TYPES = {
     "image/jpeg": "JPEG",
@@ -96,7 +102,7 @@ async def read_request(request: Request, schema: type[M], limits: DecodeLimits) 
     if mtype in RAW_IMAGE_TYPES:
         return await _read_raw(request, schema, mtype, limits)
     if mtype == "multipart/form-data":
-        return await _read_multipart(request, schema)
+        return await _read_multipart(request, schema, limits)
     raise UnsupportedMediaType(
         f"content type {mtype or '(none)'} is not accepted; send application/json (base64 images), "
         "image/jpeg|png|webp (raw bytes) or multipart/form-data",
@@ -143,8 +149,14 @@ def _payload_part(item: str) -> dict[str, Any]:
     return obj
 
 
-async def _read_multipart(request: Request, schema: type[M]) -> M:
-    form = await request.form()
+async def _read_multipart(request: Request, schema: type[M], limits: DecodeLimits) -> M:
+    part_limit = int(getattr(limits, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    try:
+        form = await request.form(max_part_size=part_limit)
+    except StarletteHTTPException as e:  # malformed multipart (boundary, headers, too many parts)
+        raise BadRequest(f"multipart body is malformed: {e.detail}") from None
+    except (MultiPartException, ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"multipart body is malformed: {e}") from None
     try:
         pairs: dict[str, list[Any]] = {}
         base: dict[str, Any] = {}

@@ -50,7 +50,8 @@ class DepthAnythingAdapter(TorchModuleAdapter):
         outputs.predicted_depth = outputs.predicted_depth.float()
         sizes = [(img.height, img.width) for img in images]
         post = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
-        return [r["predicted_depth"].detach().cpu().numpy() for r in post]
+        # the processor squeezes size-1 axes (a 1-pixel-high image): give every map its image's (H, W) back
+        return [r["predicted_depth"].detach().cpu().numpy().reshape(size) for r, size in zip(post, sizes, strict=True)]
 
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if not items:

@@ -130,12 +130,19 @@ def fuzz_service(url: str, models: list[str], *, examples: int = 10, seed: int =
                 continue
             test = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                             phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
-                given(case=strategy)(lambda case, label=label: send(case, label)))
+                given(case=strategy)(_bound(send, label)))
             try:
                 test()
             except Unsatisfiable:  # nothing to break in this operation (no parameters, no body)
                 continue
     return report
+
+
+def _bound(send: Any, label: str) -> Any:
+    def call(case: Any) -> None:
+        send(case, label)
+
+    return call
 
 
 def _short(body: Any) -> str:

@@ -8,7 +8,9 @@ predict(items, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top
     temperature 0 (or below MIN_SAMPLING_TEMPERATURE) = greedy; above samples (seeded when `seed` is given).
 stream(messages, **same options): generator of text pieces as they are decoded (TextIteratorStreamer,
     generation in a worker thread); its return value (StopIteration.value, or `yield from`) is the same
-    dict without "text". Errors of the generation thread are re-raised in the consumer.
+    dict without "text". Errors of the generation thread are re-raised in the consumer. Closing the
+    generator (the client dropped the SSE stream) stops generation at the next token, so the lease is
+    released at once instead of after max_new_tokens.
 Conversations are generated one after the other (no padding across requests: Mamba layers of
 Nemotron-H would see the pad tokens).
 """
@@ -42,6 +44,18 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}] must be {{role: {'|'.join(sorted(ROLES))}, content: str}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def _stopping(event: threading.Event) -> Any:
+    """A transformers stopping criterion that ends generation once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _OnEvent(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_OnEvent()])
 
 
 class CausalLMAdapter(TorchModuleAdapter):
@@ -147,6 +161,8 @@ class CausalLMAdapter(TorchModuleAdapter):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=STREAM_TIMEOUT_S)
         result: dict[str, Any] = {}
+        stop = threading.Event()  # set when the consumer closes the stream (client gone): generation stops
+        kw["stopping_criteria"] = _stopping(stop)
 
         def run() -> None:
             try:
@@ -166,6 +182,7 @@ class CausalLMAdapter(TorchModuleAdapter):
                 if piece:
                     yield piece
         finally:
+            stop.set()  # after the last token this is a no-op; on close() it ends generate() at the next token
             worker.join()
         if "error" in result:
             raise result["error"]

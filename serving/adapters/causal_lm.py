@@ -110,11 +110,11 @@ class CausalLMAdapter(TorchModuleAdapter):
             raise BadRequest(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new}) exceeds the context window "
                              f"({self.context_window()})")
         temperature = float(opts.get("temperature") or 0.0)
+        top_p = float(opts.get("top_p", 1.0) if opts.get("top_p") is not None else 1.0)
+        if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1:
+            raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")
         if temperature < MIN_SAMPLING_TEMPERATURE:  # the limit T -> 0 is greedy; a tiny T overflows softmax
             temperature = 0.0
-        top_p = float(opts.get("top_p", 1.0) if opts.get("top_p") is not None else 1.0)
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")
         kw: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)

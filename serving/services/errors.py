@@ -90,8 +90,8 @@ class ErrorBody(BaseModel):
     @classmethod
     def of(cls, error_type: str, message: str, details: dict[str, Any] | None = None,
            retry_after_s: float | None = None) -> ErrorBody:
-        return cls(error_type=error_type, message=message, detail=message,
-                   details=details or None, retry_after_s=retry_after_s)
+        return cls(error_type=error_type, message=str(message), detail=str(message),
+                   details=jsonable(details) if details else None, retry_after_s=retry_after_s)
 
     @classmethod
     def from_exc(cls, exc: BaseException) -> ErrorBody:

@@ -197,7 +197,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
         return JSONResponse(ErrorBody.of(kind, str(exc.detail)).dump(), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -225,7 +225,7 @@ def _parse_infer(body: bytes, hlen: str | None) -> tuple[dict[str, Any], dict[st
     header_raw, binary = _split_header(body, hlen)
     try:
         req = json.loads(header_raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(f"inference request is not valid JSON: {e}") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise BadRequest("inference request needs a non-empty 'inputs' list")
@@ -291,7 +291,7 @@ async def _json_body(request: Request, what: str) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadRequest(f"{what} body must be a JSON object") from None
     if data is None:
         return {}

@@ -185,7 +185,7 @@ def conversation(x: Any) -> list[dict[str, str]]:
     if text.lstrip().startswith("["):
         try:
             msgs = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON (or absurdly nested): plain text
             msgs = None
         if isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
             return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
@@ -196,7 +196,7 @@ def option_value(v: Any) -> Any:
     if isinstance(v, str) and v.strip()[:1] in ("[", "{"):
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return v
     return v
 

@@ -75,7 +75,7 @@ def _coerce(value: str) -> Any:
     if v[:1] in ("{", "["):
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
 
@@ -114,7 +114,7 @@ async def _read_json(request: Request, schema: type[M]) -> M:
     body = await request.body()
     try:
         data = json.loads(body) if body else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: [[[[... nesting
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
@@ -142,7 +142,7 @@ async def _read_raw(request: Request, schema: type[M], mtype: str, limits: Decod
 def _payload_part(item: str) -> dict[str, Any]:
     try:
         obj = json.loads(item)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise BadRequest(f"multipart 'payload' is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise BadRequest("multipart 'payload' must be a JSON object")

@@ -55,3 +55,20 @@ def test_non_finite_request_numbers_are_400_invalid_number_naming_the_field():
     r = c.post("/box", json={"x1": "wide"})
     assert r.status_code == 422 and r.json()["error_type"] == "validation_error"
     assert c.post("/box", json={"x1": 1.5}).status_code == 200
+
+
+def test_absurdly_nested_json_is_a_400_on_every_parser(zoo):
+    """json.loads raises RecursionError (not JSONDecodeError) on [[[[...: every body parser maps it to 400."""
+    from serving.services.app import create_app
+
+    deep = b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    routes = {"clip": ["/embed", "/models/configure", "/v2/models/clip_vit_l/infer", "/v2/repository/index",
+                       "/v2/repository/models/clip_vit_l/unload"],
+              "llm": ["/v1/chat/completions", "/analyze"], "gateway": ["/enrich", "/pipeline/frame"]}
+    for service, paths in routes.items():
+        c = TestClient(create_app(zoo, service, admin_token=None), raise_server_exceptions=False)
+        for path in paths:
+            r = c.post(path, content=deep, headers={"content-type": "application/json"})
+            assert r.status_code == 400 and r.json()["error_type"] == "bad_request", (path, r.text[:200])
+        r = c.post(paths[0], files={"payload": (None, "[" * 100_000)})
+        assert 400 <= r.status_code < 500, (paths[0], r.text[:200])

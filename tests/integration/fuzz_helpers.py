@@ -97,8 +97,10 @@ def patch_case(case: Any, models: list[str], rnd: random.Random) -> None:
 
 
 def fuzz_service(url: str, models: list[str], *, examples: int = 10, seed: int = 11,
-                 skip: tuple[str, ...] = (), headers: dict[str, str] | None = None) -> FuzzReport:
-    """Fuzz every operation of the service at `url` (module docstring); returns the report."""
+                 skip: tuple[str, ...] = (), headers: dict[str, str] | None = None,
+                 derandomize: bool = True) -> FuzzReport:
+    """Fuzz every operation of the service at `url` (module docstring); returns the report. `derandomize`
+    (the suite's setting) makes every run send the same cases; exploratory runs turn it off."""
     import schemathesis
     from schemathesis.generation import GenerationMode
 
@@ -136,7 +138,7 @@ def fuzz_service(url: str, models: list[str], *, examples: int = 10, seed: int =
                 strategy = op.as_strategy(generation_mode=mode)
             except Exception:  # noqa: BLE001 - an operation with nothing to make negative
                 continue
-            test = settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+            test = settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
                             phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
                 given(case=strategy)(_bound(send, label)))
             try:
@@ -155,14 +157,17 @@ def _bound(send: Any, label: str) -> Any:
 
 def _disabled_by_the_fuzzer(resp: requests.Response) -> bool:
     """A 503 model_disabled with Retry-After is the designed answer for a model in thermal state OFF, which the
-    generated /models/configure requests (disabled: true, thermal_state: OFF) may have set; any other 5xx
-    counts."""
-    if resp.status_code != 503 or "retry-after" not in resp.headers:
+    generated /models/configure requests (disabled: true, thermal_state: OFF) may have set, and so is the
+    readiness probe's 503 {"ready": false, "state": "DISABLED"} then; any other 5xx counts."""
+    if resp.status_code != 503:
         return False
     try:
-        return resp.json().get("error_type") == "model_disabled"
+        body = resp.json()
     except ValueError:
         return False
+    if isinstance(body, dict) and body.get("ready") is False and body.get("state") == "DISABLED":
+        return True  # KServe readiness of a service whose models the fuzzer disabled: "not ready" is a 503
+    return "retry-after" in resp.headers and isinstance(body, dict) and body.get("error_type") == "model_disabled"
 
 
 def _short(body: Any) -> str:

@@ -123,3 +123,32 @@ def test_clip_and_llm_options_of_the_wrong_type(built_models):
                                                  "temperature": float("nan")})
         assert_error(r, 400, "invalid_number")
         assert infer(c, "nemotron", [text], {"max_new_tokens": 2}).status_code == 200
+
+
+def test_extreme_but_well_typed_values_reach_the_models_without_a_5xx(light, built_models):
+    """Classes the fuzzer found: a 1-pixel-high image (depth map squeezed), Florence max_new_tokens beyond its
+    decoder's positions, a temperature so small that sampling overflows."""
+    thin = image_bytes(64, 1, "PNG")
+    r = light.post("/depth-estimate", content=thin, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    with running_service(built_models("florence2"), "florence", admin_token=None) as (c, _):
+        r = c.post("/dense-caption", json={"image": b64(PNG), "max_new_tokens": 1024})
+        assert r.status_code == 200, r.text
+    with running_service(built_models("nemotron"), "llm", admin_token=None) as (c, _):
+        r = c.post("/analyze", json={"detections": [{"class": "person", "confidence": 0.9}],
+                                     "temperature": 2.2250738585072014e-308, "max_new_tokens": 4})
+        assert r.status_code == 200, r.text
+
+
+def test_gateway_decodes_phone_mpo_and_names_no_model_as_404():
+    from serving.config import load_zoo
+    from serving.settings import Settings
+    from tests.integration.test_gateway import FakeZoo
+
+    zoo = load_zoo(__import__("pathlib").Path(__file__).resolve().parents[2] / "zoo.yaml", env={})
+    with running_service(zoo, "gateway", admin_token=None, http_transport=httpx.MockTransport(FakeZoo()),
+                         settings=Settings.from_env({"ZOO_GATEWAY_THERMAL": "0"})) as (c, _):
+        r = c.post("/enrich", json={"image": b64(mpo()), "detection_type": "person"})
+        assert r.status_code == 200, r.text
+        assert_error(c.post("/v2/models/yolo26/infer", json={"inputs": [image_input()]}), 404, "not_found")
+        assert_error(c.post("/models/configure", json={"model": "yolo26", "keep_alive_s": 5}), 404, "not_found")

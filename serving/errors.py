@@ -52,6 +52,12 @@ class InvalidBBox(BadRequest):
     error_type = "invalid_bbox"
 
 
+class InvalidNumber(BadRequest):
+    """A number that is NaN or +-Infinity (JSON `NaN`, `Infinity`, `1e999`), or outside what its field can hold."""
+
+    error_type = "invalid_number"
+
+
 class UnsafePath(BadRequest):
     error_type = "unsafe_path"
 

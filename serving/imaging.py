@@ -7,11 +7,20 @@ Decoding (`decode_image(value, limits)`), in this order and before any pixel is 
   1. base64 validity when `value` is a `str` (a `data:image/...;base64,` prefix, whitespace and missing
      padding are tolerated) -> 400 invalid_image;
   2. the format sniffed from the bytes (the declared content type is not trusted) -> 415
-     unsupported_media_type unless in `limits.allowed_formats`;
+     unsupported_media_type naming the format unless in `limits.allowed_formats` (containers count as the
+     format they wrap: a phone's MPO is a JPEG with more frames appended; HEIF/HEIC, which Pillow cannot
+     read, are recognised from their `ftyp` box and named too);
   3. the pixel count read from the header -> 413 image_too_large over `limits.max_pixels`
      (decompression bombs never reach the decoder);
-  4. full decode (truncated or corrupt data -> 400 invalid_image), EXIF orientation applied, mode RGB.
-The result is what adapters take: a `PIL.Image.Image` in mode RGB, upright.
+  4. full decode of the first frame only (animated GIF/WebP, MPO, multi-page TIFF; truncated or corrupt
+     data -> 400 invalid_image), EXIF orientation 1-8 applied, then `to_rgb`.
+The result is what adapters take: a `PIL.Image.Image` in mode RGB (8 bits per channel), upright.
+
+`to_rgb` shows the model the picture a viewer would show: CMYK and YCCK JPEGs through Pillow's colour
+conversion (Adobe-inverted files included); 16-bit grey (I;16*) scaled by 255/65535, not clipped; 32-bit
+integer grey (I) scaled the same way when its values fit 16 bits, else stretched from its min..max; float
+grey (F) x255 when in 0..1, else stretched; 1-bit and L greyscale replicated; anything with transparency
+(RGBA, LA, La, PA, P or L with a transparent colour) composited over white, the background a browser shows.
 
 Limits are a `DecodeLimits`: any object with `max_pixels`, `allowed_formats` and `max_batch_images`
 (the services pass their `serving.services.common.Limits`; `ImageLimits` is the plain default).
@@ -38,12 +47,26 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from serving.errors import BadRequest, ImageTooLarge, InvalidBBox, InvalidImage, UnsupportedMediaType
+from serving.errors import (
+    BadRequest,
+    ImageTooLarge,
+    InvalidBBox,
+    InvalidImage,
+    InvalidNumber,
+    UnsupportedMediaType,
+)
 
 #: PIL format names accepted by default after sniffing the bytes
-DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+#: containers accepted whenever the format they wrap is (Pillow names a multi-picture JPEG "MPO")
+CONTAINED = {"MPO": "JPEG"}
+#: ISO base media `ftyp` brands of formats Pillow cannot decode here, so a 415 can name them
+_FTYP_BRANDS = {b"heic": "HEIF", b"heix": "HEIF", b"hevc": "HEIF", b"heim": "HEIF", b"heis": "HEIF",
+                b"hevm": "HEIF", b"hevs": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF",
+                b"avis": "AVIF"}
+BACKGROUND = (255, 255, 255)
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
 
 
@@ -99,6 +122,20 @@ def b64_to_bytes(value: str, what: str = "image") -> bytes:
         raise InvalidImage(f"{what} is not valid base64: {e}") from None
 
 
+def _sniff_unreadable(data: bytes) -> str | None:
+    """The name of a format Pillow cannot open here (HEIF/HEIC, AVIF without a plugin), from its `ftyp` box."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return _FTYP_BRANDS.get(data[8:12].lower(), "ISO-BMFF")
+    return None
+
+
+def _refuse(what: str, fmt: str, limits: DecodeLimits) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"{what} format {fmt or 'unknown'} is not accepted; use one of {', '.join(sorted(limits.allowed_formats))}",
+        details={"format": fmt or "unknown", "accepted": sorted(limits.allowed_formats)},
+    )
+
+
 def decode_image(value: str | bytes, limits: DecodeLimits, what: str = "image") -> Image.Image:
     """base64 str or raw bytes -> upright RGB PIL image, with the checks of the module docstring."""
     data = b64_to_bytes(value, what) if isinstance(value, str) else bytes(value)
@@ -110,14 +147,14 @@ def decode_image(value: str | bytes, limits: DecodeLimits, what: str = "image") 
             img = _pil_open()(io.BytesIO(data), formats=None)
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"{what}: {e}", details={"max_pixels": limits.max_pixels}) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        other = _sniff_unreadable(data)
+        if other is not None:
+            raise _refuse(what, other, limits) from None
         raise InvalidImage(f"{what} is not a decodable image: {e}") from None
     fmt = (img.format or "").upper()
-    if fmt not in limits.allowed_formats:
-        raise UnsupportedMediaType(
-            f"{what} format {fmt or 'unknown'} is not accepted; use one of {', '.join(sorted(limits.allowed_formats))}",
-            details={"format": fmt},
-        )
+    if fmt not in limits.allowed_formats and CONTAINED.get(fmt) not in limits.allowed_formats:
+        raise _refuse(what, fmt, limits)
     w, h = img.size
     if w <= 0 or h <= 0:
         raise InvalidImage(f"{what} has no pixels ({w}x{h})")
@@ -127,13 +164,51 @@ def decode_image(value: str | bytes, limits: DecodeLimits, what: str = "image") 
             details={"width": w, "height": h, "max_pixels": limits.max_pixels},
         )
     try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # the first frame of an animation, an MPO or a multi-page TIFF
         img.load()
         img = ImageOps.exif_transpose(img) or img
-        return img.convert("RGB")
+        return to_rgb(img)
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"{what}: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError) as e:
         raise InvalidImage(f"{what} is truncated or corrupt: {e}") from None
+
+
+def _scaled_grey(img: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float greyscale image as 8-bit L (module docstring: scaled, not clipped)."""
+    import numpy as np
+
+    a = np.asarray(img, dtype=np.float64)
+    if a.size == 0:
+        return Image.new("L", img.size)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535):
+        out = a * (255.0 / 65535.0)
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        out = a * 255.0
+    elif hi > lo and np.isfinite(hi - lo):
+        out = (a - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.zeros_like(a)
+    out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image of any Pillow mode as 8-bit RGB the way a viewer shows it (module docstring)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _scaled_grey(img).convert("RGB")
+    transparent = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if transparent:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def decode_images(values: Sequence[str | bytes], limits: DecodeLimits, what: str = "images") -> list[Image.Image]:
@@ -174,12 +249,12 @@ def array_to_image(arr: Any, limits: DecodeLimits, what: str = "image") -> Image
 
 
 def rgb(img: Image.Image, what: str = "image") -> Image.Image:
-    """A decoded image in mode RGB (converted when it is not); 400 invalid_image when `img` is not a
+    """A decoded image in mode RGB (`to_rgb` when it is not); 400 invalid_image when `img` is not a
     decoded image at all (bytes, base64, arrays must go through `decode_image` / `array_to_image`)."""
     if not isinstance(img, Image.Image):
         raise InvalidImage(f"{what}: expected a decoded image, got {type(img).__name__}; "
                            "decode bytes, base64 or arrays with serving.imaging first")
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return img if img.mode == "RGB" else to_rgb(img)
 
 
 # ---------------------------------------------------------------------------------------- boxes
@@ -189,7 +264,7 @@ class BBox(BaseModel):
     Parsed once where a request or a detector result enters (`parse`), then passed on typed; checked
     against an image with `check_inside` (the one rule of the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     x1: float
     y1: float
@@ -210,8 +285,13 @@ class BBox(BaseModel):
         value = cls._corners(value)
         try:
             return cls.model_validate(value)
-        except Exception as e:
-            raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from e
+        except ValidationError as e:
+            for err in e.errors():
+                if err.get("type") == "finite_number":
+                    where = ".".join(str(p) for p in ("bbox", *err.get("loc", ())))
+                    raise InvalidNumber(f"{where}: must be a finite number (not NaN or Infinity)",
+                                        details={"field": where}) from None
+            raise InvalidBBox(f"bbox is not {{x1, y1, x2, y2}} numbers: {value!r}") from None
 
     @staticmethod
     def _corners(value: dict[str, Any]) -> dict[str, Any]:

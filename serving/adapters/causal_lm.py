@@ -6,10 +6,12 @@ predict(items, max_new_tokens=options.max_new_tokens (256), temperature=0.0, top
     items: `Conversation`s, each a list of {"role": system|user|assistant|tool, "content": str}, or
            `PromptText`s (a raw prompt, tokenized as it is: llama.cpp's /completion).
     returns per conversation: {"text", "prompt_tokens", "completion_tokens", "finish_reason": stop|length}.
-    temperature 0 = greedy; > 0 samples (seeded when `seed` is given).
+    temperature 0 (or below MIN_SAMPLING_TEMPERATURE) = greedy; above samples (seeded when `seed` is given).
 stream(messages, **same options): generator of text pieces as they are decoded (TextIteratorStreamer,
     generation in a worker thread); its return value (StopIteration.value, or `yield from`) is the same
-    dict without "text". Errors of the generation thread are re-raised in the consumer.
+    dict without "text". Errors of the generation thread are re-raised in the consumer. Closing the
+    generator (the client dropped the SSE stream) stops generation at the next token, so the lease is
+    released at once instead of after max_new_tokens.
 Conversations are generated one after the other (no padding across requests: Mamba layers of
 Nemotron-H would see the pad tokens).
 """
@@ -29,6 +31,8 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_NEW_TOKENS_LIMIT = 8192
 STREAM_TIMEOUT_S = 600.0
+#: temperatures below this decode greedily (logits / 1e-308 are infinite: sampling would fail)
+MIN_SAMPLING_TEMPERATURE = 1e-3
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -41,6 +45,18 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}] must be {{role: {'|'.join(sorted(ROLES))}, content: str}}")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def _stopping(event: threading.Event) -> Any:
+    """A transformers stopping criterion that ends generation once `event` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _OnEvent(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_OnEvent()])
 
 
 class CausalLMAdapter(TorchModuleAdapter):
@@ -105,8 +121,10 @@ class CausalLMAdapter(TorchModuleAdapter):
                              f"({self.context_window()})")
         temperature = float(opts.get("temperature") or 0.0)
         top_p = float(opts.get("top_p", 1.0) if opts.get("top_p") is not None else 1.0)
-        if temperature < 0 or not 0 < top_p <= 1:
+        if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1:
             raise BadRequest("temperature must be >= 0 and top_p in (0, 1]")
+        if temperature < MIN_SAMPLING_TEMPERATURE:  # the limit T -> 0 is greedy; a tiny T overflows softmax
+            temperature = 0.0
         kw: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
@@ -153,6 +171,8 @@ class CausalLMAdapter(TorchModuleAdapter):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=STREAM_TIMEOUT_S)
         result: dict[str, Any] = {}
+        stop = threading.Event()  # set when the consumer closes the stream (client gone): generation stops
+        kw["stopping_criteria"] = _stopping(stop)
 
         def run() -> None:
             try:
@@ -172,6 +192,7 @@ class CausalLMAdapter(TorchModuleAdapter):
                 if piece:
                     yield piece
         finally:
+            stop.set()  # after the last token this is a no-op; on close() it ends generate() at the next token
             worker.join()
         if "error" in result:
             raise result["error"]

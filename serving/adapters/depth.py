@@ -11,6 +11,7 @@ The rules (normalisation, distance scale, proximity bands) live in `postprocess.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,16 @@ from serving.adapters.hf_common import SAFE_LOAD, SAFE_MODEL_LOAD, hf_folder, mo
 from serving.adapters.postprocess import depth as depth_rules
 from serving.adapters.torch_base import TorchModuleAdapter
 from serving.errors import BadRequest
+
+
+def _bounded_aspect(img: Any, max_aspect: float) -> Any:
+    """`img` stretched along its short side so that long / short <= max_aspect (unchanged when it already is)."""
+    w, h = img.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return img
+    if w > h:
+        return img.resize((w, math.ceil(w / max_aspect)))
+    return img.resize((math.ceil(h / max_aspect), h))
 
 
 class DepthAnythingAdapter(TorchModuleAdapter):
@@ -40,18 +51,30 @@ class DepthAnythingAdapter(TorchModuleAdapter):
 
         self.predict([Image.new("RGB", (64, 48), (127, 127, 127))], include_map=False)
 
+    def max_aspect(self) -> float:
+        """The longest / shortest side ratio this processor still resizes to at least one patch (about 24 for
+        Depth Anything's 518 px and 14 px patches)."""
+        size = getattr(self.processor, "size", None) or {}
+        side = min((v for k, v in dict(size).items() if k in ("height", "width", "shortest_edge") and v), default=518)
+        multiple = getattr(self.processor, "ensure_multiple_of", None) or 1
+        return max(1.0, side / (1.5 * multiple))
+
     def disparity(self, images: list[Any]) -> list[Any]:
         """Per image, the model's relative inverse depth resized to the image, as a float32 numpy array."""
         import torch
 
+        sizes = [(img.height, img.width) for img in images]
+        # the processor keeps the aspect ratio and rounds to a multiple of the patch: a sliver (64 x 1) would
+        # be resized to height 0; stretch such images just enough (the map is resized back to their size below)
+        images = [_bounded_aspect(img, self.max_aspect()) for img in images]
         batch = self.processor(images=images, return_tensors="pt")
         pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
         with torch.inference_mode():
             outputs = self.model(pixel_values=pixel_values)
         outputs.predicted_depth = outputs.predicted_depth.float()
-        sizes = [(img.height, img.width) for img in images]
         post = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
-        return [r["predicted_depth"].detach().cpu().numpy() for r in post]
+        # the processor squeezes size-1 axes (a 1-pixel-high image): give every map its image's (H, W) back
+        return [r["predicted_depth"].detach().cpu().numpy().reshape(size) for r, size in zip(post, sizes, strict=True)]
 
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if not items:

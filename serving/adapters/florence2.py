@@ -79,6 +79,12 @@ class Florence2Adapter(TorchModuleAdapter):
             return generated.strip()
         return self.processor.post_process_generation(generated, task=task, image_size=image_size)[task]
 
+    def decoder_positions(self) -> int:
+        """How many tokens the text decoder can produce (its position table; 1024 for Florence-2)."""
+        text = getattr(self.model.config, "text_config", None)
+        n = getattr(text, "max_position_embeddings", None) or getattr(self.model.config, "max_position_embeddings", 0)
+        return max(1, int(n) - 2) if n else MAX_NEW_TOKENS_LIMIT
+
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         import torch
 
@@ -89,6 +95,7 @@ class Florence2Adapter(TorchModuleAdapter):
         if not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
             raise BadRequest(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}")
         num_beams = max(1, int(opts.get("num_beams", DEFAULT_NUM_BEAMS)))
+        max_new = min(max_new, self.decoder_positions())  # the decoder cannot go past its position table
         images, tasks, prompts = [], [], []
         for item in image_items(items):
             own = item if isinstance(item, PromptItem) else PromptItem(item.image)

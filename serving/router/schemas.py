@@ -15,9 +15,9 @@ low 0-29, medium 30-59, high 60-84, critical 85-100.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from serving.config import detection_type_of
 from serving.imaging import BBox  # one BBox for the gateway, the services and the adapters
@@ -37,6 +37,33 @@ def level_of(score: float) -> str:
 
 
 
+class EnrichOptions(BaseModel):
+    """The `options` of an enrichment request: the zoo.yaml trigger options (a model with `trigger_option: X` runs
+    only when `X` is true) and the few values some capabilities read. Unknown keys are kept and ignored; a known
+    key of the wrong type is a 4xx."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    action_recognition: bool = Field(False, description="Run action recognition (needs `frames`).")
+    include_weather: bool = Field(False, description="Run the weather classifier on the frame.")
+    include_violence: bool = Field(False, description="Run the violence classifier on the frame.")
+    include_clothing_segmentation: bool = Field(False, description="Run the clothing segmentation model.")
+    include_segmentation: bool = Field(False, description="/clothing-classify: add the segmentation.")
+    include_depth: bool = Field(False, description="Run depth estimation on the frame.")
+    include_depth_map: bool = Field(False, description="Return the depth map (base64 PNG) with the depth result.")
+    timestamp: str | None = Field(None, max_length=64, description="ISO 8601 time of the frame (night rules).")
+
+
+def _enrich_options(v: dict[str, Any]) -> dict[str, Any]:
+    return EnrichOptions.model_validate(v).model_dump(exclude_unset=True)
+
+
+#: a request's enrichment `options`: a dict checked against `EnrichOptions` (known keys typed, others kept)
+EnrichOptionsField = Annotated[dict[str, Any], AfterValidator(_enrich_options)]
+#: a short identifier-like string of a request (detection ids, types, class names)
+Name = Annotated[str, Field(max_length=200)]
+
+
 def new_detection_id() -> str:
     return "det_" + uuid.uuid4().hex[:8]
 
@@ -44,16 +71,18 @@ def new_detection_id() -> str:
 class GatewayEnrichRequest(BaseModel):
     """Seed "Unified Enrichment Endpoint" request, as the gateway's POST /enrich takes it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     image: str = Field(description="Base64 image (a crop, or the frame when bbox is given).")
-    detection_type: str = Field(description="person|vehicle|animal|object, or a detector class name such as car.")
+    detection_type: str = Field(max_length=200,
+                                description="person|vehicle|animal|object, or a detector class name such as car.")
     bbox: dict[str, float] | list[float] | None = Field(None, description="Region of the image to enrich.")
-    frames: list[str] | None = Field(None, description="Base64 frames for multi-frame models (action).")
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="Trigger options (action_recognition, include_depth, ...).")
-    detection_id: str | None = Field(None, description="Key of the per-detection maps of the result.")
-    models: list[str] | None = Field(None, description="Run exactly these models instead of the triggered ones.")
+    frames: list[str] | None = Field(None, max_length=64, description="Base64 frames for multi-frame models (action).")
+    options: EnrichOptionsField = Field(default_factory=dict,
+                                        description="Trigger options (action_recognition, include_depth, ...).")
+    detection_id: Name | None = Field(None, description="Key of the per-detection maps of the result.")
+    models: list[Name] | None = Field(None, max_length=64,
+                                      description="Run exactly these models instead of the triggered ones.")
     timeout_s: float | None = Field(None, gt=0, le=300, description="Per-call timeout override.")
 
     @field_validator("detection_type")
@@ -68,11 +97,11 @@ class GatewayEnrichRequest(BaseModel):
 class FrameDetection(BaseModel):
     """One detection of a frame (detector output), optionally carrying its enrichment."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
 
-    detection_id: str = Field(default_factory=new_detection_id)
-    label: str = Field(alias="class", description="Detector class name (person, car, ...).")
-    confidence: float = 0.0
+    detection_id: Name = Field(default_factory=new_detection_id)
+    label: Name = Field(alias="class", description="Detector class name (person, car, ...).")
+    confidence: float = Field(0.0, ge=0.0, le=1.0)
     bbox: dict[str, float] | list[float] | None = None
     detection_type: str | None = None
     enrichment: dict[str, Any] | None = None
@@ -101,14 +130,14 @@ class FrameDetection(BaseModel):
 class AnalyzeRequest(BaseModel):
     """POST /analyze on the LLM service: detections (with enrichment) of one frame or event."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    detections: list[FrameDetection] = Field(default_factory=list)
+    detections: list[FrameDetection] = Field(default_factory=list, max_length=256)
     enrichment: dict[str, Any] | None = Field(
         None, description="An EnrichmentResult for the whole event when it is not attached per detection."
     )
-    camera_id: str | None = None
-    timestamp: str | None = Field(None, description="ISO 8601 time of the frame (night-time rules).")
+    camera_id: str | None = Field(None, max_length=200)
+    timestamp: str | None = Field(None, max_length=64, description="ISO 8601 time of the frame (night-time rules).")
     context: str | None = Field(None, max_length=4000, description="Extra context for the prompt (zone, schedule...).")
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float | None = Field(None, ge=0, le=2)

@@ -48,6 +48,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from serving.adapters.options import check_options
 from serving.adapters.registry import AdapterRegistry
 from serving.config import GB, MB, ManagerSettings, ZooConfig, load_zoo
 from serving.errors import (
@@ -252,6 +253,7 @@ async def invoke(state: ContainerState, name: str | None, request: Request) -> J
     manager = table.manager
     inputs, options = payload.inputs, payload.options
     spec = manager.model_view(name).spec
+    options = check_options(spec.family, options, model=name)  # 400 before any model runs
     if "confidence" in spec.options:
         options.setdefault("confidence", spec.options["confidence"])
     with Stopwatch() as sw:

@@ -50,7 +50,7 @@ def parse_custom_attributes(value: str | None) -> dict[str, Any]:
         raw = raw.strip()
         try:
             out[key] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             out[key] = raw
     return out
 
@@ -77,7 +77,7 @@ async def read_payload(request: Request, limits: Limits) -> Payload:
     if mtype == "application/json" or mtype.endswith("+json"):
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise BadRequest(f"request body is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise BadRequest("request body must be a JSON object")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from serving.errors import ConfigError, ServiceUnavailable, Unauthorized, UnknownModel
+from serving.adapters.options import check_options
+from serving.errors import ConfigError, NotFound, Unauthorized, UnknownModel
 from serving.services.context import ServiceContext, get_context
 from serving.services.limits import Limits as Limits  # re-exported: importers outside services/
 
@@ -42,9 +43,10 @@ def require_admin(request: Request) -> None:
 
 
 def require_manager(ctx: ServiceContext) -> OnDemandModelManager:
-    """The service's manager; 503 service_unavailable on the gateway, which hosts no models."""
+    """The service's manager; 404 not_found on the gateway, which hosts no models (permanent, not a 503)."""
     if ctx.manager is None:
-        raise ServiceUnavailable(f"service {ctx.service!r} hosts no models")
+        raise NotFound(f"service {ctx.service!r} hosts no models; call the model services themselves",
+                       details={"service": ctx.service})
     return ctx.manager
 
 
@@ -74,9 +76,12 @@ def require_model(ctx: ServiceContext, name: str) -> str:
 
 
 async def predict(ctx: ServiceContext, name: str, inputs: list[Any], **options: Any) -> list[Any]:
-    """Lease `name` from the manager and run `adapter.predict(inputs, **options)` in a worker thread."""
+    """Check `options` against the model family's declared options (serving/adapters/options.py: a 400 before
+    any model runs), lease `name` from the manager and run `adapter.predict(inputs, **options)` in a worker
+    thread."""
     manager = require_manager(ctx)
     require_model(ctx, name)
+    options = check_options(ctx.zoo.models[name].family, options, model=name)
     async with manager.use(name) as adapter:
         return await manager.run(adapter.predict, inputs, **options)
 

@@ -17,6 +17,12 @@ Renderers (each the same `ErrorBody`, with the status and a `Retry-After` in who
   `{"error": {"message", "type", ...}}`), used by the LLM service.
 - `ErrorBody.entry(exc, **where)`: an error listed inside a partial result (enrichment, fan-out, pipeline).
 Handlers just raise; middlewares that must answer before routing (body size) call `error_response`.
+
+Any value renders: `details` and messages may carry what the client sent (NaN, Infinity, bytes, objects);
+`jsonable` turns non-finite floats into their names ("nan", "inf", "-inf"), bytes into a length and anything
+else into its `repr`, so an error about a strange value never becomes a 500 of its own. A request that fails
+validation because a number is not finite is 400 `invalid_number` naming the field; other validation failures
+are 422 `validation_error`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
+#: pydantic error types of a non-finite or unrepresentable number
+_NUMBER_ERRORS = frozenset({"finite_number"})
+
+
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """`value` with everything strict JSON cannot hold replaced (module docstring); never raises."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if _depth > 20:
+        return "..."
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, _depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return jsonable(item(), _depth + 1)
+        except Exception:  # noqa: BLE001 - fall back to repr
+            pass
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails still renders
+        text = f"<{type(value).__name__}>"
+    return text[:200]
 
 
 class ErrorBody(BaseModel):
@@ -55,8 +90,8 @@ class ErrorBody(BaseModel):
     @classmethod
     def of(cls, error_type: str, message: str, details: dict[str, Any] | None = None,
            retry_after_s: float | None = None) -> ErrorBody:
-        return cls(error_type=error_type, message=message, detail=message,
-                   details=details or None, retry_after_s=retry_after_s)
+        return cls(error_type=error_type, message=str(message), detail=str(message),
+                   details=jsonable(details) if details else None, retry_after_s=retry_after_s)
 
     @classmethod
     def from_exc(cls, exc: BaseException) -> ErrorBody:
@@ -78,7 +113,8 @@ class ErrorBody(BaseModel):
         return out
 
     def dump(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The body as strict JSON values (non-finite numbers, bytes, objects made renderable)."""
+        return jsonable(self.model_dump(exclude_none=True))
 
 
 def _headers(exc: ServingError) -> dict[str, str]:
@@ -121,12 +157,24 @@ def sse_error(exc: BaseException) -> bytes:
 
 
 def validation_body(errors: list[dict[str, Any]]) -> ErrorBody:
-    """422 body of a request that failed pydantic validation: the first error in `message`, all in details."""
+    """Body of a request that failed pydantic validation: the first error in `message`, all in details.
+    `error_type` is `invalid_number` when a number was not finite (see `validation_status`), else
+    `validation_error`."""
     details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
                for e in errors]
-    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    numbers = [d for d in details if d["type"] in _NUMBER_ERRORS]
+    first = (numbers or details or [{"loc": [], "msg": "invalid request", "type": ""}])[0]
     where = ".".join(p for p in first["loc"] if p not in ("body",)) or "request"
+    if numbers:
+        return ErrorBody.of("invalid_number", f"{where}: must be a finite number (not NaN or Infinity)",
+                            {"field": where, "errors": details})
     return ErrorBody.of("validation_error", f"{where}: {first['msg']}", {"errors": details})
+
+
+def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """400 invalid_number when a number was not finite, else 422 validation_error (`validation_body`)."""
+    body = validation_body(errors)
+    return JSONResponse(body.dump(), status_code=400 if body.error_type == "invalid_number" else 422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -141,15 +189,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_body(list(exc.errors())).dump(), status_code=422)
+        return validation_response(list(exc.errors()))
 
     @app.exception_handler(ValidationError)
     async def _pydantic_validation(request: Request, exc: ValidationError) -> JSONResponse:
-        return JSONResponse(validation_body(list(exc.errors())).dump(), status_code=422)
+        return validation_response(list(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
         return JSONResponse(ErrorBody.of(kind, str(exc.detail)).dump(), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -42,7 +42,7 @@ from serving.control.plane import ControlPlane
 from serving.imaging import b64_to_bytes, decode_image
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
-from serving.router.schemas import BBox, GatewayEnrichRequest, RiskEvent
+from serving.router.schemas import BBox, EnrichOptionsField, GatewayEnrichRequest, RiskEvent
 from serving.services import gateway_proxy
 from serving.services import status_page as live_page
 from serving.services.context import Ctx, GatewayState, ServiceContext
@@ -64,11 +64,11 @@ class GatewayEnrichBody(GatewayEnrichRequest):
 class FrameBody(BaseModel):
     """POST /pipeline/frame."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     image: str | bytes = Field(description="The camera frame: base64 (JSON), raw bytes or a multipart file.")
     camera_id: str | None = Field(None, max_length=200)
-    timestamp: str | None = Field(None, description="ISO 8601 time of the frame; now when absent.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Enrichment trigger options.")
+    timestamp: str | None = Field(None, max_length=64, description="ISO 8601 time of the frame; now when absent.")
+    options: EnrichOptionsField = Field(default_factory=dict, description="Enrichment trigger options.")
     confidence: float | None = Field(None, ge=0.0, le=1.0, description="Detector confidence override.")
 
 

@@ -17,7 +17,9 @@ Tensors of infer (one version, "1"), chosen by the model's task (`INPUT_KINDS`):
 - any other input tensor becomes a predict option named after it in lower case (BYTES -> list of str,
   numbers -> nested lists), and so do the request's non-reserved `parameters` (a string starting with
   `[` or `{` is parsed as JSON): e.g. `parameters: {"confidence": 0.3}`, `{"prompt": "<OCR>"}`,
-  `{"labels": "[\"cat\", \"dog\"]"}`. The adapter validates its options (400 on a bad one).
+  `{"labels": "[\"cat\", \"dog\"]"}`. A one-element option tensor is a scalar. Options are checked against the
+  model family's declared options (serving/adapters/options.py) before any model runs: a wrong type, a value
+  out of range or an option the model does not take is a 400.
 Outputs: `RESULT`, BYTES [N], each a UTF-8 JSON document of the adapter's result for that input (the
 same object the HTTP routes build on), and for embedding results `EMBEDDING`, FP32 [N, D].
 Binary outputs when requested per output (`parameters.binary_data`) or for all
@@ -35,6 +37,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.adapters.options import check_options
 from serving.errors import BadRequest, InvalidImage, NotFound
 from serving.imaging import array_to_image, decode_image
 from serving.services.common import require_admin, require_manager, require_model
@@ -44,6 +47,7 @@ from serving.services.health import compute_service_state, is_serving
 from serving.services.kserve_codec import (
     HEADER_LEN,
     VERSION,
+    check_parameters,
     conversation,
     decode_tensor,
     decompress,
@@ -221,15 +225,28 @@ def _parse_infer(body: bytes, hlen: str | None) -> tuple[dict[str, Any], dict[st
     header_raw, binary = _split_header(body, hlen)
     try:
         req = json.loads(header_raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BadRequest(f"inference request is not valid JSON: {e}") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise BadRequest("inference request needs a non-empty 'inputs' list")
+    if "id" in req and not isinstance(req["id"], str):
+        raise BadRequest("inference request 'id' must be a string")
+    req["parameters"] = check_parameters(req.get("parameters"), "request")
+    outputs = req.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise BadRequest("'outputs' must be a list of {name, parameters?}")
+        for o in outputs:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise BadRequest("each requested output needs a 'name'")
+            o["parameters"] = check_parameters(o.get("parameters"), f"output {o['name']}")
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for t in req["inputs"]:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise BadRequest("each input needs a 'name'")
+        if t["name"] in tensors:
+            raise BadRequest(f"input {t['name']} is given twice")
         tensors[t["name"]], offset = decode_tensor(t, binary, offset)
     return req, tensors
 
@@ -253,6 +270,7 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
         inputs = [conversation(x) for x in main.reshape(-1).tolist()]
     options = {k: option_value(v) for k, v in (req.get("parameters") or {}).items() if k not in _RESERVED}
     options |= {k.lower(): tensor_option(v) for k, v in tensors.items()}
+    options = check_options(spec.family, options, model=name)  # before any model runs; unknown ones refused
 
     async with manager.use(name) as adapter:
         results = await manager.run(adapter.predict, inputs, **options)
@@ -273,7 +291,7 @@ async def _json_body(request: Request, what: str) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise BadRequest(f"{what} body must be a JSON object") from None
     if data is None:
         return {}

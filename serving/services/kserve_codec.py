@@ -6,11 +6,19 @@ Pure functions over bytes and numpy (no FastAPI routes, no manager): the routes 
 - `decompress(body, encoding, limit)`: tritonclient's request compression (gzip / deflate), bounded.
 - `encode_response(name, req, outputs)`: the v2 response, binary outputs where requested.
 - `conversation`, `option_value`, `tensor_option`: TEXT elements and options from tensors/parameters.
+- `check_parameters(p, where)`: a `parameters` object (request, input or output level) of the protocol's
+  JSON types (string, number, boolean), with the binary extension's keys of the right type.
+
+Every check happens before any model runs and is a 400 (Triton's `{"error": ...}` body): shape x datatype
+against the element count (Python integers, so a huge shape cannot overflow), values within the datatype's
+range (UINT8 256, -1 or 300.5 are refused, not wrapped), `binary_data_size` a whole number of elements
+inside the body, BYTES elements strings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from typing import Any
@@ -18,7 +26,7 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response
 
-from serving.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from serving.errors import BadRequest, InvalidNumber, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LEN = "inference-header-content-length"
 VERSION = "1"
@@ -47,44 +55,125 @@ def _serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
+#: most elements one input tensor may declare (a 4K RGB frame batch is far below)
+MAX_ELEMENTS = 1 << 31
+#: binary-extension keys and their JSON types
+_BINARY_KEYS: dict[str, type | tuple[type, ...]] = {"binary_data_size": int, "binary_data": bool,
+                                                    "binary_data_output": bool}
+
+
+def check_parameters(params: Any, where: str) -> dict[str, Any]:
+    """A KServe `parameters` object: {name: string | number | boolean}; 400 otherwise (module docstring)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where} parameters must be a JSON object, got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(v, (str, int, float, bool)) or v is None:
+            raise BadRequest(f"{where} parameter {k!r} must be a string, number or boolean, got {type(v).__name__}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidNumber(f"{where} parameter {k!r} must be a finite number", details={"field": k})
+        want = _BINARY_KEYS.get(k)
+        if want is not None and (not isinstance(v, want) or (want is int and (isinstance(v, bool) or v < 0))):
+            kind = "a non-negative integer" if want is int else "a boolean"
+            raise BadRequest(f"{where} parameter {k!r} must be {kind}, got {v!r}")
+    return params
+
+
+def _element_count(name: str, shape: Any) -> int:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise BadRequest(f"input {name}: shape must be a list of non-negative integers, got {shape!r}")
+    count = math.prod(shape)  # Python ints: no overflow
+    if count > MAX_ELEMENTS:
+        raise BadRequest(f"input {name}: shape {shape} declares {count} elements, more than {MAX_ELEMENTS}")
+    return count
+
+
+def _numbers(name: str, dt: str, data: Any) -> np.ndarray:
+    """JSON `data` of a numeric datatype -> a flat array of that datatype, every value in its range."""
+    target = np.dtype(_DTYPES[dt])
+    try:
+        a = np.asarray(data).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as e:  # ragged nesting, ints beyond 64 bits
+        raise BadRequest(f"input {name}: data is not a regular list of {dt} values: {e}") from None
+    if a.size == 0:
+        return np.empty(0, dtype=target)
+    kind = a.dtype.kind
+    if dt == "BOOL":
+        if kind != "b":
+            raise BadRequest(f"input {name}: BOOL data must hold true/false values")
+        return a.astype(np.bool_)
+    if kind not in "iuf" or (kind == "f" and target.kind in "iu"):
+        what = "integers" if target.kind in "iu" else "numbers"
+        raise BadRequest(f"input {name}: {dt} data must hold {what}, got {a.dtype.name} values")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            raise BadRequest(f"input {name}: {dt} values must lie in {info.min}..{info.max}, got {lo}..{hi}")
+    else:
+        finite = a[np.isfinite(a)] if kind == "f" else a
+        if finite.size and float(np.abs(finite).max()) > float(np.finfo(target).max):
+            raise BadRequest(f"input {name}: a value exceeds the range of {dt}")
+    return a.astype(target)
+
+
 def decode_tensor(t: dict[str, Any], binary: memoryview | None, offset: int) -> tuple[np.ndarray, int]:
     """One input tensor -> numpy (object array of bytes/str for BYTES); returns the new binary offset."""
     name = t.get("name", "?")
     dt = t.get("datatype")
+    if not isinstance(dt, str) or dt not in _DTYPES:
+        raise BadRequest(f"input {name}: unsupported datatype {dt!r}; use one of {', '.join(_DTYPES)}")
     shape = t.get("shape")
-    if dt not in _DTYPES:
-        raise BadRequest(f"input {name}: unsupported datatype {dt!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BadRequest(f"input {name}: shape must be a list of non-negative integers")
-    count = int(np.prod(shape)) if shape else 1
-    size = (t.get("parameters") or {}).get("binary_data_size")
+    count = _element_count(name, shape)
+    size = check_parameters(t.get("parameters"), f"input {name}").get("binary_data_size")
     if size is not None:
-        if binary is None or offset + int(size) > len(binary):
+        if binary is None or offset + size > len(binary):
             raise BadRequest(f"input {name}: binary_data_size {size} runs past the request body")
-        raw = bytes(binary[offset:offset + int(size)])
-        offset += int(size)
+        raw = bytes(binary[offset:offset + size])
+        offset += size
         if dt == "BYTES":
             items = _bytes_elements(raw, f"input {name}")
             arr = np.empty(len(items), dtype=object)
             arr[:] = items
         else:
+            itemsize = np.dtype(_DTYPES[dt]).itemsize
+            if size != count * itemsize:
+                raise BadRequest(f"input {name}: shape {shape} of {dt} needs {count * itemsize} bytes, "
+                                 f"binary_data_size is {size}")
             arr = np.frombuffer(raw, dtype=np.dtype(_DTYPES[dt]).newbyteorder("<"))
     else:
         if "data" not in t:
             raise BadRequest(f"input {name}: no 'data' and no binary_data_size")
         data = t["data"]
+        if not isinstance(data, list):
+            data = [data]
         if dt == "BYTES":
-            flat = np.asarray(data, dtype=object).reshape(-1)
-            arr = np.empty(flat.size, dtype=object)
-            arr[:] = list(flat)
+            flat = _flat_strings(name, data)
+            arr = np.empty(len(flat), dtype=object)
+            arr[:] = flat
         else:
-            try:
-                arr = np.asarray(data, dtype=_DTYPES[dt]).reshape(-1)
-            except (TypeError, ValueError) as e:
-                raise BadRequest(f"input {name}: data does not match {dt}: {e}") from None
+            arr = _numbers(name, dt, data)
     if arr.size != count:
         raise BadRequest(f"input {name}: shape {shape} needs {count} elements, got {arr.size}")
     return arr.reshape(shape), offset
+
+
+def _flat_strings(name: str, data: list[Any]) -> list[str]:
+    out: list[str] = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            if not isinstance(x, str):
+                raise BadRequest(f"input {name}: BYTES data must hold strings, got {type(x).__name__}")
+            out.append(x)
+        else:
+            stack.pop()
+    return out
 
 
 def conversation(x: Any) -> list[dict[str, str]]:
@@ -96,7 +185,7 @@ def conversation(x: Any) -> list[dict[str, str]]:
     if text.lstrip().startswith("["):
         try:
             msgs = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON (or absurdly nested): plain text
             msgs = None
         if isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
             return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
@@ -107,15 +196,20 @@ def option_value(v: Any) -> Any:
     if isinstance(v, str) and v.strip()[:1] in ("[", "{"):
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return v
     return v
 
 
 def tensor_option(arr: np.ndarray) -> Any:
+    """An option tensor's value: one element is a scalar, more are a list (BYTES as UTF-8 strings)."""
     if arr.dtype == object:
-        return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
-    return arr.tolist()
+        try:
+            items = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()]
+        except UnicodeDecodeError:
+            raise BadRequest("BYTES option tensors must be UTF-8 text") from None
+        return items[0] if arr.size == 1 and arr.ndim <= 1 else items
+    return arr.reshape(-1).tolist()[0] if arr.size == 1 and arr.ndim <= 1 else arr.tolist()
 
 
 def _to_jsonable(x: Any) -> Any:
@@ -159,7 +253,7 @@ def encode_response(name: str, req: dict[str, Any], outputs: dict[str, tuple[str
             oname = o.get("name") if isinstance(o, dict) else None
             if oname not in outputs:
                 raise BadRequest(f"unknown output {oname!r}; this model produces {', '.join(outputs)}")
-            selected.append((oname, bool((o.get("parameters") or {}).get("binary_data", default_binary))))
+            selected.append((oname, bool(o.get("parameters", {}).get("binary_data", default_binary))))
     else:
         selected = [(o, default_binary) for o in outputs]
     out_json, blobs = [], []

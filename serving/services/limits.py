@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from serving.imaging import DEFAULT_FORMATS  # one list of accepted formats
 from serving.settings import Settings
 
 MB = 1024 * 1024
-DEFAULT_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
 _LIMIT_FIELDS = ("zoo_max_body_mb", "zoo_max_pixels", "zoo_image_formats", "zoo_max_batch")
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import httpx
 from fastapi.responses import StreamingResponse
@@ -51,9 +51,9 @@ def step_generator(gen: Iterator[Any]) -> Any:
 class ChatMessage(BaseModel):
     """One chat message; content may be a string or OpenAI content parts (text parts are joined)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(None, max_length=1_000_000)
 
     def text(self) -> str:
         if self.content is None:
@@ -62,8 +62,8 @@ class ChatMessage(BaseModel):
             return self.content
         parts = []
         for p in self.content:
-            if p.get("type") == "text":
-                parts.append(str(p.get("text", "")))
+            if p.get("type") == "text" and isinstance(p.get("text", ""), str):
+                parts.append(p.get("text", ""))
             else:
                 raise BadRequest(f"content part type {p.get('type')!r} is not supported by this text model")
         return "".join(parts)
@@ -75,20 +75,21 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    """OpenAI Chat Completions request; unknown OpenAI parameters are accepted and ignored."""
+    """OpenAI Chat Completions request; unknown OpenAI parameters are accepted and ignored. Known ones are
+    typed and bounded (finite numbers: NaN / Infinity is a 400 invalid_number)."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model: str | None = Field(None, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[str, Field(max_length=200)] | list[Annotated[str, Field(max_length=200)]] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
 class StopFilter:

@@ -27,8 +27,8 @@ class ModelsRequest(BaseModel):
     """Body of /models/preload and /models/unload: one model or a list."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, description="One model name.")
-    models: list[str] | None = Field(None, description="Several model names.")
+    model: str | None = Field(None, max_length=200, description="One model name.")
+    models: list[str] | None = Field(None, max_length=256, description="Several model names.")
     to: str = Field("cold", pattern="^(?i:cold|warm)$",
                     description="unload only: demote to cold (disk) or warm (host RAM).")
     tier: str = Field("hot", pattern="^(?i:hot|warm)$",
@@ -48,11 +48,12 @@ class ModelsRequest(BaseModel):
 class ConfigureRequest(BaseModel):
     """Body of /models/configure (the thermal seam of the control plane)."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: str
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model: str = Field(max_length=200)
     disabled: bool | None = None
     pinned: bool | None = None
-    keep_alive_s: float | None = Field(None, ge=0)
+    keep_alive_s: float | None = Field(None, ge=0, le=365 * 86400.0,
+                                       description="Idle seconds before unloading (finite, at most a year).")
     keep_warm: bool | None = None
     thermal_state: str | None = Field(None, pattern="^(OFF|COLD|WARM|HOT|AUTOMATIC)$")
 

@@ -3,6 +3,9 @@
 Requests: images are `str` (base64, the seed's JSON form) or `bytes` (raw body / multipart), read by
 serving/services/uploads.py and decoded by serving.imaging. Requests ignore unknown fields (the reference
 clients send extras such as `min_confidence` or `method`, CONTRACTS.md); wrong types of known fields are 422.
+Every field is bounded: numbers are finite (NaN / Infinity / 1e999 are a 400 `invalid_number` naming the
+field) and within their range, lists and strings have a maximum length, and the enrichment `options` are
+checked against `serving.router.schemas.EnrichOptions`.
 Responses allow extra fields: the seed shapes are the floor, adapters may add detail (tests validate
 every response against these models).
 """
@@ -29,12 +32,17 @@ from serving.services.schemas_florence import (  # noqa: F401 - re-exported: one
     RegionCaption,
     RegionLabel,
 )
+from serving.router.schemas import EnrichOptionsField, Name
 
 ImageData = str | bytes
+#: a free text of a request (labels, prompts, class names)
+Text = Annotated[str, Field(max_length=1000)]
+#: most images (or frames) one request may carry; the service's ZOO_MAX_BATCH is the tighter limit
+MAX_IMAGES = 1024
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class _Resp(BaseModel):
@@ -51,7 +59,8 @@ class DetectRequest(_Req):
 
     image: ImageData = Field(description="Base64 image (or raw bytes / multipart).")
     confidence: float | None = Field(None, ge=0.0, le=1.0, description="Minimum confidence; default YOLO26_CONFIDENCE.")
-    classes: list[str] | None = Field(None, description="Keep only these classes (default: the seed SECURITY_CLASSES).")
+    classes: list[Name] | None = Field(None, max_length=1000,
+                                       description="Keep only these classes (default: the seed SECURITY_CLASSES).")
     all_classes: bool = Field(False, description="Return every class the model knows, not only SECURITY_CLASSES.")
     max_detections: int | None = Field(None, ge=1, le=1000)
 
@@ -59,9 +68,9 @@ class DetectRequest(_Req):
 class BatchDetectRequest(_Req):
     """POST /detect/batch: several images, one result each, same order."""
 
-    images: list[ImageData] = Field(min_length=1, description="Base64 images.")
+    images: list[ImageData] = Field(min_length=1, max_length=MAX_IMAGES, description="Base64 images.")
     confidence: float | None = Field(None, ge=0.0, le=1.0)
-    classes: list[str] | None = None
+    classes: list[Name] | None = Field(None, max_length=1000)
     all_classes: bool = False
     max_detections: int | None = Field(None, ge=1, le=1000)
 
@@ -149,7 +158,8 @@ class EmbedResponse(_Resp):
 
 class AnomalyRequest(_Req):
     image: ImageData
-    baseline_embedding: list[float] = Field(min_length=1, description="Embedding of the normal scene (from /embed).")
+    baseline_embedding: list[float] = Field(min_length=1, max_length=16384,
+                                            description="Embedding of the normal scene (from /embed).")
     threshold: float | None = Field(None, ge=0.0, le=2.0, description="Anomaly when 1 - cosine exceeds this.")
 
 
@@ -164,7 +174,7 @@ class AnomalyResponse(_Resp):
 
 class ClassifyRequest(_Req):
     image: ImageData
-    labels: list[str] = Field(min_length=1, max_length=256, description="Candidate labels (free prompts).")
+    labels: list[Text] = Field(min_length=1, max_length=256, description="Candidate labels (free prompts).")
 
 
 class ClassifyResponse(_Resp):
@@ -192,8 +202,8 @@ class BatchSimilarityRequest(_Req):
     """POST /batch-similarity: every image against every text."""
 
     image: ImageData | None = None
-    images: list[ImageData] | None = None
-    texts: list[str] = Field(min_length=1, max_length=256)
+    images: list[ImageData] | None = Field(None, max_length=MAX_IMAGES)
+    texts: list[Text] = Field(min_length=1, max_length=256)
 
 
 class SimilarityRow(_Resp):
@@ -216,15 +226,18 @@ class EnrichmentServiceRequest(_Req):
     gateway sends them). The gateway's own request is serving.router.schemas.GatewayEnrichRequest."""
 
     image: ImageData = Field(description="The crop, or the full frame when bbox is given.")
-    detection_type: str = Field("person", description="person|vehicle|animal|object or a detector class name.")
+    detection_type: Name = Field("person", description="person|vehicle|animal|object or a detector class name.")
     bbox: BoxField | None = Field(None, description="Region of `image` to enrich.")
-    frames: list[ImageData] | None = Field(None, description="Frames for multi-frame models (action).")
-    options: dict[str, Any] = Field(default_factory=dict, description="action_recognition, include_depth, ...")
-    detection_id: str | None = Field(None, description="Key of the per-detection maps (default det_0).")
-    models: list[str] | None = Field(None, description="Run exactly these models (the gateway sends one).")
-    cls: str | None = Field(None, alias="class", description="Detector class name when detection_type was generalised.")
+    frames: list[ImageData] | None = Field(None, max_length=MAX_IMAGES,
+                                           description="Frames for multi-frame models (action).")
+    options: EnrichOptionsField = Field(default_factory=dict, description="action_recognition, include_depth, ...")
+    detection_id: Name | None = Field(None, description="Key of the per-detection maps (default det_0).")
+    models: list[Name] | None = Field(None, max_length=64,
+                                      description="Run exactly these models (the gateway sends one).")
+    cls: Name | None = Field(None, alias="class",
+                             description="Detector class name when detection_type was generalised.")
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class ClassifyImageRequest(_Req):
@@ -232,20 +245,22 @@ class ClassifyImageRequest(_Req):
 
     image: ImageData
     bbox: BoxField | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: EnrichOptionsField = Field(default_factory=dict)
 
 
 class ObjectDistanceRequest(_Req):
     image: ImageData = Field(description="The full frame.")
     bbox: BoxField = Field(description="The object whose distance is estimated.")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: EnrichOptionsField = Field(default_factory=dict)
 
 
 class ActionRequest(_Req):
-    frames: list[ImageData] = Field(min_length=1, description="Frames of the clip, oldest first.")
-    labels: list[str] | None = Field(None, description="Candidate actions (default: the model's set).")
+    frames: list[ImageData] = Field(min_length=1, max_length=MAX_IMAGES,
+                                    description="Frames of the clip, oldest first.")
+    labels: list[Text] | None = Field(None, max_length=256,
+                                      description="Candidate actions (default: the model's set).")
     bbox: BoxField | None = Field(None, description="Crop every frame to this region first.")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: EnrichOptionsField = Field(default_factory=dict)
 
 
 class VehicleResult(_Resp):

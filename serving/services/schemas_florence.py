@@ -12,7 +12,7 @@ from serving.imaging import BBox
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class _Resp(BaseModel):
@@ -32,7 +32,7 @@ class ExtractRequest(_Req):
     """POST /extract: a Florence-2 task prompt (seed "Supported Prompts")."""
 
     image: ImageData
-    prompt: str = Field("<CAPTION>", description="One of " + ", ".join(FLORENCE_PROMPTS))
+    prompt: str = Field("<CAPTION>", max_length=1000, description="One of " + ", ".join(FLORENCE_PROMPTS))
     text_input: str | None = Field(None, max_length=500, description="Text for grounding / open-vocabulary prompts.")
     max_new_tokens: int | None = Field(None, ge=1, le=1024)
 

@@ -14,6 +14,9 @@ object whose image fields hold `str` (base64, from JSON) or `bytes` (raw / multi
   query-string fields before it (the form wins);
 - no body and `?image_base64=...` in the query string (the reference clients' other form): every field from
   the query string, `image_base64` as the image.
+  Every part, file or text (a base64 image may travel as text), may be as large as the whole body limit
+  (`limits.max_body_bytes`, which the body-size middleware enforces first); Starlette's own 1 MiB text-part
+  limit does not apply.
 Anything else is 415 unsupported_media_type. A raw body whose declared type is not among
 `limits.allowed_formats` is 415 too. Decoding the image fields (limits, formats, EXIF) is
 `serving.imaging.decode_image`'s job, called by the routes.
@@ -29,11 +32,15 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from serving.errors import BadRequest, UnsupportedMediaType
 from serving.imaging import DecodeLimits
 
 M = TypeVar("M", bound=BaseModel)
+#: the multipart part limit when `limits` carries no body limit (the services' default body limit)
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 RAW_IMAGE_TYPES = {
     "image/jpeg": "JPEG",
@@ -72,7 +79,7 @@ def _coerce(value: str) -> Any:
     if v[:1] in ("{", "["):
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return value
     return value
 
@@ -101,7 +108,7 @@ async def read_request(request: Request, schema: type[M], limits: DecodeLimits) 
     if mtype in RAW_IMAGE_TYPES:
         return await _read_raw(request, schema, mtype, limits)
     if mtype == "multipart/form-data":
-        return await _read_multipart(request, schema)
+        return await _read_multipart(request, schema, limits)
     raise UnsupportedMediaType(
         f"content type {mtype or '(none)'} is not accepted; send application/json (base64 images), "
         "image/jpeg|png|webp (raw bytes) or multipart/form-data",
@@ -113,7 +120,7 @@ async def _read_json(request: Request, schema: type[M]) -> M:
     body = await request.body()
     try:
         data = json.loads(body) if body else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: [[[[... nesting
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
@@ -159,15 +166,21 @@ async def _read_query(request: Request, schema: type[M]) -> M:
 def _payload_part(item: str) -> dict[str, Any]:
     try:
         obj = json.loads(item)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise BadRequest(f"multipart 'payload' is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise BadRequest("multipart 'payload' must be a JSON object")
     return obj
 
 
-async def _read_multipart(request: Request, schema: type[M]) -> M:
-    form = await request.form()
+async def _read_multipart(request: Request, schema: type[M], limits: DecodeLimits) -> M:
+    part_limit = int(getattr(limits, "max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+    try:
+        form = await request.form(max_part_size=part_limit)
+    except StarletteHTTPException as e:  # malformed multipart (boundary, headers, too many parts)
+        raise BadRequest(f"multipart body is malformed: {e.detail}") from None
+    except (MultiPartException, ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"multipart body is malformed: {e}") from None
     try:
         pairs: dict[str, list[Any]] = {}
         base: dict[str, Any] = {}

@@ -155,7 +155,10 @@ def test_bad_input_is_4xx_then_service_keeps_serving(svc, case):
         assert_error(client.post("/detect", content=b"hello", headers={"content-type": "text/plain"}),
                      415, "unsupported_media_type")
     elif case == "gif":
-        assert_error(client.post("/detect", json={"image": b64(image_bytes(fmt="GIF"))}), 415, "unsupported_media_type")
+        # GIF is accepted since issue 11 (first frame); a format outside the accepted list is a 415 naming it
+        body = assert_error(client.post("/detect", json={"image": b64(image_bytes(fmt="TGA"))}), 415,
+                            "unsupported_media_type")
+        assert body["details"]["format"] == "TGA" and "TGA" in body["message"]
     elif case == "validation":
         body = assert_error(client.post("/detect", json={"image": jpeg_b64(), "confidence": 2}), 422,
                             "validation_error")

@@ -22,8 +22,10 @@ def png(img: Image.Image, **kw) -> bytes:
 
 
 def test_decoded_images_are_rgb_from_pil_arrays_and_bytes():
+    # issue 11: transparency is composited over white (what a viewer shows), no longer dropped
     rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 40))
-    assert rgb(rgba).mode == "RGB" and rgb(rgba).getpixel((0, 0)) == (10, 20, 30)
+    assert rgb(rgba).mode == "RGB" and rgb(rgba).getpixel((0, 0)) == (217, 218, 220)
+    assert rgb(Image.new("RGBA", (4, 3), (10, 20, 30, 255))).getpixel((0, 0)) == (10, 20, 30)
     gray = np.full((3, 4), 7, dtype=np.uint8)
     assert array_to_image(gray, ImageLimits()).size == (4, 3)
     assert array_to_image(gray, ImageLimits()).getpixel((1, 1)) == (7, 7, 7)

@@ -122,6 +122,22 @@ def test_invocations_reject_bad_input_with_4xx(client):
     assert client.post("/invocations", content=b"", headers={"Content-Type": "image/png"}).status_code == 400
 
 
+def test_invocation_options_are_checked_against_the_model_family_before_it_runs(client, behaviour):
+    """Issue 11: the yolo family's declared options (serving/adapters/options.py), before any model runs."""
+    img = base64.b64encode(png_bytes()).decode()
+    for bad, kind in (({"max_det": "many"}, "bad_request"), ({"imgsz": "huge"}, "bad_request"),
+                      ({"not_an_option": 1}, "bad_request"), ({"confidence": float("nan")}, "invalid_number")):
+        r = client.post("/invocations", content=json.dumps({"image": img, **bad}),
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error_type"] == kind, r.text
+        assert next(iter(bad)) in r.json()["message"]
+    r = client.post("/invocations", content=png_bytes(), headers={"Content-Type": "image/png",
+                                                                  "X-Amzn-SageMaker-Custom-Attributes": "max_det=x"})
+    assert r.status_code == 400
+    r = client.post("/invocations", json={"image": img, "max_det": 5, "confidence": "0.3"})
+    assert r.status_code == 200, r.text
+
+
 def test_multi_model_load_list_get_invoke_unload(client):
     root = client.app.state.sagemaker.settings.root
     r = client.post("/models", json={"model_name": "a", "url": str(root / "models/a/model")})

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from serving.imaging import BBox  # the one BBox: parsed here, passed on typed to the adapters
+from serving.router.schemas import EnrichOptionsField, Name
 from serving.services.schemas_florence import (  # noqa: F401 - re-exported: one import place for every service
     FLORENCE_PROMPTS,
     BoxList,
@@ -32,7 +33,6 @@ from serving.services.schemas_florence import (  # noqa: F401 - re-exported: one
     RegionCaption,
     RegionLabel,
 )
-from serving.router.schemas import EnrichOptionsField, Name
 
 ImageData = str | bytes
 #: a free text of a request (labels, prompts, class names)

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[models,dev]'
+	# llama-cpp-python compiles llama.cpp from its source package: on every core
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[models,dev]'
 	touch $(STAMP)
 
 fixtures: setup

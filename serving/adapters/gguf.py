@@ -149,6 +149,12 @@ class GgufAdapter(Adapter):
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
 
     def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids; 400 for an id outside the vocabulary (llama.cpp aborts the process on one)."""
+        n_vocab = int(self.llm.n_vocab())
+        bad = [i for i in ids if not 0 <= int(i) < n_vocab]
+        if bad:
+            raise BadRequest(f"token ids must be in 0..{n_vocab - 1}; got {bad[:5]}",
+                             details={"n_vocab": n_vocab, "invalid": bad[:5]})
         return self.llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
 
     def token_piece(self, token_id: int) -> str:

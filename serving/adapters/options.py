@@ -113,6 +113,14 @@ class ChatOptions(Options):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
+class GgufOptions(ChatOptions):
+    """gguf (the LLM on llama.cpp): the chat options plus what llama.cpp's sampler takes."""
+
+    stop: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=16)
+    grammar: str | None = Field(None, max_length=100_000, description="GBNF; checked by llama.cpp's parser.")
+    json_schema: dict[str, Any] | None = Field(None, description="Turned into a grammar by llama-cpp-python.")
+
+
 class NoOptions(Options):
     """Families without options (osnet re-id, BRISQUE quality)."""
 
@@ -129,6 +137,7 @@ FAMILY_OPTIONS: dict[str, type[Options]] = {
     "segformer": SegmentationOptions,
     "osnet": NoOptions,
     "causal_lm": ChatOptions,
+    "gguf": GgufOptions,
     "image_quality": NoOptions,
 }
 

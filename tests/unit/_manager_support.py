@@ -56,3 +56,12 @@ async def settle(rounds: int = 5) -> None:
     """Let every ready task run until it blocks again (no wall-clock wait)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def until(predicate: Callable[[], bool], steps: int = 100_000) -> None:
+    """Yield to the loop (never a wall-clock sleep) until `predicate()` holds; worker threads run meanwhile."""
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never reached")

@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from _manager_support import Events, make, settle, spec
+
 from serving.config import MB
 from serving.errors import InsufficientVram, ModelBusy, ModelLoadFailed
 from serving.vram import events as ev

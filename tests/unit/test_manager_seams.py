@@ -1,0 +1,209 @@
+"""How a manager is built from settings and read by other rooms: from_settings / from_zoo, the inference
+gate's bounds, configure (the thermal seam), register / retire, the frozen views."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from _manager_support import Events, make, settle, spec, until
+
+from serving.config import MB, ManagerSettings
+from serving.errors import Conflict, ModelBusy, ModelDisabled, Overloaded, UnknownModel
+from serving.vram import events as ev
+from serving.vram.devices import FakeDevice
+from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
+from serving.vram.gate import InferenceGate
+from serving.vram.manager import OnDemandModelManager, inline_runner, thread_runner
+
+
+# ------------------------------------------------------------------ construction from settings
+def test_from_settings_maps_every_setting_to_the_manager():
+    s = ManagerSettings(vram_budget_gb=2.0, host_cache_gb=1.0, headroom_mb=64, safety_factor=1.5, policy="lru",
+                        load_concurrency=3, admission_timeout_s=7.0, sweep_interval_s=9.0, max_inflight=5,
+                        max_queue=6, backoff_base_s=1.5, backoff_max_s=30.0)
+    clock = FakeClock()
+    m = OnDemandModelManager.from_settings({"a": spec(100)}, s, device=FakeDevice(4 << 30), clock=clock,
+                                           runner=inline_runner)
+    assert (m.ledger.device.budget, m.ledger.host.budget) == (2 << 30, 1 << 30)
+    assert (m.admission.headroom, m.admission.safety_factor, m.admission.timeout_s) == (64 * MB, 1.5, 7.0)
+    assert (m.policy_name, m.sweep_interval_s, m.clock, m.runner) == ("lru", 9.0, clock, inline_runner)
+    assert (m.gate.max_inflight, m.gate.max_queue) == (5, 6)
+    assert (m.tiers.backoff_base_s, m.tiers.backoff_max_s) == (1.5, 30.0)
+    assert m.need_bytes(m.entry("a")) == 150 * MB
+    assert m.view().max_inflight == 5 and m.view().max_queue == 6 and m.view().policy == "lru"
+
+
+async def test_load_concurrency_from_settings_lets_that_many_loads_run_at_once():
+    gates = {n: threading.Event() for n in "abc"}
+    b = FakeBehaviour(gates=gates)
+    s = ManagerSettings(vram_budget_gb=1.0, load_concurrency=2)
+    m = OnDemandModelManager.from_settings({n: spec(100) for n in "abc"}, s, device=FakeDevice(4 << 30),
+                                           registry=fake_registry(b), runner=thread_runner)
+    loads = [asyncio.create_task(m.preload(n)) for n in "abc"]
+    await until(lambda: m.view().pending_loads == ["a", "b", "c"])
+    await until(lambda: m._load_sem.locked())
+    assert m._load_sem.locked()  # two loads hold both slots; the third waits for one
+    for g in gates.values():
+        g.set()
+    await asyncio.wait_for(asyncio.gather(*loads), 5)
+    assert b.loads == {"a": 1, "b": 1, "c": 1}
+
+
+async def test_from_zoo_serves_the_services_models_with_its_settings_and_footprint_file(zoo, tmp_path):
+    service = next(n for n, s in zoo.services.items() if s.models)
+    zoo2 = zoo.model_copy(update={"models_root": str(tmp_path)})
+    b = FakeBehaviour()
+    m = OnDemandModelManager.from_zoo(zoo2, service, device=FakeDevice(64 << 30), registry=fake_registry(b))
+    svc = zoo.services[service]
+    assert m.names() == list(zoo.models_of(service))
+    assert m.ledger.device.budget == svc.manager_settings().vram_budget_bytes
+    assert m.sweep_interval_s == svc.sweep_interval_s
+    assert m.footprints.path == tmp_path / ".footprints.json"
+    assert m.clock() == pytest.approx(__import__("time").time(), abs=60)  # the wall clock by default
+    await m.start()
+    try:
+        assert m._sweeper is not None and not m._sweeper.done() and m.healthy()
+    finally:
+        await m.stop()
+    assert m._sweeper is None
+
+
+# ------------------------------------------------------------------ the inference gate
+async def test_gate_with_no_queue_runs_while_a_slot_is_free_and_refuses_beyond():
+    seen: list[ev.ManagerEvent] = []
+    gate = InferenceGate(max_inflight=1, max_queue=0, runner=thread_runner, device="fake:0", emit=seen.append)
+    assert await gate.run(lambda x: x + 1, 1) == 2  # a free slot: no queue needed
+    release = threading.Event()
+    running = asyncio.create_task(gate.run(release.wait, 5))
+    await until(lambda: gate._sem.locked())
+    with pytest.raises(Overloaded) as ei:
+        await gate.run(lambda: None)
+    assert ei.value.details == {"queued": 0, "max_queue": 0} and ei.value.status_code == 429
+    assert str(ei.value) == "0 inference calls already queued on fake:0; retry shortly"
+    assert seen == [ev.Overloaded("fake:0", 0, 0)]
+    release.set()
+    assert await running is True
+    assert gate.queued == 0 and not gate._sem.locked()
+
+
+async def test_gate_counts_the_queue_and_frees_slots_after_errors():
+    gate = InferenceGate(max_inflight=1, max_queue=2, runner=inline_runner, device="d", emit=lambda e: None)
+
+    def boom():
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError):
+        await gate.run(boom)
+    assert await gate.run(lambda a, b=0: a + b, 1, b=2) == 3  # the slot came back; kwargs pass through
+    assert gate.queued == 0
+
+
+async def test_a_cancelled_queued_call_leaves_the_queue():
+    gate = InferenceGate(max_inflight=1, max_queue=1, runner=thread_runner, device="d", emit=lambda e: None)
+    release = threading.Event()
+    running = asyncio.create_task(gate.run(release.wait, 5))
+    await until(lambda: gate._sem.locked())
+    queued = asyncio.create_task(gate.run(lambda: 1))
+    await until(lambda: gate.queued == 1)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert gate.queued == 0
+    release.set()
+    await running
+    assert await gate.run(lambda: 2) == 2
+
+
+# ------------------------------------------------------------------ configure, leases, retire
+async def test_configure_sets_only_what_is_given():
+    m, *_ = make({"a": spec(100, keep_alive_s=30)})
+    m.configure("a", keep_alive_s=5)
+    m.configure("a", pinned=True, thermal_state="HOT")
+    m.configure("a", keep_warm=True)
+    v = m.model_view("a")
+    assert (v.keep_alive_s, v.pinned, v.thermal_state, v.keep_warm, v.disabled) == (5.0, True, "HOT", True, False)
+    assert type(v.keep_alive_s) is float
+    m.configure("a", pinned=False, disabled=True)
+    v = m.model_view("a")
+    assert (v.pinned, v.disabled, v.keep_warm, v.thermal_state) == (False, True, True, "HOT")
+    with pytest.raises(UnknownModel) as ei:
+        m.configure("zz", pinned=True)
+    assert str(ei.value) == "model 'zz' is not served here; known: a"
+
+
+async def test_a_lease_asked_for_during_an_eviction_waits_and_reloads():
+    b = FakeBehaviour()
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, behaviour=b, runner=thread_runner, timeout=5.0)
+    await m.preload("a")
+    gate = threading.Event()
+    orig_unload = m.entry("a").adapter.unload
+
+    def slow_unload():
+        gate.wait(5)
+        orig_unload()
+
+    m.entry("a").adapter.unload = slow_unload
+    evicting = asyncio.create_task(m.preload("b"))  # evicts a (no host tier): a is in transition
+    await until(lambda: m.entry("a").busy)
+    lease = asyncio.create_task(m.preload("a"))
+    await settle()
+    assert not lease.done()
+    gate.set()
+    await asyncio.wait_for(evicting, 5)
+    st = await asyncio.wait_for(lease, 5)
+    assert st["tier"] == "HOT" and b.loads["a"] == 2 and m.entry("b").tier == "COLD"
+
+
+async def test_a_model_disabled_while_a_request_waits_refuses_it():
+    m, b, dev, clock = make({"a": spec(100)})
+    m.configure("a", disabled=True)
+    with pytest.raises(ModelDisabled) as ei:
+        async with m.use("a"):
+            pass
+    assert str(ei.value) == "model 'a' is OFF (disabled by its thermal state)" and ei.value.status_code == 503
+
+
+async def test_register_adds_a_cold_model_with_its_footprint_and_retire_forgets_it():
+    m, b, dev, clock = make({"a": spec(100)})
+    events = Events(m)
+    m.register("b", spec(200))
+    assert m.has("b") and m.names() == ["a", "b"] and m.model_view("b").tier == "COLD"
+    with pytest.raises(Conflict) as ei:
+        m.register("a", spec(100))
+    assert str(ei.value) == "model 'a' is already loaded" and ei.value.details == {"model": "a"}
+    await m.preload("b")
+    await m.retire("b")
+    assert not m.has("b") and dev.owned("b") == 0 and m.ledger.device.get("b") == 0
+    assert ev.Evict("b", "request", "HOT", "COLD") in events.seen
+
+
+async def test_retire_of_a_leased_model_gives_up_and_serves_it_again():
+    m, b, dev, clock = make({"a": spec(100)}, timeout=0.01)
+    async with m.use("a"):
+        with pytest.raises(ModelBusy) as ei:
+            await m.retire("a")
+        assert ei.value.details == {"model": "a"}
+        assert not m.entry("a").disabled
+    async with m.use("a"):  # still served
+        pass
+
+
+# ------------------------------------------------------------------ the frozen view
+async def test_view_reports_budgets_use_queue_and_every_model():
+    m, b, dev, clock = make({"a": spec(300), "b": spec(100)}, budget_mb=1000, host_mb=500, max_inflight=3,
+                            max_queue=7)
+    await m.preload("a")
+    await m.unload("a", to="warm")
+    await m.preload("b")
+    v = m.view()
+    assert (v.device, v.policy, v.budget_bytes, v.used_bytes) == ("fake:0", "priority-lru", 1000 * MB, 100 * MB)
+    assert (v.host_budget_bytes, v.host_used_bytes, v.inference_queued) == (500 * MB, 300 * MB, 0)
+    assert (v.max_inflight, v.max_queue, v.healthy, v.sweeper_error) == (3, 7, True, None)
+    assert {n: x.tier for n, x in v.models.items()} == {"a": "WARM", "b": "HOT"}
+    assert v.models["b"].reserved_bytes == 100 * MB and v.models["a"].host_bytes == 300 * MB
+    assert dict(v.device_info) == {"name": "fake:0", "kind": "fake"}  # not probed before start()
+    st = m.status()
+    assert (st["host_cache_budget_mb"], st["host_cache_used_mb"], st["warm_models"]) == (500.0, 300.0, ["a"])
+    assert st["vram_utilization_percent"] == 10.0 and st["failed_models"] == []

@@ -77,6 +77,42 @@ def read_results() -> dict[str, int | None]:
     return results
 
 
+def show_diff(name: str, env: dict[str, str]) -> list[str]:
+    """The changed lines of one mutant, as `mutmut show` prints them."""
+    shown = subprocess.run([str(MUTMUT), "show", name], env=env, capture_output=True, text=True)
+    return [ln.strip() for ln in shown.stdout.splitlines()
+            if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
+
+
+def score_table(results: dict[str, int | None], equivalents: dict[str, str]) -> tuple[dict[str, float], list[str]]:
+    """Print the score per module; return {module: score %} and the surviving mutants."""
+    per_module: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
+    for name, code in results.items():
+        per_module[module_of(name)].append((name, code))
+    report: dict[str, float] = {}
+    survivors: list[str] = []
+    print(f"{'module':36} {'mutants':>7} {'equiv':>5} {'killed':>6} {'survived':>8} {'score':>7}")
+    for module in map(str, mutated_modules()):
+        rows = per_module.get(module, [])
+        eq = [n for n, _ in rows if n in equivalents]
+        live = [(n, c) for n, c in rows if n not in equivalents]
+        killed = sum(1 for _, c in live if c in DETECTED)
+        score = 100.0 * killed / len(live) if live else 100.0
+        report[module] = round(score, 1)
+        survivors += [n for n, c in live if c not in DETECTED]
+        print(f"{module:36} {len(rows):7} {len(eq):5} {killed:6} {len(live) - killed:8} {score:6.1f}%")
+    return report, survivors
+
+
+def check_equivalents(results: dict[str, int | None], equivalents: dict[str, str]) -> None:
+    stale = sorted(set(equivalents) - set(results))
+    if stale:
+        print(f"\nlisted as equivalent but no longer generated (update {EQUIVALENTS.name}): {', '.join(stale)}")
+    killed = sorted(n for n in equivalents if results.get(n) in DETECTED)
+    if killed:
+        print(f"\nlisted as equivalent but killed (remove from {EQUIVALENTS.name}): {', '.join(killed)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep mutants/ and mutmut's cached results")
@@ -89,6 +125,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first itself
     env.setdefault("ZOO_STATEFUL_EXAMPLES", "100")  # per mutant: the state machines at a tenth of CI's runs
     t0 = time.monotonic()
+    load0 = os.getloadavg()[0]
     run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.monotonic() - t0
@@ -98,30 +135,10 @@ def main() -> int:
         return 2
     results = read_results()
     equivalents = load_equivalents()
-    per_module: dict[str, list[tuple[str, int | None]]] = defaultdict(list)
-    for name, code in results.items():
-        per_module[module_of(name)].append((name, code))
-
-    report: dict[str, float] = {}
-    survivors: list[str] = []
     print(f"\nmutmut: {len(results)} mutants in {wall / 60:.1f} min on {args.max_children} workers "
-          f"(load average now {os.getloadavg()[0]:.1f})\n")
-    print(f"{'module':36} {'mutants':>7} {'equiv':>5} {'killed':>6} {'survived':>8} {'score':>7}")
-    for module in map(str, mutated_modules()):
-        rows = per_module.get(module, [])
-        eq = [n for n, _ in rows if n in equivalents]
-        live = [(n, c) for n, c in rows if n not in equivalents]
-        killed = sum(1 for _, c in live if c in DETECTED)
-        score = 100.0 * killed / len(live) if live else 100.0
-        report[module] = round(score, 1)
-        survivors += [n for n, c in live if c not in DETECTED]
-        print(f"{module:36} {len(rows):7} {len(eq):5} {killed:6} {len(live) - killed:8} {score:6.1f}%")
-    stale = sorted(set(equivalents) - set(results))
-    if stale:
-        print(f"\nlisted as equivalent but no longer generated (update {EQUIVALENTS.name}): {', '.join(stale)}")
-    killed_eq = sorted(n for n in equivalents if results.get(n) in DETECTED)
-    if killed_eq:
-        print(f"\nlisted as equivalent but killed (remove from {EQUIVALENTS.name}): {', '.join(killed_eq)}")
+          f"(load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)\n")
+    report, survivors = score_table(results, equivalents)
+    check_equivalents(results, equivalents)
     print("\nnot mutated by mutmut (decorated functions):")
     for module in mutated_modules():
         for fn in skipped_functions(module):
@@ -129,11 +146,9 @@ def main() -> int:
     if survivors:
         print(f"\nsurviving mutants ({len(survivors)}):")
         for name in sorted(survivors):
-            shown = subprocess.run([str(MUTMUT), "show", name], env=env, capture_output=True, text=True)
-            diff = [ln for ln in shown.stdout.splitlines() if ln.startswith(("-", "+")) and not ln.startswith(("---", "+++"))]
             print(f"  {name} [{results[name]}]")
-            for ln in diff:
-                print(f"      {ln.strip()}")
+            for ln in show_diff(name, env):
+                print(f"      {ln}")
     REPORT.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {REPORT.name}: {json.dumps(report, sort_keys=True)}")
     if args.min_score is not None and any(v < args.min_score for v in report.values()):

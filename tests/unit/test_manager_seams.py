@@ -207,3 +207,29 @@ async def test_view_reports_budgets_use_queue_and_every_model():
     st = m.status()
     assert (st["host_cache_budget_mb"], st["host_cache_used_mb"], st["warm_models"]) == (500.0, 300.0, ["a"])
     assert st["vram_utilization_percent"] == 10.0 and st["failed_models"] == []
+
+
+async def test_a_subscriber_that_raises_does_not_break_serving():
+    m, b, dev, clock = make({"a": spec(100)})
+    seen: list[ev.ManagerEvent] = []
+
+    def broken(event):
+        raise RuntimeError("metrics hook bug")
+
+    m.subscribe(broken)
+    m.subscribe(seen.append)  # later subscribers still get every event
+    assert (await m.preload("a"))["tier"] == "HOT"
+    assert [type(e) for e in seen] == [ev.Miss, ev.Load]
+
+
+async def test_start_twice_runs_one_sweeper_and_stop_unloads_with_reason_shutdown():
+    m, b, dev, clock = make({"a": spec(100)}, sweep_interval_s=3600.0)
+    events = Events(m)
+    await m.start()
+    sweeper = m._sweeper
+    await m.start()
+    assert m._sweeper is sweeper
+    await m.preload("a")
+    await m.stop()
+    assert sweeper.cancelled() and m._sweeper is None
+    assert events.seen[-1] == ev.Evict("a", "shutdown", "HOT", "COLD") and dev.owned("a") == 0

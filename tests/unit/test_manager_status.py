@@ -64,7 +64,9 @@ def view(models, budget=1000 * MB, used=250 * MB, **kw) -> ManagerView:
 def test_manager_status_lists_loaded_warm_failed_and_pending_models():
     models = [mv("hot"), mv("warm", tier="WARM", reserved_bytes=0), mv("failed", tier="FAILED", reserved_bytes=0),
               mv("loading", tier="COLD", loading=True)]
-    st = manager_status(view(models)).model_dump()
+    v = view(models)
+    assert v.names() == ["hot", "warm", "failed", "loading"] and v.pending_loads == ["loading"]
+    st = manager_status(v).model_dump()
     assert (st["vram_budget_mb"], st["vram_used_mb"], st["vram_available_mb"], st["vram_utilization_percent"]) == (
         1000.0, 250.0, 750.0, 25.0)
     assert [m["name"] for m in st["loaded_models"]] == ["hot"]

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from _manager_support import Events, make, settle, spec
+from _manager_support import Events, make, settle, spec, until
 
 from serving.config import MB
 from serving.errors import InsufficientVram, ModelBusy, ModelLoadFailed
@@ -333,3 +333,21 @@ async def test_use_of_a_model_reports_hits_and_one_miss_per_load():
         pass
     kinds = [e for e in events.seen if isinstance(e, (ev.Hit, ev.Miss))]
     assert kinds == [ev.Miss("a", "COLD"), ev.Hit("a")]
+
+
+async def test_a_load_cancelled_while_waiting_for_the_load_slot_releases_its_reservation():
+    b = FakeBehaviour(gates={"a": threading.Event()})
+    m, b, dev, clock = make({"a": spec(100), "b": spec(200)}, behaviour=b, runner=thread_runner, timeout=5.0)
+    first = asyncio.create_task(m.preload("a"))  # holds the only load slot until its gate opens
+    await until(lambda: m._load_sem.locked())
+    waiting = asyncio.create_task(m.preload("b"))
+    await until(lambda: m.ledger.device.get("b") == 200 * MB)  # admitted, now waiting for the slot
+    (load_b,) = [t for t in m.loads.tasks if t.get_name() == "load:b"]
+    load_b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert m.ledger.device.get("b") == 0 and "b" not in m.view().pending_loads
+    b.gates["a"].set()
+    await first
+    assert m.ledger.device.reserved == {"a": 100 * MB} and b.loads == {"a": 1}
+    m.check_invariants()

@@ -177,3 +177,9 @@ def test_pick_victims_uses_always_models_only_when_the_rest_falls_short_of_need_
 def test_warm_demotion_order_keeps_the_given_order_for_ties():
     warm = [C("b", 10, LOW, last=1.0), C("a", 10, LOW, last=1.0), C("c", 10, MED, last=0.0)]
     assert warm_demotion_order(warm) == ["b", "a", "c"]
+
+
+def test_size_lru_idle_epsilon_only_breaks_ties_among_just_used_models():
+    # idle 1 s x 1 byte outweighs a just-used 1000-byte model: the epsilon is tiny, not a second of idle time
+    cands = [C("just_used_big", 1000, last=10.0), C("idle_tiny", 1, last=9.0)]
+    assert POLICIES["size-lru"](cands, 1, 10.0) == ["idle_tiny"]

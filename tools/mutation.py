@@ -126,12 +126,15 @@ def main() -> int:
     env.setdefault("ZOO_STATEFUL_EXAMPLES", "100")  # per mutant: the state machines at a tenth of CI's runs
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
-    run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = REPO / "mutants" / "mutmut-run.log"  # mutmut's progress and errors (its stdout)
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w") as out:
+        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], env=env,
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
     wall = time.monotonic() - t0
     if run.returncode != 0:
-        sys.stderr.write(run.stderr[-4000:])
-        print(f"mutmut run failed (exit {run.returncode})")
+        sys.stderr.write(log.read_text()[-4000:])
+        print(f"mutmut run failed (exit {run.returncode}); its output: {log}")
         return 2
     results = read_results()
     equivalents = load_equivalents()

@@ -39,14 +39,14 @@ def test_a_new_measurement_of_the_same_key_replaces_the_old():
 
 
 def test_save_writes_every_footprint_and_a_new_store_reads_them_back(tmp_path):
-    path = tmp_path / "sub" / ".footprints.json"
+    path = tmp_path / "a" / "b" / ".footprints.json"  # missing parents are created
     s = FootprintStore(path)
     s.record(fp(load_s=1.5, restore_s=0.25))
     s.record(fp(model="n", at=2.0))
     s.save()
     data = json.loads(path.read_text())
     assert data["version"] == 1 and sorted(data["footprints"]) == ["m|pt|L4|fp16", "n|pt|L4|fp16"]
-    assert list(tmp_path.joinpath("sub").glob(".footprints.*.tmp")) == []  # the temp file was renamed
+    assert [p.name for p in path.parent.iterdir()] == [".footprints.json"]  # the temp file was renamed
     back = FootprintStore(path).lookup("m", "L4")
     assert back == fp(load_s=1.5, restore_s=0.25)
 
@@ -73,3 +73,12 @@ def test_a_corrupt_file_starts_empty_and_is_overwritten(tmp_path):
 
 def test_a_missing_file_is_an_empty_store(tmp_path):
     assert FootprintStore(tmp_path / "none.json").lookup("m", "L4") is None
+
+
+def test_save_writes_its_temp_file_beside_the_target_so_the_rename_is_atomic(tmp_path, monkeypatch):
+    # the system temp dir may be another filesystem, where a rename is not atomic (or fails): never used
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "no-such-dir"))
+    s = FootprintStore(tmp_path / ".footprints.json")
+    s.record(fp())
+    s.save()
+    assert FootprintStore(tmp_path / ".footprints.json").lookup("m", "L4") == fp()

@@ -233,3 +233,142 @@ async def test_start_twice_runs_one_sweeper_and_stop_unloads_with_reason_shutdow
     await m.stop()
     assert sweeper.cancelled() and m._sweeper is None
     assert events.seen[-1] == ev.Evict("a", "shutdown", "HOT", "COLD") and dev.owned("a") == 0
+
+
+async def test_runners_pass_arguments_and_keywords_through():
+    def f(a, *, b):
+        return (a, b, threading.current_thread() is threading.main_thread())
+
+    assert await thread_runner(f, 1, b=2) == (1, 2, False)  # off the loop's thread
+    assert await inline_runner(f, 1, b=2) == (1, 2, True)
+
+
+def test_from_settings_defaults_to_the_models_directory_and_the_wall_clock():
+    import time
+    from pathlib import Path
+
+    m = OnDemandModelManager.from_settings({"a": spec(100)}, ManagerSettings(), device=FakeDevice(1 << 30))
+    assert m.tiers.models_root == Path("models") and m.clock is time.time
+
+
+async def test_from_zoo_uses_the_given_registry_clock_and_models_root(zoo, tmp_path):
+    service = next(n for n, s in zoo.services.items() if s.models)
+    zoo2 = zoo.model_copy(update={"models_root": str(tmp_path)})
+    clock = FakeClock()
+    b = FakeBehaviour(clock=clock)
+    dev = FakeDevice(64 << 30)
+    m = OnDemandModelManager.from_zoo(zoo2, service, device=dev, registry=fake_registry(b), clock=clock,
+                                      runner=inline_runner)
+    assert m.device is dev and m.clock is clock and m.tiers.models_root == tmp_path
+    name = m.names()[0]
+    await m.preload(name)  # a fake adapter: the registry given was used
+    assert b.loads == {name: 1} and m.entry(name).last_used == clock()
+
+
+def test_from_zoo_without_a_device_builds_the_services_device(zoo):
+    service = next(n for n, s in zoo.services.items() if s.models)
+    svc = zoo.services[service].model_copy(update={"device": "cpu"})
+    zoo3 = zoo.model_copy(update={"services": {**zoo.services, service: svc}})
+    assert OnDemandModelManager.from_zoo(zoo3, service).device.name == "cpu"
+
+
+async def test_retire_refuses_new_leases_while_it_waits_for_the_last_one():
+    m, b, dev, clock = make({"a": spec(100)}, timeout=30.0)
+    release = asyncio.Event()
+
+    async def hold():
+        async with m.use("a"):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await settle()
+    retiring = asyncio.create_task(m.retire("a"))
+    await settle()
+    assert not retiring.done()
+    with pytest.raises(ModelDisabled):
+        async with m.use("a"):
+            pass
+    release.set()
+    await holder
+    await asyncio.wait_for(retiring, 2)
+    assert not m.has("a") and dev.owned("a") == 0
+
+
+async def test_a_failed_always_model_at_start_is_logged_with_its_error(caplog):
+    b = FakeBehaviour(fail_loads={"core": 1})
+    m, b, dev, clock = make({"core": spec(100, residency="always")}, behaviour=b)
+    with caplog.at_level("WARNING", logger="serving.vram.manager"):
+        await m.start()
+    assert [r.getMessage() for r in caplog.records] == [
+        "always-loaded model core failed to load: loading 'core' failed: scripted load failure of core"]
+
+
+async def test_a_failing_sweeper_step_is_logged_with_its_traceback(caplog):
+    from test_manager_lifecycle import BrokenProbe
+
+    dev = BrokenProbe(2000 * MB)
+    dev.failed = asyncio.Event()
+    m, b, dev, clock = make({"a": spec(100)}, device=dev, sweep_interval_s=0.005)
+    with caplog.at_level("ERROR", logger="serving.vram.manager"):
+        await m.start()
+        try:
+            await asyncio.wait_for(dev.failed.wait(), 5)
+            await settle()
+        finally:
+            await m.stop()
+    rec = next(r for r in caplog.records if r.name == "serving.vram.manager")
+    assert rec.getMessage() == "idle sweeper failed" and "probe lost" in str(rec.exc_info[1])
+
+
+async def test_prewarm_of_an_off_model_says_so():
+    m, *_ = make({"a": spec(100)}, host_mb=500)
+    m.configure("a", disabled=True)
+    with pytest.raises(ModelDisabled) as ei:
+        await m.prewarm("a")
+    assert str(ei.value) == "model 'a' is OFF (disabled by its thermal state)"
+
+
+async def test_prewarm_that_fills_the_device_exactly_loads_onto_the_device():
+    m, b, dev, clock = make({"a": spec(600), "w": spec(400)}, budget_mb=1000, host_mb=1000)
+    await m.preload("a")
+    assert (await m.prewarm("w"))["tier"] == "HOT" and m.ledger.device.available == 0
+
+
+async def test_prewarm_during_a_load_builds_no_second_adapter():
+    created: list[str] = []
+    b = FakeBehaviour(gates={"w": threading.Event()})
+    base = fake_registry(b)
+    from serving.adapters.registry import AdapterRegistry
+    from serving.vram.fakes import FakeAdapter
+
+    def factory(ctx):
+        created.append(ctx.name)
+        return FakeAdapter(ctx, b)
+
+    reg = AdapterRegistry({"fake": factory})
+    assert base is not None
+    m, b, dev, clock = make({"busy": spec(800), "w": spec(400)}, behaviour=b, registry=reg, runner=thread_runner,
+                            host_mb=1000, timeout=5.0)
+    await m.preload("busy")
+    async with m.use("busy"):
+        loading = asyncio.create_task(m.preload("w"))
+        await until(lambda: "w" in m.view().pending_loads)
+        await settle()
+        await m.prewarm("w")
+    b.gates["w"].set()
+    await loading
+    assert created == ["busy", "w"]
+
+
+async def test_inference_oom_before_any_measurement_raises_the_declared_need():
+    from serving.errors import DeviceOOM, InferenceOOM
+
+    m, b, dev, clock = make({"a": spec(100), "b": spec(800)}, budget_mb=1000)
+    await m.preload("b")
+    await m.preload("a")
+    m.entry("a").measured_bytes = None  # nothing measured (a device without counters)
+    with pytest.raises(InferenceOOM):
+        async with m.use("a"):
+            raise DeviceOOM("out of memory in a kernel")
+    # 900 reserved of 1000: the raised 125 fits only once a's own 100 are counted back
+    assert m.entry("a").measured_bytes == 125 * MB and m.ledger.device.get("a") == 125 * MB

@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 import pytest
-from _manager_support import Events, make, settle, spec
+from _manager_support import Events, make, settle, spec, until
 
 from serving.adapters.registry import AdapterRegistry
 from serving.config import MB, Priority
@@ -413,3 +413,54 @@ async def test_a_disabled_always_model_is_not_loaded_at_start():
     await m.start()
     assert b.loads == {}
     await settle()
+
+
+# ------------------------------------------------------------------ loads straight into the host tier
+async def test_a_host_tier_load_reserves_the_declared_estimate_then_the_parameter_bytes():
+    b = FakeBehaviour(bytes_of={"w": 300 * MB})  # declared 400, really 300
+    m, b, dev, clock = make({"busy": spec(800), "w": spec(400)}, behaviour=b, host_mb=399)
+    async with m.use("busy"):
+        with pytest.raises(InsufficientVram) as ei:  # the estimate (400) does not fit 399
+            await m.prewarm("w")
+    assert str(ei.value) == "the host warm tier cannot hold 'w'" and ei.value.details == {"model": "w"}
+    m2, b2, dev2, clock2 = make({"busy": spec(800), "w": spec(400)}, behaviour=FakeBehaviour(bytes_of={"w": 300 * MB}),
+                                host_mb=600)
+    events = Events(m2)
+    async with m2.use("busy"):
+        await m2.prewarm("w")
+    # 400 reserved while loading, then shrunk to the 300 really held (fits only counting its own 400 back)
+    assert m2.ledger.host.reserved == {"w": 300 * MB} and m2.entry("w").host_bytes == 300 * MB
+    (load,) = [e for e in events.seen if isinstance(e, ev.Load) and e.model == "w"]
+    assert (load.model, load.from_tier, load.to_tier) == ("w", "COLD", "WARM") and 0 <= load.seconds < 60
+
+
+async def test_a_failed_host_tier_load_reports_its_error_and_a_retry_clears_it():
+    b = FakeBehaviour(fail_loads={"w": 1})
+    m, b, dev, clock = make({"busy": spec(800), "w": spec(400)}, behaviour=b, host_mb=1000, backoff_base_s=5)
+    async with m.use("busy"):
+        with pytest.raises(ModelLoadFailed) as ei:
+            await m.prewarm("w")
+        assert str(ei.value) == "loading 'w' failed: scripted load failure of w"
+        st = m.model_status("w")
+        assert (st["failures"], st["last_error"]) == (1, "RuntimeError: scripted load failure of w")
+        clock.advance(5)
+        st = await m.prewarm("w")
+    assert (st["tier"], st["failures"], st["last_error"]) == ("WARM", 0, None)
+
+
+async def test_a_host_tier_load_cancelled_while_waiting_for_the_slot_leaves_no_reservation():
+    b = FakeBehaviour(gates={"big": threading.Event()})
+    m, b, dev, clock = make({"big": spec(900), "w": spec(400)}, behaviour=b, runner=thread_runner, host_mb=1000,
+                            timeout=5.0)
+    loading = asyncio.create_task(m.preload("big"))
+    await until(lambda: m._load_sem.locked())
+    parking = asyncio.create_task(m.prewarm("w"))
+    await until(lambda: m.ledger.host.get("w") == 400 * MB)  # host room reserved, waiting for the slot
+    parking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await parking
+    assert m.ledger.host.used == 0 and m.entry("w").tier == "COLD" and not m.entry("w").busy
+    assert m.entry("w").failures == 0  # a cancellation is not a failure
+    b.gates["big"].set()
+    await loading
+    m.check_invariants()

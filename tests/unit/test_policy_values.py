@@ -183,3 +183,16 @@ def test_size_lru_idle_epsilon_only_breaks_ties_among_just_used_models():
     # idle 1 s x 1 byte outweighs a just-used 1000-byte model: the epsilon is tiny, not a second of idle time
     cands = [C("just_used_big", 1000, last=10.0), C("idle_tiny", 1, last=9.0)]
     assert POLICIES["size-lru"](cands, 1, 10.0) == ["idle_tiny"]
+
+
+def test_register_adds_a_policy_under_its_name():
+    from serving.vram.policy import get_policy, register
+
+    def mine(candidates, need, now):
+        return []
+
+    try:
+        assert register("mine")(mine) is mine
+        assert get_policy("mine") is mine
+    finally:
+        POLICIES.pop("mine", None)

@@ -372,3 +372,50 @@ async def test_inference_oom_before_any_measurement_raises_the_declared_need():
             raise DeviceOOM("out of memory in a kernel")
     # 900 reserved of 1000: the raised 125 fits only once a's own 100 are counted back
     assert m.entry("a").measured_bytes == 125 * MB and m.ledger.device.get("a") == 125 * MB
+
+
+async def test_gate_counts_every_queued_call():
+    gate = InferenceGate(max_inflight=1, max_queue=2, runner=thread_runner, device="d", emit=lambda e: None)
+    release = threading.Event()
+    running = asyncio.create_task(gate.run(release.wait, 5))
+    await until(lambda: gate._sem.locked())
+    queued = [asyncio.create_task(gate.run(lambda: 1)) for _ in range(2)]
+    await until(lambda: gate.queued == 2)
+    with pytest.raises(Overloaded):
+        await gate.run(lambda: 3)
+    release.set()
+    assert await asyncio.gather(running, *queued) == [True, 1, 1] and gate.queued == 0
+
+
+async def test_run_passes_keywords_to_the_inference_call():
+    m, *_ = make({"a": spec(100)})
+    async with m.use("a"):
+        assert await m.run(lambda x, *, scale: x * scale, 2, scale=3) == 6
+
+
+async def test_unload_during_an_eviction_waits_for_it_and_does_not_demote_twice():
+    b = FakeBehaviour()
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, behaviour=b, runner=thread_runner, timeout=5.0)
+    events = Events(m)
+    await m.preload("a")
+    gate = threading.Event()
+    orig_unload = m.entry("a").adapter.unload
+    m.entry("a").adapter.unload = lambda: (gate.wait(5), orig_unload())[1]
+    evicting = asyncio.create_task(m.preload("b"))
+    await until(lambda: m.entry("a").busy)
+    unloading = asyncio.create_task(m.unload("a"))
+    await settle()
+    assert not unloading.done()
+    gate.set()
+    await asyncio.wait_for(evicting, 5)
+    assert (await asyncio.wait_for(unloading, 5))["tier"] == "COLD"
+    assert [e for e in events.seen if isinstance(e, ev.Evict) and e.model == "a"] == [
+        ev.Evict("a", "capacity", "HOT", "COLD")]
+
+
+async def test_unload_of_a_leased_model_says_it_is_in_use():
+    m, *_ = make({"a": spec(100)}, timeout=0.01)
+    async with m.use("a"):
+        with pytest.raises(ModelBusy) as ei:
+            await m.unload("a")
+    assert str(ei.value) == "model 'a' is in use; cannot unload it now"

@@ -464,3 +464,62 @@ async def test_a_host_tier_load_cancelled_while_waiting_for_the_slot_leaves_no_r
     b.gates["big"].set()
     await loading
     m.check_invariants()
+
+
+async def test_the_sweep_goes_on_past_models_it_skips():
+    specs = {"core": spec(100, residency="always", keep_alive_s=1), "pin": spec(100, keep_alive_s=1),
+             "idle": spec(100, keep_alive_s=1)}
+    m, b, dev, clock = make(specs, host_mb=500)
+    events = Events(m)
+    await m.start()
+    await m.preload("pin")
+    await m.preload("idle")
+    m.configure("pin", pinned=True)
+    clock.advance(1)
+    assert await m.sweep() == [("idle", "WARM")]
+    clock.advance(1)
+    assert await m.sweep() == [("idle", "COLD")]
+    assert events.seen[-1] == ev.Evict("idle", "idle", "WARM", "COLD")
+
+
+class ZeroParams(FakeAdapter):
+    """An adapter that cannot tell its parameter bytes (0): parking falls back to the device reservation."""
+
+    def param_bytes(self) -> int:
+        return 0
+
+
+async def test_parking_a_model_of_unknown_size_reserves_its_device_bytes():
+    b = FakeBehaviour()
+    reg = AdapterRegistry({"fake": lambda ctx: ZeroParams(ctx, b)})
+    m, b, dev, clock = make({"a": spec(300), "b": spec(800)}, behaviour=b, registry=reg, host_mb=1000)
+    await m.preload("a")
+    await m.preload("b")
+    assert m.entry("a").tier == "WARM" and m.ledger.host.get("a") == 300 * MB
+
+
+async def test_a_model_goes_cold_when_kept_warm_models_fill_the_host_tier():
+    m, b, dev, clock = make({"kw": spec(400), "x": spec(300), "y": spec(700)}, budget_mb=700, host_mb=600)
+    m.configure("kw", keep_warm=True)
+    await m.preload("kw")
+    await m.preload("x")  # kw -> WARM (host 400 of 600)
+    await m.preload("y")  # x needs 300 of host: kw may not be dropped, so x goes COLD
+    assert (m.entry("kw").tier, m.entry("x").tier) == ("WARM", "COLD") and m.ledger.host.reserved == {"kw": 400 * MB}
+
+
+class UnloadFails(FakeAdapter):
+    def load(self) -> None:
+        raise RuntimeError("corrupt weights")
+
+    def unload(self) -> None:
+        raise RuntimeError("nothing to unload")
+
+
+async def test_a_failing_clean_up_after_a_failed_load_does_not_hide_the_load_error():
+    b = FakeBehaviour()
+    reg = AdapterRegistry({"fake": lambda ctx: UnloadFails(ctx, b)})
+    m, b, dev, clock = make({"a": spec(100)}, behaviour=b, registry=reg, backoff_base_s=0.05)
+    with pytest.raises(ModelLoadFailed) as ei:
+        await m.preload("a")
+    assert str(ei.value) == "loading 'a' failed: corrupt weights" and m.entry("a").tier == "FAILED"
+    assert ei.value.retry_after == 0.1  # at least 0.1 s, even when the backoff is shorter

@@ -196,3 +196,14 @@ def test_register_adds_a_policy_under_its_name():
         assert get_policy("mine") is mine
     finally:
         POLICIES.pop("mine", None)
+
+
+def test_gdsf_spares_every_cheap_victim_that_a_big_one_made_unneeded():
+    cands = [C("a", 100, rate=0.01), C("b", 100, rate=0.02), C("c", 300, rate=0.3)]  # value order a, b, c
+    assert POLICIES["gdsf"](cands, 300, 10.0) == ["c"]
+
+
+@pytest.mark.parametrize("policy", ["priority-gdsf", "belady"])
+def test_class_policies_drop_an_empty_boundary_victim_when_the_need_is_met_exactly(policy):
+    cands = [C("low", 100, LOW), C("m0", 0, MED, rate=0.0, nxt=INF), C("m1", 100, MED, rate=0.5, nxt=20.0)]
+    assert POLICIES[policy](cands, 200, 10.0) == ["low", "m1"]

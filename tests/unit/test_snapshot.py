@@ -111,6 +111,7 @@ def test_check_invariants_accepts_a_consistent_snapshot():
     ledger.device.reserve("loading", 50)  # reserved before its weights arrive
     ledger.host.reserve("warm", 100)
     check_invariants(entries, ledger, {"loading"})
+    check_invariants(entries, ledger, set(entries))  # every model loading at once is fine too
 
 
 @pytest.mark.parametrize("tier", [COLD, FAILED, WARM])

@@ -11,7 +11,8 @@ test reaches which function). This script then:
 Score of a module = detected / (mutants - equivalent), where detected = killed by a failing test, by a
 timeout or by the type check; "no tests" and "survived" count against it.
 
-Usage: python tools/mutation.py [--reuse] [--max-children N] [--min-score PCT]
+Usage: python tools/mutation.py [--reuse | --rerun-survivors] [--max-children N] [--min-score PCT]
+(--rerun-survivors: after adding tests, run again only the mutants that survived the last run.)
 """
 
 from __future__ import annotations
@@ -116,20 +117,25 @@ def check_equivalents(results: dict[str, int | None], equivalents: dict[str, str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reuse", action="store_true", help="keep mutants/ and mutmut's cached results")
+    ap.add_argument("--rerun-survivors", action="store_true", help="run only the last run's surviving mutants")
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--min-score", type=float, default=None, help="exit 1 when a module scores below this")
     args = ap.parse_args()
     os.chdir(REPO)
-    if not args.reuse:
+    names: list[str] = []
+    if args.rerun_survivors:
+        equivalents = load_equivalents()
+        names = [n for n, c in read_results().items() if c not in DETECTED and n not in equivalents]
+    elif not args.reuse:
         shutil.rmtree(REPO / "mutants", ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first itself
     env.setdefault("ZOO_STATEFUL_EXAMPLES", "100")  # per mutant: the state machines at a tenth of CI's runs
     t0 = time.monotonic()
     load0 = os.getloadavg()[0]
-    log = REPO / "mutants" / "mutmut-run.log"  # mutmut's progress and errors (its stdout)
+    log = REPO / "mutants" / ("mutmut-rerun.log" if names else "mutmut-run.log")  # mutmut's progress and errors
     log.parent.mkdir(exist_ok=True)
     with log.open("w") as out:
-        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], env=env,
+        run = subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children), *names], env=env,
                              stdout=out, stderr=subprocess.STDOUT, text=True)
     wall = time.monotonic() - t0
     if run.returncode != 0:

@@ -419,3 +419,15 @@ async def test_unload_of_a_leased_model_says_it_is_in_use():
         with pytest.raises(ModelBusy) as ei:
             await m.unload("a")
     assert str(ei.value) == "model 'a' is in use; cannot unload it now"
+
+
+async def test_the_offline_oracle_tells_the_policy_each_models_next_use():
+    nxt = {"a": 50.0, "b": 10.0}
+    clock = FakeClock(0.0)
+    m, b, dev, clock = make({"a": spec(500), "b": spec(500), "c": spec(500)}, clock=clock, policy="belady",
+                            oracle=lambda name, now: nxt.get(name, float("inf")))
+    await m.preload("a")
+    await m.preload("b")
+    assert {c.name: c.next_use for c in m.admission.candidates(exclude="c")} == {"a": 50.0, "b": 10.0}
+    await m.preload("c")  # belady evicts a: its next use is farther
+    assert (m.entry("a").tier, m.entry("b").tier) == ("COLD", "HOT")

@@ -18,7 +18,7 @@ def mv(name="a", tier="HOT", **kw) -> ModelView:
                                   keep_alive_s=30),
         tier=tier, loading=False, leases=2, reserved_bytes=int(150.04 * MB), host_bytes=0, need_bytes=int(120 * MB),
         measured_bytes=int(149.96 * MB), pinned=True, disabled=False, keep_warm=False, keep_alive_s=30.0,
-        thermal_state="HOT", uses=7, busy_s=1.23456789, last_used=T, load_s=2.5, restore_s=None, format="fake",
+        thermal_state="HOT", uses=7, busy_s=1.23456789, last_used=T, load_s=2.5, restore_s=0.25, format="fake",
         failures=0, last_error=None, next_retry_at=0.0,
     )
     base.update(kw)
@@ -36,7 +36,7 @@ def test_model_status_renders_every_field():
         "name": "a", "vram_mb": 150.0, "priority": "HIGH", "loaded": True, "last_used": "2023-11-14T22:13:20Z",
         "tier": "HOT", "declared_vram_mb": 100.0, "measured_vram_mb": 150.0, "host_mb": 0.0, "leases": 2,
         "pinned": True, "disabled": False, "residency": "on_demand", "keep_alive_s": 30.0, "thermal_state": "HOT",
-        "uses": 7, "busy_ms": 1234.568, "load_s": 2.5, "restore_s": None, "format": "fake", "failures": 0,
+        "uses": 7, "busy_ms": 1234.568, "load_s": 2.5, "restore_s": 0.25, "format": "fake", "failures": 0,
         "last_error": None, "next_retry_at": None,
     }
 

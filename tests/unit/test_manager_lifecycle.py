@@ -353,3 +353,14 @@ async def test_a_load_cancelled_while_waiting_for_the_load_slot_releases_its_res
     await first
     assert m.ledger.device.reserved == {"a": 100 * MB} and b.loads == {"a": 1}
     m.check_invariants()
+
+
+async def test_a_lease_marks_the_model_used_when_it_is_granted():
+    m, b, dev, clock = make({"a": spec(100)})
+    await m.preload("a")
+    clock.advance(50)
+    granted = clock()
+    async with m.use("a"):
+        assert m.model_view("a").last_used == granted
+        clock.advance(10)
+    assert m.model_view("a").last_used == granted + 10  # and again at its release

@@ -523,3 +523,97 @@ async def test_a_failing_clean_up_after_a_failed_load_does_not_hide_the_load_err
         await m.preload("a")
     assert str(ei.value) == "loading 'a' failed: corrupt weights" and m.entry("a").tier == "FAILED"
     assert ei.value.retry_after == 0.1  # at least 0.1 s, even when the backoff is shorter
+
+
+# ------------------------------------------------------------------ bring-up bookkeeping
+async def test_load_and_restore_events_carry_the_model_tiers_and_seconds():
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, host_mb=1000)
+    events = Events(m)
+    await m.preload("a")
+    await m.preload("b")
+    await m.preload("a")  # restore
+    loads = [e for e in events.seen if isinstance(e, (ev.Load, ev.Restore))]
+    assert [(type(e).__name__, e.model) for e in loads] == [("Load", "a"), ("Load", "b"), ("Restore", "a")]
+    assert [(e.from_tier, e.to_tier) for e in loads[:2]] == [("COLD", "HOT"), ("COLD", "HOT")]
+    assert all(0 <= e.seconds < 60 for e in loads)
+    # b could not be parked beside a's copy (1200 > 1000 MB); once restored, a's parked copy is released
+    assert m.entry("b").tier == "COLD" and m.ledger.host.reserved == {}
+
+
+async def test_without_clock_time_the_wall_time_of_loads_and_restores_is_measured():
+    instant = CostModel(init_s=0.0, disk_bps=1e30, pinned_bps=1e30)  # the fake clock does not move
+    b = FakeBehaviour(cost=instant)
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, behaviour=b, host_mb=1000)
+    await m.preload("a")
+    await m.preload("b")
+    await m.preload("a")
+    e = m.entry("a")
+    assert 0 < e.load_s < 0.5 and 0 < e.restore_s < 0.5
+
+
+async def test_a_model_that_measures_nothing_keeps_its_declared_reservation():
+    dev = NoCounters(4000 * MB)
+    b = FakeBehaviour()
+    reg = AdapterRegistry({"fake": lambda ctx: ZeroParams(ctx, b)})
+    store = FootprintStore(None)
+    m, b, dev, clock = make({"a": spec(100)}, behaviour=b, registry=reg, device=dev, footprints=store)
+    await m.preload("a")
+    assert m.entry("a").measured_bytes is None and store.lookup("a", "fake") is None
+    assert m.ledger.device.get("a") == 100 * MB
+
+
+async def test_the_measured_reservation_replaces_the_declared_one_up_to_the_budget():
+    b = FakeBehaviour(bytes_of={"a": 120 * MB})
+    m, b, dev, clock = make({"a": spec(100), "b": spec(80)}, behaviour=b, budget_mb=200)
+    await m.preload("b")
+    await m.preload("a")  # 80 + 120 = 200: fits once a's declared 100 are counted back
+    assert m.ledger.device.reserved == {"a": 120 * MB, "b": 80 * MB}
+
+
+async def test_a_footprint_keeps_the_last_restore_seconds_and_names_an_unknown_format():
+    class NoFormat(FakeAdapter):
+        def __init__(self, ctx, behaviour):
+            super().__init__(ctx, behaviour)
+            self.format = ""
+
+    clock = FakeClock()
+    b = FakeBehaviour(clock=clock, cost=CostModel(init_s=0.0, disk_bps=100 * MB, pinned_bps=600 * MB))
+    reg = AdapterRegistry({"fake": lambda ctx: NoFormat(ctx, b)})
+    store = FootprintStore(None)
+    m, b, dev, clock = make({"a": spec(600), "b": spec(600)}, behaviour=b, clock=clock, registry=reg, host_mb=1000,
+                            footprints=store)
+    await m.preload("a")
+    await m.preload("b")
+    await m.preload("a")  # restore: 1 s
+    await m.unload("a")
+    await m.preload("a")  # a second cold load records the footprint again
+    fp = store.lookup("a", "fake")
+    assert fp.format == "unknown" and fp.restore_s == pytest.approx(1.0)
+
+
+async def test_a_successful_load_clears_the_last_error():
+    b = FakeBehaviour(fail_loads={"a": 1})
+    m, b, dev, clock = make({"a": spec(100)}, behaviour=b, backoff_base_s=1)
+    with pytest.raises(ModelLoadFailed):
+        await m.preload("a")
+    clock.advance(1)
+    st = await m.preload("a")
+    assert (st["tier"], st["failures"], st["last_error"]) == ("HOT", 0, None)
+
+
+async def test_a_family_without_host_loads_is_loaded_from_disk_not_restored():
+    b = FakeBehaviour()
+    reg = AdapterRegistry({"fake": lambda ctx: DeviceOnly(ctx, b)})
+    m, b, dev, clock = make({"a": spec(600), "w": spec(600)}, behaviour=b, registry=reg, host_mb=1000)
+    await m.preload("a")
+    await m.prewarm("w")
+    assert b.loads["w"] == 1 and "w" not in b.restores
+
+
+async def test_an_oom_on_load_evicts_with_reason_oom():
+    m, b, dev, clock = make({"a": spec(300), "c": spec(300)})
+    events = Events(m)
+    await m.preload("a")
+    dev.fail_next_allocs = 1
+    await m.preload("c")
+    assert ev.Evict("a", "oom", "HOT", "WARM") in events.seen or ev.Evict("a", "oom", "HOT", "COLD") in events.seen

@@ -90,7 +90,8 @@ def test_warm_candidates_are_warm_models_not_kept_warm_not_moving_not_loading():
 def test_model_view_copies_the_entry_and_the_ledger_figures():
     ledger = Ledger(10**9, 10**9)
     e = entry("a", 100, uses=3, busy_s=1.5, last_used=7.0, failures=2, last_error="x", next_retry_at=9.0,
-              measured_bytes=5, keep_warm=True, pinned=True, disabled=True, thermal_state="WARM")
+              measured_bytes=5, keep_warm=True, pinned=True, disabled=True, thermal_state="WARM", load_s=1.5,
+              restore_s=0.5)
     ledger.device.reserve("a", 11)
     ledger.host.reserve("a", 22)
     v = model_view(e, ledger, need=33, loading=True)
@@ -100,6 +101,7 @@ def test_model_view_copies_the_entry_and_the_ledger_figures():
         3, 1.5, 7.0, 2, "x", 9.0, 5)
     assert (v.keep_warm, v.pinned, v.disabled, v.thermal_state, v.format, v.loaded) == (
         True, True, True, "WARM", None, True)
+    assert (v.load_s, v.restore_s) == (1.5, 0.5)
 
 
 # ------------------------------------------------------------------ the oracle of the state machine

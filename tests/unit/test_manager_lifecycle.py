@@ -212,7 +212,7 @@ async def test_a_model_larger_than_the_budget_fails_at_once_with_a_long_retry():
     with pytest.raises(InsufficientVram) as ei:
         await asyncio.wait_for(m.preload("big"), 1)
     assert ei.value.retry_after == 60.0 and ei.value.details == {"model": "big", "need_mb": 1001.0}
-    assert "more than the whole budget (1000 MB)" in str(ei.value)
+    assert str(ei.value) == "model 'big' needs 1001 MB, more than the whole budget (1000 MB)"
     m2, *_ = make({"fits": spec(1000)})
     assert (await m2.preload("fits"))["tier"] == "HOT"
 
@@ -364,3 +364,33 @@ async def test_a_lease_marks_the_model_used_when_it_is_granted():
         assert m.model_view("a").last_used == granted
         clock.advance(10)
     assert m.model_view("a").last_used == granted + 10  # and again at its release
+
+
+async def test_a_model_backing_off_says_why_and_when_it_is_retried():
+    b = FakeBehaviour(fail_loads={"a": 1})
+    m, b, dev, clock = make({"a": spec(100)}, behaviour=b, backoff_base_s=10)
+    with pytest.raises(ModelLoadFailed):
+        await m.preload("a")
+    clock.advance(2.5)
+    with pytest.raises(ModelLoadFailed) as ei:
+        await m.preload("a")
+    assert str(ei.value) == "model 'a' failed to load (RuntimeError: scripted load failure of a); next retry in 7.5s"
+    clock.advance(7.49)
+    with pytest.raises(ModelLoadFailed) as ei:
+        await m.preload("a")
+    assert ei.value.retry_after == 0.1  # never less than 0.1 s
+
+
+async def test_a_subscriber_that_raises_is_logged_with_the_event(caplog):
+    m, b, dev, clock = make({"a": spec(100)})
+
+    def broken(event):
+        raise RuntimeError("metrics hook bug")
+
+    m.subscribe(broken)
+    with caplog.at_level("ERROR", logger="serving.vram.manager"):
+        await m.preload("a")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "subscriber failed on Miss(model='a', tier='COLD')"
+    assert messages[1].startswith("subscriber failed on Load(model='a', from_tier='COLD', to_tier='HOT', seconds=")
+    assert len(messages) == 2 and all(r.exc_info for r in caplog.records)

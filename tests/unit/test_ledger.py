@@ -50,7 +50,7 @@ def test_replacing_an_unknown_name_counts_nothing_back():
 
 def test_a_negative_reservation_is_an_error_and_zero_is_fine():
     p = Pool("device", 10)
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="^negative reservation$"):
         p.reserve("a", -1)
     p.reserve("a", 0)
     assert p.reserved == {"a": 0} and p.available == 10

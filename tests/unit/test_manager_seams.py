@@ -431,3 +431,61 @@ async def test_the_offline_oracle_tells_the_policy_each_models_next_use():
     assert {c.name: c.next_use for c in m.admission.candidates(exclude="c")} == {"a": 50.0, "b": 10.0}
     await m.preload("c")  # belady evicts a: its next use is farther
     assert (m.entry("a").tier, m.entry("b").tier) == ("COLD", "HOT")
+
+
+def test_the_keyword_constructor_defaults():
+    from pathlib import Path
+
+    m = OnDemandModelManager({"a": spec(100)}, device=FakeDevice(1 << 30), registry=fake_registry(FakeBehaviour()),
+                             budget_bytes=1 << 29)
+    assert (m.tiers.models_root, m.ledger.host.budget, m.admission.headroom) == (Path("models"), 0, 0)
+    assert (m.admission.safety_factor, m.admission_timeout_s, m.admission.timeout_s) == (1.2, 10.0, 10.0)
+    assert (m.gate.max_inflight, m.gate.max_queue, m.policy_name) == (4, 64, "priority-gdsf")
+    assert (m.tiers.backoff_base_s, m.tiers.backoff_max_s, m.sweep_interval_s, m.runner) == (2.0, 300.0, None,
+                                                                                            thread_runner)
+
+
+async def test_finished_load_tasks_are_forgotten():
+    m, *_ = make({"a": spec(100)})
+    await m.preload("a")
+    await settle()
+    assert m.loads.tasks == set() and m.view().pending_loads == []
+
+
+async def test_a_waiter_cancelled_just_as_its_lease_is_granted_gives_the_lease_back():
+    m, b, dev, clock = make({"a": spec(100)})
+    waiter: asyncio.Task | None = None
+
+    def cancel_on_load(event):
+        if isinstance(event, ev.Load) and waiter is not None:
+            waiter.cancel()  # the load is done; its future is resolved right after this event
+
+    m.subscribe(cancel_on_load)
+    waiter = asyncio.create_task(m.preload("a"))
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert m.entry("a").refcount == 0 and m.entry("a").tier == "HOT" and m.entry("a").waiters == 0
+
+
+async def test_one_of_three_waiters_cancelled_before_the_load_ends_leaves_two_leases():
+    b = FakeBehaviour(gates={"a": threading.Event()})
+    m, b, dev, clock = make({"a": spec(100)}, behaviour=b, runner=thread_runner)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def user():
+        async with m.use("a"):
+            held.set()
+            await release.wait()
+
+    users = [asyncio.create_task(user()) for _ in range(3)]
+    await until(lambda: m.entry("a").waiters == 3)
+    users[0].cancel()
+    await until(lambda: m.entry("a").waiters == 2)
+    b.gates["a"].set()
+    await held.wait()
+    await settle()
+    assert m.entry("a").refcount == 2
+    release.set()
+    await asyncio.gather(*users, return_exceptions=True)
+    assert m.entry("a").refcount == 0

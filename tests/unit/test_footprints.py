@@ -82,3 +82,16 @@ def test_save_writes_its_temp_file_beside_the_target_so_the_rename_is_atomic(tmp
     s.record(fp())
     s.save()
     assert FootprintStore(tmp_path / ".footprints.json").lookup("m", "L4") == fp()
+
+
+def test_a_file_without_footprints_is_an_empty_store(tmp_path):
+    path = tmp_path / ".footprints.json"
+    path.write_text(json.dumps({"version": 1}))
+    assert FootprintStore(path).lookup("m", "L4") is None
+
+
+def test_of_two_measurements_made_at_the_same_instant_the_first_recorded_wins():
+    s = FootprintStore(None)
+    s.record(fp(fmt="pt", at=5.0, load=1))
+    s.record(fp(fmt="onnx", at=5.0, load=2))
+    assert s.lookup("m", "L4").load_bytes == 1

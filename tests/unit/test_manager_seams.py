@@ -489,3 +489,11 @@ async def test_one_of_three_waiters_cancelled_before_the_load_ends_leaves_two_le
     release.set()
     await asyncio.gather(*users, return_exceptions=True)
     assert m.entry("a").refcount == 0
+
+
+def test_an_unknown_model_error_lists_the_served_ones():
+    m, *_ = make({"a": spec(100), "b": spec(100)})
+    with pytest.raises(UnknownModel) as ei:
+        m.entry("zz")
+    assert str(ei.value) == "model 'zz' is not served here; known: a, b"
+    assert m.gate.device == "fake:0"  # what an Overloaded refusal names

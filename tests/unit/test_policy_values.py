@@ -207,3 +207,11 @@ def test_gdsf_spares_every_cheap_victim_that_a_big_one_made_unneeded():
 def test_class_policies_drop_an_empty_boundary_victim_when_the_need_is_met_exactly(policy):
     cands = [C("low", 100, LOW), C("m0", 0, MED, rate=0.0, nxt=INF), C("m1", 100, MED, rate=0.5, nxt=20.0)]
     assert POLICIES[policy](cands, 200, 10.0) == ["low", "m1"]
+
+
+def test_an_unknown_policy_error_lists_every_known_one():
+    from serving.vram.policy import get_policy
+
+    with pytest.raises(KeyError) as ei:
+        get_policy("random")
+    assert ei.value.args[0] == f"unknown eviction policy 'random'; known: {', '.join(sorted(POLICIES))}"

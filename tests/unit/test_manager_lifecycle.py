@@ -236,12 +236,15 @@ async def test_reservations_of_loads_in_flight_count_against_the_device(capacity
                             budget_mb=2000, device=FakeDevice(capacity), timeout=0.05)
     loading = asyncio.create_task(m.preload("a"))
     await until(lambda: m.ledger.device.get("a") == 500 * MB)
-    if admitted:  # 800 - 500 pending = 300: exactly enough
-        assert (await m.preload("b"))["tier"] == "HOT"
+    if admitted:  # 800 - 500 pending = 300: exactly enough; b is admitted, then waits for a's load slot
+        second = asyncio.create_task(m.preload("b"))
+        await until(lambda: m.ledger.device.get("b") == 300 * MB)
+        b.gates["a"].set()
+        assert (await second)["tier"] == "HOT"
     else:  # one byte short
         with pytest.raises(InsufficientVram):
             await m.preload("b")
-    b.gates["a"].set()
+        b.gates["a"].set()
     await loading
     assert dev.owned("a") == 500 * MB and m.ledger.device.get("a") == 500 * MB
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from serving.config import MB, ModelSpec, Priority
 from serving.vram import events as ev
 from serving.vram.devices import FakeDevice
-from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
+from serving.vram.fakes import FakeAdapter, FakeBehaviour, FakeClock, fake_registry
 from serving.vram.manager import OnDemandModelManager, inline_runner
 
 
@@ -65,3 +65,26 @@ async def until(predicate: Callable[[], bool], steps: int = 100_000) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition never reached")
+
+
+class NoCounters(FakeDevice):
+    """A device without allocator counters (like CpuDevice): footprints come from the adapter's parameters."""
+
+    measures_allocations = False
+
+    def allocated_bytes(self) -> int:
+        return 0
+
+    def peak_bytes(self) -> int:
+        return 0
+
+
+class DeviceOnly(FakeAdapter):
+    supports_host_load = False
+
+
+class ZeroParams(FakeAdapter):
+    """An adapter that cannot tell its parameter bytes (0): parking falls back to the device reservation."""
+
+    def param_bytes(self) -> int:
+        return 0

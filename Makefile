@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup up test lint fixtures validate bench-policy clean
+.PHONY: setup up test lint fixtures validate bench-policy mutation clean
 
 setup: $(STAMP)
 
@@ -40,5 +40,10 @@ lint: setup
 bench-policy: setup
 	$(BIN)/python benchmarks/run_policy_bench.py
 
+# Mutation testing of the manager (serving/vram), not part of `make test`: score per module, surviving
+# mutants, mutation-report.json. Config: [tool.mutmut] in pyproject.toml; equivalents: mutation-equivalents.toml.
+mutation: setup
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis mutants mutation-report.json

@@ -128,24 +128,20 @@ def _by_value(allowed: Sequence[VictimCandidate], need: int, value: Callable[[Vi
     return [c.name for c in lower_sorted] + [c.name for c in _minimal(chosen, need_from_boundary)]
 
 
-@register("lru")
 def lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (c.last_used, c.name)), need)
 
 
-@register("ollama")
 def ollama(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (c.keep_alive_s, c.name)), need)
 
 
-@register("size-lru")
 def size_lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(
         sorted(candidates, key=lambda c: (-(max(now - c.last_used, 0.0) + 1e-3) * c.bytes, c.name)), need
     )
 
 
-@register("priority-lru")
 def priority_lru(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _take_in_order(sorted(candidates, key=lambda c: (-c.priority, c.last_used, c.name)), need)
 
@@ -158,7 +154,6 @@ def gdsf_value(c: VictimCandidate, now: float) -> float:
     return (c.rate + 1e-9) * c.reload_s / max(c.bytes, 1) / math.sqrt(age + 1.0)
 
 
-@register("priority-gdsf")
 def priority_gdsf(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _by_value(_class_rule(candidates, need), need, lambda c: gdsf_value(c, now))
 
@@ -172,12 +167,10 @@ def belady_value(now: float) -> Callable[[VictimCandidate], float]:
     return value
 
 
-@register("belady")
 def belady(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     return _by_value(_class_rule(candidates, need), need, belady_value(now))
 
 
-@register("gdsf")
 def gdsf(candidates: Sequence[VictimCandidate], need: int, now: float) -> list[str]:
     """GreedyDual-Size-Frequency without the class rule: measures what the seed's rule costs."""
     chosen: list[VictimCandidate] = []
@@ -204,3 +197,11 @@ def warm_demotion_order(warm: Sequence[VictimCandidate]) -> list[str]:
     """WARM -> COLD order when the host tier needs room: lowest class first (LOW before CRITICAL), then least
     recently used; ties keep the given order. The caller demotes in this order until the new bytes fit."""
     return [c.name for c in sorted(warm, key=lambda c: (-c.priority, c.last_used))]
+
+
+# Registered here, not by decorator, so the mutation tool (tools/mutation.py) mutates their bodies too.
+for _name, _fn in {
+    "lru": lru, "ollama": ollama, "size-lru": size_lru, "priority-lru": priority_lru,
+    "priority-gdsf": priority_gdsf, "belady": belady, "gdsf": gdsf,
+}.items():
+    register(_name)(_fn)

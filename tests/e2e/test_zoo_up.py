@@ -62,7 +62,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def test_zoo(tmp_path, zoo, built_models):
+def zoo_on_free_ports(tmp_path, zoo, built_models):
     """zoo.yaml with every service on a free port and models_root pointing at the built fixtures."""
     models = [m for s in SERVICES for m in zoo.services[s].models]
     built_models(*models)
@@ -75,8 +75,8 @@ def test_zoo(tmp_path, zoo, built_models):
     return path, raw
 
 
-def test_zoo_up_frame_and_clean_shutdown(test_zoo, tmp_path):
-    path, raw = test_zoo
+def test_zoo_up_frame_and_clean_shutdown(zoo_on_free_ports, tmp_path):
+    path, raw = zoo_on_free_ports
     gw = f"http://127.0.0.1:{raw['services']['gateway']['port']}"
     env = {**os.environ, "ZOO_PIPELINE_MAX_DETECTIONS": "2", "DATABASE_URL": f"sqlite:///{tmp_path / 'control.db'}",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}

@@ -7,6 +7,7 @@ import json
 import threading
 
 import pytest
+from _manager_support import settle, until
 
 from serving.config import MB, ModelSpec, Priority
 from serving.errors import InferenceOOM, InsufficientVram, ModelDisabled, ModelLoadFailed, UnknownModel
@@ -91,7 +92,8 @@ async def test_waiting_load_proceeds_when_lease_released():
     holder = asyncio.create_task(hold())
     await asyncio.sleep(0)
     waiter = asyncio.create_task(m.preload("b"))
-    await asyncio.sleep(0.01)
+    await until(lambda: m.view().pending_loads == ["b"])
+    await settle()
     assert not waiter.done()
     released.set()
     await asyncio.wait_for(waiter, 2)
@@ -118,7 +120,7 @@ async def test_64_concurrent_requests_cause_exactly_one_load():
             results.append((await m.run(model.predict, [i]))[0])
 
     tasks = [asyncio.create_task(one(i)) for i in range(64)]
-    await asyncio.sleep(0.05)
+    await until(lambda: m.entry("a").waiters == 64)
     assert m.status()["pending_loads"] == ["a"]
     b.gates["a"].set()
     await asyncio.gather(*tasks)
@@ -288,13 +290,13 @@ async def test_cancelled_waiter_does_not_leak_lease():
     m, b, dev, clock = make({"a": spec(100)}, behaviour=b, clock=clock, runner=thread_runner)
     t1 = asyncio.create_task(m.preload("a"))
     t2 = asyncio.create_task(m.preload("a"))
-    await asyncio.sleep(0.02)
+    await until(lambda: m.entry("a").waiters == 2)
     t1.cancel()
     b.gates["a"].set()
     await t2
     with pytest.raises(asyncio.CancelledError):
         await t1
-    await asyncio.sleep(0.01)
+    await settle()
     assert m.entry("a").refcount == 0 and b.loads == {"a": 1}
 
 
@@ -318,7 +320,7 @@ async def test_inference_admission_is_bounded_and_fails_fast():
     first = asyncio.create_task(call(1))  # running
     await asyncio.to_thread(started.wait, 5)
     second = asyncio.create_task(call(2))  # queued
-    await asyncio.sleep(0.01)
+    await until(lambda: m.gate.queued == 1)
     assert m.status()["inference_queued"] == 1
     with pytest.raises(Overloaded) as ei:  # beyond the queue: 503 at once, no hang
         await call(3)
@@ -369,7 +371,8 @@ async def test_a_blocked_admission_does_not_delay_another_models_load():
     m, b, dev, clock = make({"a": spec(600), "b": spec(600), "c": spec(100)}, timeout=5.0)  # load_concurrency 1
     async with m.use("a"):
         blocked = asyncio.create_task(m.preload("b"))
-        await asyncio.sleep(0.01)
+        await until(lambda: m.view().pending_loads == ["b"])
+        await settle()
         assert not blocked.done() and m.status()["pending_loads"] == ["b"]
         st = await asyncio.wait_for(m.preload("c"), 1.0)  # before: stuck behind b until its 5 s timeout
         assert st["tier"] == "HOT" and not blocked.done()
@@ -387,9 +390,10 @@ async def test_host_tier_loads_take_the_load_slot():
     m, b, dev, clock = make({"big": spec(900), "w": spec(400)}, behaviour=b, clock=clock, runner=thread_runner,
                             host_mb=1000, timeout=5.0)
     loading = asyncio.create_task(m.preload("big"))  # holds the slot until its gate opens
-    await asyncio.sleep(0.05)
+    await until(lambda: m.view().pending_loads == ["big"] and m._load_sem.locked())
     parked = asyncio.create_task(m.prewarm("w"))  # no device room: goes to the host tier, needs the slot
-    await asyncio.sleep(0.05)
+    await until(lambda: m.entry("w").busy)
+    await settle()
     assert not parked.done() and b.loads.get("w", 0) == 0
     b.gates["big"].set()
     await asyncio.wait_for(loading, 5)

@@ -34,6 +34,9 @@ EXAMPLES = int(os.environ.get("ZOO_STATEFUL_EXAMPLES", "2000" if os.environ.get(
 
 
 class ManagerMachine(RuleBasedStateMachine):
+    admission_timeout_s = 0.0
+    threaded = False
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
@@ -48,7 +51,7 @@ class ManagerMachine(RuleBasedStateMachine):
         self.m = OnDemandModelManager(
             specs, device=self.dev, registry=fake_registry(self.b), budget_bytes=1000 * MB,
             host_cache_bytes=600 * MB, policy="priority-gdsf", safety_factor=1.0, clock=self.clock,
-            runner=self.checking_runner, admission_timeout_s=0.0, backoff_base_s=1.0,
+            runner=self.checking_runner, admission_timeout_s=self.admission_timeout_s, backoff_base_s=1.0,
         )
         self.leases: list[tuple[str, object]] = []
         self.load_starts: dict[str, int] = {}
@@ -68,6 +71,8 @@ class ManagerMachine(RuleBasedStateMachine):
             self.active_loads.add(name)
         await asyncio.sleep(0)
         try:
+            if self.threaded:
+                return await asyncio.to_thread(fn, *args, **kwargs)
             return fn(*args, **kwargs)
         finally:
             await asyncio.sleep(0)
@@ -161,3 +166,18 @@ ManagerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestManagerStateMachine = ManagerMachine.TestCase
+
+
+class ThreadedManagerMachine(ManagerMachine):
+    """The same rules with blocking work in real worker threads (the services' runner) and admissions that
+    wait for leases (bounded by a non-zero timeout) instead of failing at once."""
+
+    admission_timeout_s = 0.01
+    threaded = True
+
+
+ThreadedManagerMachine.TestCase.settings = settings(
+    max_examples=max(EXAMPLES // 10, 20), stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestThreadedManagerStateMachine = ThreadedManagerMachine.TestCase

@@ -23,7 +23,8 @@ async def test_every_zoo_model_through_its_manager(built_models, zoo):
     assert sorted(every) == sorted(zoo.models), "a zoo model belongs to no service"
     built_models(*every)
     for service, names in served.items():
-        manager = OnDemandModelManager.from_zoo(zoo, service, device=CpuDevice())
+        # a host tier on every service (some have none in zoo.yaml) so every family makes the WARM round trip
+        manager = OnDemandModelManager.from_zoo(zoo, service, device=CpuDevice(), host_cache_bytes=4 << 30)
         try:
             for name in names:
                 batch, opts = INPUTS.get(zoo.models[name].family, ([image(h=128, w=96)], {}))
@@ -32,12 +33,14 @@ async def test_every_zoo_model_through_its_manager(built_models, zoo):
                     assert adapter.format and adapter.param_bytes() > 0, name
                 assert len(out) == len(batch) and isinstance(out[0], dict), name
                 # a trip through the host warm tier gives the same answer without a disk load
-                await manager.unload(name, to="warm")
-                if manager.entry(name).tier == "WARM":
-                    async with manager.use(name) as adapter:
-                        again = await manager.run(adapter.predict, batch, **opts)
-                    if zoo.models[name].family not in ("causal_lm", "gguf", "florence2"):  # generation may sample
-                        assert again == out, name
+                loads = manager.entry(name).load_s
+                assert (await manager.unload(name, to="warm"))["tier"] == "WARM", name
+                assert manager.ledger.host.get(name) > 0 and manager.ledger.device.get(name) == 0, name
+                async with manager.use(name) as adapter:
+                    again = await manager.run(adapter.predict, batch, **opts)
+                assert manager.entry(name).restore_s is not None and manager.entry(name).load_s == loads, name
+                if zoo.models[name].family not in ("causal_lm", "gguf", "florence2"):  # generation may sample
+                    assert again == out, name
                 await manager.unload(name, to="cold")
                 assert manager.entry(name).tier == "COLD", name
         finally:

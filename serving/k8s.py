@@ -81,6 +81,8 @@ def service_env(zoo: ZooConfig, name: str) -> dict[str, str]:
             env[model.env_path.replace("_MODEL_PATH", "_CONFIDENCE")] = str(model.options["confidence"])
         if "context_window" in model.options:
             env["CTX_SIZE"] = str(model.options["context_window"])
+        if model.family == "gguf" and "n_gpu_layers" in model.options:  # llama.cpp's variable (seed 003)
+            env["GPU_LAYERS"] = str(model.options["n_gpu_layers"])
     return env
 
 

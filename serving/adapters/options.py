@@ -46,6 +46,7 @@ class DetectOptions(Options):
     vocabulary: Labels | None = Field(None, description="YOLO-World open vocabulary.")
     timestamp: dt.datetime | Annotated[str, Field(max_length=64)] | None = Field(
         None, description="Time of the frame (vehicle damage night rules), ISO 8601.")
+    polygons: bool | None = Field(None, description="segment: also return each mask's outline polygon.")
 
 
 class ClassifierOptions(Options):

@@ -71,7 +71,7 @@ def new_detection_id() -> str:
 class GatewayEnrichRequest(BaseModel):
     """Seed "Unified Enrichment Endpoint" request, as the gateway's POST /enrich takes it."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     image: str = Field(description="Base64 image (a crop, or the frame when bbox is given).")
     detection_type: str = Field(max_length=200,
@@ -130,7 +130,7 @@ class FrameDetection(BaseModel):
 class AnalyzeRequest(BaseModel):
     """POST /analyze on the LLM service: detections (with enrichment) of one frame or event."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     detections: list[FrameDetection] = Field(default_factory=list, max_length=256)
     enrichment: dict[str, Any] | None = Field(

@@ -64,7 +64,7 @@ class GatewayEnrichBody(GatewayEnrichRequest):
 class FrameBody(BaseModel):
     """POST /pipeline/frame."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     image: str | bytes = Field(description="The camera frame: base64 (JSON), raw bytes or a multipart file.")
     camera_id: str | None = Field(None, max_length=200)
     timestamp: str | None = Field(None, max_length=64, description="ISO 8601 time of the frame; now when absent.")

@@ -26,7 +26,7 @@ router = APIRouter(tags=["models"])
 class ModelsRequest(BaseModel):
     """Body of /models/preload and /models/unload: one model or a list."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     model: str | None = Field(None, max_length=200, description="One model name.")
     models: list[str] | None = Field(None, max_length=256, description="Several model names.")
     to: str = Field("cold", pattern="^(?i:cold|warm)$",
@@ -48,7 +48,7 @@ class ModelsRequest(BaseModel):
 class ConfigureRequest(BaseModel):
     """Body of /models/configure (the thermal seam of the control plane)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: str = Field(max_length=200)
     disabled: bool | None = None
     pinned: bool | None = None

@@ -1,5 +1,5 @@
 """The inference gate on its own: at most max_inflight calls run, at most max_queue wait, the rest are refused
-at once with Overloaded (429) and an event; the queue count survives errors and cancellations."""
+at once with Overloaded (503 + Retry-After) and an event; the queue count survives errors and cancellations."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ async def test_gate_with_no_queue_runs_while_a_slot_is_free_and_refuses_beyond()
     await until(lambda: gate._sem.locked())
     with pytest.raises(Overloaded) as ei:
         await gate.run(lambda: None)
-    assert ei.value.details == {"queued": 0, "max_queue": 0} and ei.value.status_code == 429
+    assert ei.value.details == {"queued": 0, "max_queue": 0} and ei.value.status_code == 503
     assert str(ei.value) == "0 inference calls already queued on fake:0; retry shortly"
     assert seen == [ev.Overloaded("fake:0", 0, 0)]
     release.set()

@@ -28,10 +28,23 @@ validate: setup
 up: setup
 	$(BIN)/zoo up
 
-test: setup lint
+test: setup lint debian-tools
 	$(BIN)/zoo validate
 	$(BIN)/zoo fixtures
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Debian tools the tests drive (browser test, promtool, compose validation): installed once here, outside
+# the tests' time limits; without root or apt the tests that need them say so and skip.
+DEBIAN_TOOLS := chromium:chromium promtool:prometheus docker-compose:docker-compose
+debian-tools:
+	@missing=""; for p in $(DEBIAN_TOOLS); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "apt-get install$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	  || echo "apt-get install$$missing failed: the tests that need them will try again"; \
+	else echo "not installing$$missing (needs root and apt-get)"; fi
 
 lint: setup
 	$(BIN)/ruff check serving tests benchmarks

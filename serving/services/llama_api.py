@@ -25,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.adapters.base import PromptText
@@ -46,7 +47,25 @@ from serving.services.llama_models import (
 )
 from serving.services.llm_backend import LeasedStream, LLMBackend, StopFilter, StreamEnd, TokenStream, sse
 
-router = APIRouter(tags=["llama.cpp"])
+
+class JsonBodyRoute(APIRoute):
+    """llama.cpp's server reads every request body as JSON whatever its Content-Type; users' `curl -d '{...}'`
+    sends `application/x-www-form-urlencoded`. These routes do the same instead of answering 422."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def as_json(request: Request) -> Response:
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request = Request({**request.scope, "headers": [*headers, (b"content-type", b"application/json")]},
+                                  request.receive)
+            return await handler(request)
+
+        return as_json
+
+
+router = APIRouter(tags=["llama.cpp"], route_class=JsonBodyRoute)
 
 
 class _Open(BaseModel):

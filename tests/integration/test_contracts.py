@@ -357,6 +357,16 @@ def test_llm_completion(stack, http):
     assert b["usage"]["completion_tokens"] == b["tokens_predicted"]
 
 
+def test_llm_completion_reads_json_whatever_the_content_type(stack, http):
+    # llama.cpp's server does; `curl -d '{...}'` sends application/x-www-form-urlencoded
+    body = json.dumps({"prompt": CHATML, "temperature": 0.0, "n_predict": 4})
+    for ctype in ("application/x-www-form-urlencoded", "text/plain"):
+        b = ok(http.post(stack["llm"] + "/completion", content=body, headers={"content-type": ctype}))
+        assert isinstance(b["content"], str) and 0 < b["tokens_predicted"] <= 4
+    r = http.post(stack["llm"] + "/completion", content=b"prompt=hi", headers={"content-type": "text/plain"})
+    assert 400 <= r.status_code < 500 and r.json()["error_type"]
+
+
 def test_llm_completion_stream(stack, http):
     body = {"prompt": CHATML, "temperature": 0.0, "n_predict": 10, "stream": True}
     events = []

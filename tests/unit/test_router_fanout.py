@@ -59,8 +59,8 @@ def service_handler(calls: list, *, down: set[str] = frozenset(), slow: set[str]
         if host in down:
             raise httpx.ConnectError("connection refused", request=request)
         (model,) = body["models"]
-        if model in slow:
-            await asyncio.sleep(5)
+        if model in slow:  # hangs until the router's timeout cancels the call (no wall-clock sleep)
+            await asyncio.Event().wait()
         if status and model in status:
             code, payload = status[model]
             return httpx.Response(code, json=payload)

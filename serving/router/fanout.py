@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from serving.config import ZooConfig, detection_type_of
-from serving.errors import UnknownModel, UpstreamRejected
+from serving.errors import ServiceUnavailable, ServingError, UnknownModel, UpstreamError, UpstreamRejected
 from serving.router.schemas import GatewayEnrichRequest, new_detection_id
 
 #: keys of the EnrichmentResult that are maps detection_id -> result (merged key by key)
@@ -137,6 +137,27 @@ def merge_results(parts: Sequence[CallResult], *, detection_id: str, detection_t
     return result
 
 
+#: upstream 4xx that mean "not now" rather than "bad request": never passed through to the client as a 4xx
+TRANSIENT_4XX = frozenset({404, 408, 429})
+
+
+def upstream_failure(resp: httpx.Response, what: str) -> ServingError:
+    """The gateway's error for an upstream answer >= 400: busy (429, or a 503) -> 503 service_unavailable with
+    the upstream's Retry-After (clients retry 5xx, drop 4xx); another 4xx passed through as it came; else 502."""
+    etype, msg = error_fields(resp)
+    if resp.status_code in (429, 503):
+        try:
+            retry = float(resp.headers.get("retry-after", ""))
+        except ValueError:
+            retry = None
+        return ServiceUnavailable(f"{what} is busy: {msg}", retry_after=retry,
+                                  details={"upstream_status": resp.status_code, "upstream_error_type": etype})
+    if 400 <= resp.status_code < 500 and resp.status_code not in TRANSIENT_4XX:
+        return UpstreamRejected(f"{what}: {msg}", status_code=resp.status_code, error_type=etype)
+    return UpstreamError(f"{what} failed with HTTP {resp.status_code} {etype}: {msg}",
+                         details={"upstream_status": resp.status_code, "upstream_error_type": etype})
+
+
 def error_fields(resp: httpx.Response) -> tuple[str, str]:
     """(error_type, message) of an upstream error response (the services' ErrorBody, or anything else)."""
     try:
@@ -215,7 +236,7 @@ class EnrichmentRouter:
         failed = [p for p in parts if not p.ok]
         if parts and len(failed) == len(parts):
             client_errors = {(p.status_code, p.error_type) for p in failed
-                             if p.status_code and 400 <= p.status_code < 500 and p.status_code not in (404, 408, 429)}
+                             if p.status_code and 400 <= p.status_code < 500 and p.status_code not in TRANSIENT_4XX}
             if len(client_errors) == 1 and all(p.status_code and 400 <= p.status_code < 500 for p in failed):
                 status, etype = next(iter(client_errors))
                 raise UpstreamRejected(failed[0].message or "bad request", status_code=status,

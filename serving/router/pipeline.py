@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 
 from serving.config import SECURITY_CLASSES, ZooConfig
-from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamTimeout
 from serving.router import risk
-from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, error_fields
+from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, error_fields, upstream_failure
 from serving.router.schemas import BBox, FrameDetection, GatewayEnrichRequest
 from serving.services.errors import ErrorBody
 
@@ -98,11 +98,7 @@ class FramePipeline:
             where = self.urls[self.detection_service]
             raise ServiceUnavailable(f"detection service at {where} is unreachable: {e}") from e
         if resp.status_code >= 400:
-            etype, msg = error_fields(resp)
-            if 400 <= resp.status_code < 500 and resp.status_code != 429:
-                raise UpstreamRejected(f"detection: {msg}", status_code=resp.status_code, error_type=etype)
-            raise UpstreamError(f"detection service failed with HTTP {resp.status_code} {etype}: {msg}",
-                                details={"upstream_status": resp.status_code, "upstream_error_type": etype})
+            raise upstream_failure(resp, "detection service")
         data = resp.json()
         raw = data.get("detections") if isinstance(data, dict) else None
         if not isinstance(raw, list):

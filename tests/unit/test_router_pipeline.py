@@ -81,15 +81,30 @@ async def test_detector_client_error_is_passed_through(zoo):
     assert ei.value.status_code == 400 and ei.value.error_type == "invalid_image"
 
 
-async def test_detector_overload_is_an_upstream_error(zoo):
+@pytest.mark.parametrize("status", [503, 429])
+async def test_busy_detector_is_503_with_its_retry_after(zoo, status):
+    # issue 12: busy upstream -> 503 + Retry-After at the gateway (clients retry 5xx, drop 4xx; a 502 was given)
     def handle(request):
-        return httpx.Response(503, json={"error_type": "insufficient_vram", "message": "full"})
+        return httpx.Response(status, json={"error_type": "insufficient_vram", "message": "full"},
+                              headers={"retry-after": "7"})
 
     pipe, client = make(zoo, handle)
     async with client:
         with pytest.raises(ServingError) as ei:
             await pipe.run(*frame())
-    assert ei.value.status_code == 502 and ei.value.details["upstream_error_type"] == "insufficient_vram"
+    assert (ei.value.status_code, ei.value.error_type, ei.value.retry_after) == (503, "service_unavailable", 7.0)
+    assert ei.value.details == {"upstream_status": status, "upstream_error_type": "insufficient_vram"}
+
+
+async def test_detector_server_error_is_an_upstream_error(zoo):
+    def handle(request):
+        return httpx.Response(500, json={"error_type": "internal_error", "message": "boom"})
+
+    pipe, client = make(zoo, handle)
+    async with client:
+        with pytest.raises(ServingError) as ei:
+            await pipe.run(*frame())
+    assert ei.value.status_code == 502 and ei.value.details["upstream_error_type"] == "internal_error"
 
 
 async def test_llm_answer_without_score_falls_back(zoo):

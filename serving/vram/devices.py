@@ -216,28 +216,28 @@ class CudaDevice(Device):
     def hardware_name(self) -> str:
         return str(self._cuda.get_device_name(self.index))
 
+    def _nvml_process_bytes(self) -> dict[int, int]:
+        """{pid: bytes} of the compute processes on this GPU (NVML), empty when NVML cannot tell."""
+        if self._nvml is None:
+            return {}
+        try:
+            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except Exception:
+            return {}
+        out: dict[int, int] = {}
+        for p in procs:
+            out[p.pid] = out.get(p.pid, 0) + (p.usedGpuMemory or 0)
+        return out
+
     def process_bytes(self) -> int:
         """Bytes this process uses on this GPU as NVML sees them (allocations outside torch included, e.g.
         llama.cpp's buffers), 0 when NVML cannot tell."""
-        if self._nvml is None:
-            return 0
-        try:
-            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except Exception:
-            return 0
-        me = os.getpid()
-        return sum((p.usedGpuMemory or 0) for p in procs if p.pid == me)
+        return self._nvml_process_bytes().get(os.getpid(), 0)
 
     def other_tenants_bytes(self) -> int:
         """Bytes used on this GPU by other processes (NVML), 0 when NVML cannot tell."""
-        if self._nvml is None:
-            return 0
-        try:
-            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except Exception:
-            return 0
         me = os.getpid()
-        return sum((p.usedGpuMemory or 0) for p in procs if p.pid != me)
+        return sum(b for pid, b in self._nvml_process_bytes().items() if pid != me)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

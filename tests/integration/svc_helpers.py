@@ -10,7 +10,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -155,3 +155,24 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return None
+
+
+@contextlib.asynccontextmanager
+async def serve_async(app: Any) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port inside the test's own event loop (lifespan on);
+    yields its base URL. The thread-based counterpart is `BackgroundServer`."""
+    import asyncio
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):  # start-up of a local socket: a few loop turns
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "server did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from svc_helpers import serve_async
 from typer.testing import CliRunner
 
 from serving.config import MB, ZooConfig
@@ -56,23 +56,6 @@ def zoo() -> ZooConfig:
     })
 
 
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "server did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 class Stack:
     def __init__(self, tmp_path, access: Access) -> None:
         self.zoo = zoo()
@@ -94,7 +77,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def running(tmp_path, access: Access | None = None):
     s = Stack(tmp_path, access or Access(admin_token=ADMIN, read_token=READ, write_token=WRITE))
-    async with serve(s.service_app) as svc_url, httpx.AsyncClient() as internal:
+    async with serve_async(s.service_app) as svc_url, httpx.AsyncClient() as internal:
         s.svc_url = svc_url
         s.plane = ControlPlane.build(s.zoo, {"svc": HttpManagerClient(svc_url, internal, admin_token=ADMIN)},
                                      ControlStore(s.db), access=s.access, clock=s.clock, idle_check=True)
@@ -109,7 +92,7 @@ async def running(tmp_path, access: Access | None = None):
         gateway = FastAPI(lifespan=lifespan)
         install_error_handlers(gateway)
         gateway.include_router(s.plane.router)
-        async with serve(gateway) as gw_url, httpx.AsyncClient(base_url=gw_url, timeout=30) as client:
+        async with serve_async(gateway) as gw_url, httpx.AsyncClient(base_url=gw_url, timeout=30) as client:
             s.gw_url = gw_url
             yield s, client
     s.manager.check_invariants()

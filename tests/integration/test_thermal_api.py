@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from svc_helpers import serve_async
 from typer.testing import CliRunner
 
 from serving.config import MB, ZooConfig
@@ -46,23 +46,6 @@ def zoo() -> ZooConfig:
     })
 
 
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):  # start-up of a local socket: a few loop turns
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "server did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 class Stack:
     """The service (manager on a FakeDevice) and the gateway with the controller, both on loopback."""
 
@@ -79,7 +62,7 @@ class Stack:
 @pytest.fixture
 async def stack() -> AsyncIterator[tuple[Stack, httpx.AsyncClient, str, str]]:
     s = Stack()
-    async with serve(s.service_app) as svc_url, httpx.AsyncClient() as internal:
+    async with serve_async(s.service_app) as svc_url, httpx.AsyncClient() as internal:
         s.controller = ThermalController(
             s.zoo, {"svc": HttpManagerClient(svc_url, internal, admin_token=TOKEN)}, ControlStore("sqlite://"),
             clock=s.clock)
@@ -93,7 +76,7 @@ async def stack() -> AsyncIterator[tuple[Stack, httpx.AsyncClient, str, str]]:
         gateway = FastAPI(lifespan=lifespan)
         install_error_handlers(gateway)
         gateway.include_router(thermal_router(s.controller, admin_token=TOKEN))
-        async with serve(gateway) as gw_url, httpx.AsyncClient(base_url=gw_url) as client:
+        async with serve_async(gateway) as gw_url, httpx.AsyncClient(base_url=gw_url) as client:
             yield s, client, gw_url, svc_url
     s.manager.check_invariants()
 

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.errors import ConfigError
@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     zoo_detect_timeout_s: float = Field(30.0, gt=0)
     zoo_analyze_timeout_s: float = Field(120.0, gt=0)
     zoo_pipeline_max_detections: int = Field(8, gt=0)
+    # gateway: per-upstream circuit breakers and /health prober (serving/router/breaker.py)
+    zoo_breaker: bool = Field(True, description="Circuit breakers in front of the gateway's upstreams.")
+    zoo_breaker_failures: int = Field(3, ge=1, le=1000, description="Consecutive failures (timeouts, connection "
+                                      "errors, failed /health probes) that open an upstream's circuit.")
+    zoo_breaker_cooldown_s: float = Field(5.0, gt=0, le=3600, description="An open circuit without a fresh /health "
+                                          "verdict lets one trial request through after this long.")
+    zoo_breaker_max_cooldown_s: float = Field(60.0, gt=0, le=86400, description="The cooldown doubles per failed "
+                                              "trial up to this.")
+    zoo_health_probe_interval_s: float = Field(2.0, ge=0, le=3600, description="Seconds between two /health probes "
+                                               "of each upstream by the gateway (0: no prober).")
+    zoo_health_probe_timeout_s: float = Field(1.0, gt=0, le=60, description="Timeout of one /health probe.")
 
     # -- control plane
     database_url: str | None = Field(None, description="SQLAlchemy URL of the control store (default SQLite).")
@@ -105,6 +116,14 @@ class Settings(BaseSettings):
     @classmethod
     def _freeze(cls, v: Mapping[str, str]) -> Mapping[str, str]:
         return MappingProxyType(dict(v))
+
+    @field_validator("zoo_breaker_max_cooldown_s", mode="after")
+    @classmethod
+    def _max_cooldown(cls, v: float, info: ValidationInfo) -> float:
+        low = info.data.get("zoo_breaker_cooldown_s")
+        if low is not None and v < low:
+            raise ValueError(f"must be at least ZOO_BREAKER_COOLDOWN_S ({low:g}): raise it or lower the cooldown")
+        return v
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,

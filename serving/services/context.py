@@ -26,6 +26,7 @@ from serving.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.control.plane import ControlPlane
+    from serving.router.breaker import Breakers, HealthProber
     from serving.router.fanout import EnrichmentRouter
     from serving.router.pipeline import FramePipeline
     from serving.services.activity import ActivityLog
@@ -47,6 +48,9 @@ class GatewayState:
     pipeline: FramePipeline
     #: the thermal controller, its store and router when the thermal API is mounted (started by the lifespan)
     control: ControlPlane | None = None
+    #: per-upstream circuit breakers in the client's transport and their /health prober (None when ZOO_BREAKER=0)
+    breakers: Breakers | None = None
+    prober: HealthProber | None = None
 
 
 @dataclass

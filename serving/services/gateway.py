@@ -13,6 +13,12 @@ Routes:
                            unchanged, streams included (serving/services/gateway_proxy.py)
     /thermal/*, /select    the control plane's thermal API (serving/control/api.py), when present
 
+Circuit breakers: every call to a service goes through that service's circuit (serving/router/breaker.py),
+fed by the calls' timeouts and connection errors and by a /health prober (ZOO_HEALTH_PROBE_INTERVAL_S,
+ZOO_HEALTH_PROBE_TIMEOUT_S); while it is open, calls fail at once as "unreachable" (per-model errors in
+/enrich, 503 + Retry-After on a forwarded route). Their states are in /health, /zoo/status, /zoo/feed and
+the gauge zoo_upstream_circuit_state; ZOO_BREAKER=0 switches them off.
+
 Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and
 ZOO_<SERVICE>_URL. Timeouts (seconds, Settings): ZOO_ENRICH_TIMEOUT_S (30), ZOO_DETECT_TIMEOUT_S (30),
 ZOO_ANALYZE_TIMEOUT_S (120), ZOO_STATUS_TIMEOUT_S (5); ZOO_PIPELINE_MAX_DETECTIONS (8).
@@ -40,6 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serving.control.plane import ControlPlane
 from serving.imaging import b64_to_bytes, decode_image
+from serving.router.breaker import (
+    STATE_VALUE,
+    BreakerPolicy,
+    Breakers,
+    BreakerTransport,
+    Circuit,
+    CircuitState,
+    HealthProber,
+)
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
 from serving.router.schemas import BBox, EnrichOptionsField, GatewayEnrichRequest, RiskEvent
@@ -83,6 +98,8 @@ class ServiceStatus(BaseModel):
     health: dict[str, Any] | None
     models: dict[str, Any] | None
     error: str | None = None
+    circuit: dict[str, Any] | None = Field(None, description="The gateway's circuit breaker for this service "
+                                                             "(serving/router/breaker.py); absent when off.")
 
 
 class ZooStatus(BaseModel):
@@ -140,12 +157,46 @@ def _control_plane(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[st
     return ControlPlane.over_http(ctx.zoo, urls, client, settings=ctx.settings, admin_token=ctx.admin_token)
 
 
+def _breakers(ctx: ServiceContext, urls: dict[str, str]
+              ) -> tuple[Breakers | None, HealthProber | None, httpx.AsyncBaseTransport]:
+    """The transport of the gateway's client: the injected one (tests) or a pooled one, behind per-upstream
+    circuit breakers unless ZOO_BREAKER=0 (serving/router/breaker.py), and the /health prober that feeds
+    them; `zoo_upstream_circuit_state{service}` (0 closed, 1 half_open, 2 open) follows every transition."""
+    s = ctx.settings
+    inner = ctx.http_transport or httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    if not s.zoo_breaker:
+        return None, None, inner
+    policy = BreakerPolicy(failure_threshold=s.zoo_breaker_failures, cooldown_s=s.zoo_breaker_cooldown_s,
+                           max_cooldown_s=s.zoo_breaker_max_cooldown_s, probe_interval_s=s.zoo_health_probe_interval_s,
+                           probe_timeout_s=s.zoo_health_probe_timeout_s)
+    state = ctx.metrics.gauge("zoo_upstream_circuit_state",
+                              "Circuit of each upstream of the gateway: 0 closed, 1 half_open, 2 open", ("service",))
+    opens = ctx.metrics.counter("zoo_upstream_circuit_opens_total", "Times an upstream's circuit opened",
+                                ("service",))
+    rejected = ctx.metrics.counter("zoo_upstream_rejected_total",
+                                   "Calls failed at once by an open (or half-open) circuit", ("service",))
+
+    def on_change(c: Circuit, old: CircuitState, new: CircuitState) -> None:
+        state.labels(c.name).set(STATE_VALUE[new])
+        if new is CircuitState.OPEN:
+            opens.labels(c.name).inc()
+
+    services = {n: u for n, u in urls.items() if ctx.zoo.services[n].kind != "gateway"}
+    breakers = Breakers(services, policy, on_change=on_change, on_reject=lambda c: rejected.labels(c.name).inc())
+    for name in services:  # present in /metrics before the first transition
+        state.labels(name).set(0)
+        opens.labels(name)
+        rejected.labels(name)
+    return breakers, HealthProber(breakers, inner), BreakerTransport(inner, breakers)
+
+
 def setup(ctx: ServiceContext) -> list[APIRouter]:
     """Build `ctx.gateway` (client, fan-out, pipeline, thermal controller); returns the routers to mount."""
     s = ctx.settings
     urls = service_urls(ctx.zoo, s.overrides)
-    client = httpx.AsyncClient(transport=ctx.http_transport,
-                               limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    breakers, prober, transport = _breakers(ctx, urls)
+    client = httpx.AsyncClient(transport=transport)
     calls = ctx.metrics.counter("zoo_enrich_calls_total", "Enrichment fan-out calls by service, model and outcome",
                                 ("service", "model", "outcome"))
     call_seconds = ctx.metrics.histogram("zoo_enrich_call_seconds", "Enrichment fan-out call latency", ("service",))
@@ -160,10 +211,16 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
     ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
                         ("level", "scoring"))  # registered now: present in /metrics before the first frame
     control = _control_plane(ctx, client, urls)
-    ctx.gateway = GatewayState(client=client, urls=urls, enricher=enricher, pipeline=pipeline, control=control)
+    ctx.gateway = GatewayState(client=client, urls=urls, enricher=enricher, pipeline=pipeline, control=control,
+                               breakers=breakers, prober=prober)
 
     async def health() -> dict[str, Any]:
-        return {"upstreams": urls, "thermal_api": control is not None}
+        out: dict[str, Any] = {"upstreams": urls, "thermal_api": control is not None}
+        if breakers is not None:
+            out["circuits"] = {n: c["state"] for n, c in breakers.view().items()}
+        if prober is not None and prober.started and not prober.running():
+            out.update(status="degraded", state="DEGRADED", degraded_reason="the upstream /health prober stopped")
+        return out
 
     ctx.health_probe = health
     return [live_page.router, gateway_proxy.router] + ([control.router] if control else [])
@@ -175,10 +232,14 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
     gw = _state(ctx)
     if gw.control is not None:
         await gw.control.start()
+    if gw.prober is not None:
+        gw.prober.start()
     try:
         yield
     finally:
         try:
+            if gw.prober is not None:
+                await gw.prober.stop()
             if gw.control is not None:
                 await gw.control.stop()
         finally:
@@ -249,6 +310,8 @@ async def _service_status(ctx: ServiceContext, name: str) -> dict[str, Any]:
     errs = [e for e in (health[1], models[1]) if e]
     if errs:
         out["error"] = errs[0]
+    if gw.breakers is not None:
+        out["circuit"] = gw.breakers.of(name).view()
     return out
 
 

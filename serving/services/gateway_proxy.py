@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from serving.errors import ServiceUnavailable, UpstreamTimeout
+from serving.router.breaker import CircuitOpenError
 from serving.services.context import Ctx, GatewayState
 
 #: prefix -> the zoo.yaml service it forwards to
@@ -61,9 +62,10 @@ async def forward(gw: GatewayState, service: str, path: str, request: Request, t
         resp = await gw.client.send(upstream, stream=True)
     except httpx.TimeoutException as e:
         raise UpstreamTimeout(f"{service} did not answer within {timeout_s:g}s", details={"service": service}) from e
-    except httpx.TransportError as e:
+    except httpx.TransportError as e:  # an open circuit (CircuitOpenError) says when to retry
         raise ServiceUnavailable(f"{service} at {base} is unreachable: {e or type(e).__name__}",
-                                 details={"service": service}) from e
+                                 details={"service": service},
+                                 retry_after=e.retry_after if isinstance(e, CircuitOpenError) else None) from e
 
     async def answer() -> AsyncIterator[bytes]:
         try:

@@ -48,6 +48,8 @@ class ServiceFeed(BaseModel):
     models: list[dict[str, Any]] = Field(description="Every model's full status (GET /models/activity).")
     boot: str | None
     error: str | None = None
+    circuit: dict[str, Any] | None = Field(None, description="The gateway's circuit breaker for this service "
+                                                             "(serving/router/breaker.py); absent when off.")
 
 
 class FeedEvent(BaseModel):
@@ -112,7 +114,8 @@ async def _service(ctx: ServiceContext, name: str, gw: GatewayState) -> tuple[Se
     events = [FeedEvent(service=name, boot=boot or "", **e) for e in act.get("events") or []]
     feed = ServiceFeed(url=base, kind=spec.kind, port=spec.port, gpu=spec.gpu, reachable=health is not None,
                        health=health, status=status if e2 is None else None, models=act.get("models") or [],
-                       boot=boot, error=next((e for e in (e1, e2, e3) if e), None))
+                       boot=boot, error=next((e for e in (e1, e2, e3) if e), None),
+                       circuit=gw.breakers.of(name).view() if gw.breakers is not None else None)
     return feed, events
 
 

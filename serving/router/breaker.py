@@ -1,10 +1,12 @@
 """Per-upstream circuit breakers of the gateway: a stuck service costs one timeout, not one per request.
 
 One `Circuit` per upstream origin (scheme://host:port), fed by
-- the gateway's own calls: a timeout or a connection-level error (refused, reset, no answer) is a failure,
-  any HTTP answer (whatever its status: the service is alive and said something) is a success;
+- the gateway's own calls: a timeout (connect, read, write, or the caller's deadline) or a connection lost
+  mid-call (reset, closed without an answer) is a failure; any HTTP answer (whatever its status: the service
+  is alive and said something) is a success. A refused connection is no verdict: it fails fast by itself,
+  and a service that is starting is used as soon as it listens;
 - the services' own `GET /health`, polled by `HealthProber` with a short timeout: any HTTP answer means the
-  process answers, a transport failure counts like a failed call.
+  process answers, a timeout or a lost connection counts like a failed call.
 
 States (`zoo_upstream_circuit_state`: 0 closed, 1 half_open, 2 open):
 - CLOSED: requests pass; `failure_threshold` consecutive failures (calls and probes together) open it.
@@ -199,9 +201,11 @@ class Circuit:
             self._to(CircuitState.CLOSED)
             self.failures = self.policy.failure_threshold - 1  # one more failure re-opens it
 
-    def health_failed(self, reason: str) -> None:
+    def health_failed(self, reason: str, *, count: bool = True) -> None:
+        """The service did not answer its /health; `count=False` (a refused connection) records it without
+        counting it as a failure."""
         self.health = (False, self.clock())
-        if self.state is CircuitState.CLOSED:
+        if self.state is CircuitState.CLOSED and count:
             self.failure(f"/health: {reason}")
         else:
             self.last_error = f"/health: {reason}"
@@ -264,6 +268,8 @@ def _failure_reason(e: BaseException) -> str | None:
     """Why a transport error means the upstream is not answering, or None when it says nothing about it."""
     if isinstance(e, httpx.PoolTimeout | httpx.UnsupportedProtocol | httpx.ProxyError):
         return None  # the gateway's own pool or configuration
+    if isinstance(e, httpx.ConnectError):
+        return None  # refused (nothing listens): fails fast by itself, and a restarting service is used at once
     if isinstance(e, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     return None
@@ -342,7 +348,7 @@ class HealthProber:
             circuit.health_failed(f"no answer within {t:g}s")
             return False
         except httpx.TransportError as e:
-            circuit.health_failed(f"{type(e).__name__}: {e}")
+            circuit.health_failed(f"{type(e).__name__}: {e}", count=_failure_reason(e) is not None)
             return False
         circuit.health_ok()
         return True

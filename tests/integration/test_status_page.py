@@ -42,6 +42,9 @@ def test_feed_and_admin_proxy_over_http(zoo, tmp_path):
         model_services = {n for n, s in zoo.services.items() if s.kind != "gateway"}
         assert set(feed["services"]) == model_services
         assert feed["services"]["clip"]["reachable"] is False and "unreachable" in feed["services"]["clip"]["error"]
+        # refused connections fail fast by themselves: the gateway's circuit (serving/router/breaker.py) stays closed
+        assert feed["services"]["clip"]["circuit"]["state"] == "closed"
+        assert feed["services"]["detection"]["circuit"]["state"] == "closed"
         det = feed["services"]["detection"]
         assert det["reachable"] and det["status"]["vram_used_mb"] > 0 and det["gpu"] == 0
         assert {m["name"] for m in det["models"]} == set(zoo.services["detection"].models)

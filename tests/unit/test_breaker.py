@@ -201,14 +201,18 @@ async def test_transport_fails_fast_without_touching_the_upstream_once_open():
         await client.get("http://svc:8000/x")
     assert c.failures == 0  # the gateway's own pool says nothing about the upstream
     up.mode = "refuse"
+    with pytest.raises(httpx.ConnectError):
+        await client.get("http://svc:8000/x")
+    assert c.failures == 0  # refused: fails fast by itself, no verdict
+    up.mode = "timeout"
     for _ in range(3):
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(httpx.ReadTimeout):
             await client.get("http://svc:8000/x")
-    assert c.state is OPEN and up.calls == 5
+    assert c.state is OPEN and up.calls == 6
     with pytest.raises(CircuitOpenError) as e:
         await client.post("http://svc:8000/enrich", json={})
     assert isinstance(e.value, httpx.ConnectError) and e.value.retry_after == pytest.approx(5.0)
-    assert up.calls == 5  # refused without a network call
+    assert up.calls == 6  # refused without a network call
     up.mode = "ok"
     clock.t += 5.0
     assert (await client.get("http://svc:8000/x")).status_code == 200  # the trial
@@ -237,9 +241,21 @@ async def test_prober_verdicts_reach_the_circuit():
     for _ in range(3):
         assert await prober.probe("svc") is False
     assert c.state is OPEN and c.last_error == "/health: no answer within 1s"
+    up.mode = "refuse"  # nothing listens (e.g. restarting): recorded
+    assert await prober.probe("svc") is False
+    assert c.view()["health"]["answered"] is False and (c.last_error or "").startswith("/health: ConnectError")
     up.mode = "500"  # /health answering 503 (a service whose models are down) is still an answer
     assert await prober.probe("svc") is True
     assert c.state is CLOSED and c.view()["health"]["answered"] is True
+    await client.aclose()
+
+
+async def test_refused_probes_are_recorded_but_never_open_the_circuit():
+    client, up, c, _, prober = stack(PROBED)
+    up.mode = "refuse"
+    for _ in range(5):
+        assert await prober.probe("svc") is False
+    assert c.state is CLOSED and c.failures == 0 and c.health is not None and c.health[0] is False
     await client.aclose()
 
 
@@ -263,7 +279,7 @@ async def test_fanout_reports_the_open_circuit_as_that_service_unavailable(zoo):
         nonlocal light_calls
         if request.url.host == "enrichment-light":
             light_calls += 1
-            raise httpx.ConnectTimeout("timed out", request=request)
+            raise httpx.ReadTimeout("timed out", request=request)
         return httpx.Response(200, json={"faces": []})
 
     async with httpx.AsyncClient(transport=BreakerTransport(httpx.MockTransport(handler), breakers)) as client:

@@ -133,7 +133,11 @@
     const warm = models.filter((m) => (m.host_mb || 0) > 0).map((m) => ({ model: m.name, mb: m.host_mb, tier: "WARM" }));
     const leases = models.reduce((a, m) => a + (m.leases || 0), 0);
     return el("div", { class: "card" + (svc.reachable ? "" : " down"), "data-service": name },
-      el("h3", {}, name, el("span", { class: `state ${state}` }, state), el("span", { class: "muted" }, `${svc.kind} · ${dev} · :${svc.port}`)),
+      el("h3", {}, name, el("span", { class: `state ${state}` }, state),
+        svc.circuit && svc.circuit.state !== "closed"  // the gateway's breaker: calls to it fail fast
+          ? el("span", { class: `circuit ${svc.circuit.state}`, title: svc.circuit.last_error || "" },
+               `circuit ${svc.circuit.state.replace("_", "-")}`) : null,
+        el("span", { class: "muted" }, `${svc.kind} · ${dev} · :${svc.port}`)),
       svc.error ? el("div", { class: "muted" }, svc.error) : null,
       st ? [
         el("div", { class: "barlabel" }, el("span", {}, "VRAM"),

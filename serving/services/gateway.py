@@ -161,7 +161,7 @@ def _breakers(ctx: ServiceContext, urls: dict[str, str]
               ) -> tuple[Breakers | None, HealthProber | None, httpx.AsyncBaseTransport]:
     """The transport of the gateway's client: the injected one (tests) or a pooled one, behind per-upstream
     circuit breakers unless ZOO_BREAKER=0 (serving/router/breaker.py), and the /health prober that feeds
-    them; `zoo_upstream_circuit_state{service}` (0 closed, 1 half_open, 2 open) follows every transition."""
+    them; `zoo_upstream_circuit_state{upstream}` (0 closed, 1 half_open, 2 open) follows every transition."""
     s = ctx.settings
     inner = ctx.http_transport or httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
@@ -171,11 +171,11 @@ def _breakers(ctx: ServiceContext, urls: dict[str, str]
                            max_cooldown_s=s.zoo_breaker_max_cooldown_s, probe_interval_s=s.zoo_health_probe_interval_s,
                            probe_timeout_s=s.zoo_health_probe_timeout_s)
     state = ctx.metrics.gauge("zoo_upstream_circuit_state",
-                              "Circuit of each upstream of the gateway: 0 closed, 1 half_open, 2 open", ("service",))
+                              "Circuit of each upstream of the gateway: 0 closed, 1 half_open, 2 open", ("upstream",))
     opens = ctx.metrics.counter("zoo_upstream_circuit_opens_total", "Times an upstream's circuit opened",
-                                ("service",))
+                                ("upstream",))
     rejected = ctx.metrics.counter("zoo_upstream_rejected_total",
-                                   "Calls failed at once by an open (or half-open) circuit", ("service",))
+                                   "Calls failed at once by an open (or half-open) circuit", ("upstream",))
 
     def on_change(c: Circuit, old: CircuitState, new: CircuitState) -> None:
         state.labels(c.name).set(STATE_VALUE[new])

@@ -150,7 +150,7 @@ def test_frozen_service_costs_one_timeout_then_resumes_after_thaw(two_enrichment
             status = c.get("/zoo/status").json()["services"]["enrichment-light"]
             assert status["circuit"]["state"] == "open" and not status["reachable"]
             assert metric_value(c.get("/metrics").text, "zoo_upstream_circuit_state",
-                                service="enrichment-light") == 2.0
+                                upstream="enrichment-light") == 2.0
         finally:
             thawed_at = time.perf_counter()
             os.killpg(light.pid, signal.SIGCONT)
@@ -164,7 +164,7 @@ def test_frozen_service_costs_one_timeout_then_resumes_after_thaw(two_enrichment
         assert resumed_s is not None, out["errors"]
         _, full = enrich()
         assert all_ok(full, "enrichment-light") and all_ok(full, "enrichment"), full["errors"]
-        assert metric_value(c.get("/metrics").text, "zoo_upstream_circuit_state", service="enrichment-light") == 0.0
+        assert metric_value(c.get("/metrics").text, "zoo_upstream_circuit_state", upstream="enrichment-light") == 0.0
 
         # frozen again with no request in flight: the /health prober alone opens the circuit, so not even the
         # first request pays a timeout
@@ -224,7 +224,7 @@ def test_open_circuit_is_503_with_retry_after_and_in_status(zoo):
         feed = c.get("/zoo/feed").json()["services"]
         assert feed["florence"]["circuit"]["state"] == "open" and not feed["florence"]["reachable"]
         metrics = c.get("/metrics").text
-    assert metric_value(metrics, "zoo_upstream_circuit_state", service="florence") == 2.0
-    assert metric_value(metrics, "zoo_upstream_circuit_state", service="clip") == 0.0
-    assert metric_value(metrics, "zoo_upstream_circuit_opens_total", service="florence") == 1.0
-    assert metric_value(metrics, "zoo_upstream_rejected_total", service="florence") >= 1.0
+    assert metric_value(metrics, "zoo_upstream_circuit_state", upstream="florence") == 2.0
+    assert metric_value(metrics, "zoo_upstream_circuit_state", upstream="clip") == 0.0
+    assert metric_value(metrics, "zoo_upstream_circuit_opens_total", upstream="florence") == 1.0
+    assert metric_value(metrics, "zoo_upstream_rejected_total", upstream="florence") >= 1.0

@@ -157,16 +157,19 @@ def _control_plane(ctx: ServiceContext, client: httpx.AsyncClient, urls: dict[st
     return ControlPlane.over_http(ctx.zoo, urls, client, settings=ctx.settings, admin_token=ctx.admin_token)
 
 
+LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+
+
 def _breakers(ctx: ServiceContext, urls: dict[str, str]
-              ) -> tuple[Breakers | None, HealthProber | None, httpx.AsyncBaseTransport]:
+              ) -> tuple[Breakers | None, HealthProber | None, httpx.AsyncBaseTransport | None]:
     """The transport of the gateway's client: the injected one (tests) or a pooled one, behind per-upstream
     circuit breakers unless ZOO_BREAKER=0 (serving/router/breaker.py), and the /health prober that feeds
-    them; `zoo_upstream_circuit_state{upstream}` (0 closed, 1 half_open, 2 open) follows every transition."""
+    them; `zoo_upstream_circuit_state{upstream}` (0 closed, 1 half_open, 2 open) follows every transition.
+    With the breakers, calls to the services (internal) do not use HTTP(S)_PROXY from the environment."""
     s = ctx.settings
-    inner = ctx.http_transport or httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
     if not s.zoo_breaker:
-        return None, None, inner
+        return None, None, ctx.http_transport  # None: httpx's own transport, as without breakers
+    inner = ctx.http_transport or httpx.AsyncHTTPTransport(limits=LIMITS)
     policy = BreakerPolicy(failure_threshold=s.zoo_breaker_failures, cooldown_s=s.zoo_breaker_cooldown_s,
                            max_cooldown_s=s.zoo_breaker_max_cooldown_s, probe_interval_s=s.zoo_health_probe_interval_s,
                            probe_timeout_s=s.zoo_health_probe_timeout_s)
@@ -196,7 +199,7 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
     s = ctx.settings
     urls = service_urls(ctx.zoo, s.overrides)
     breakers, prober, transport = _breakers(ctx, urls)
-    client = httpx.AsyncClient(transport=transport)
+    client = httpx.AsyncClient(transport=transport, limits=LIMITS)
     calls = ctx.metrics.counter("zoo_enrich_calls_total", "Enrichment fan-out calls by service, model and outcome",
                                 ("service", "model", "outcome"))
     call_seconds = ctx.metrics.histogram("zoo_enrich_call_seconds", "Enrichment fan-out call latency", ("service",))

@@ -228,3 +228,21 @@ def test_open_circuit_is_503_with_retry_after_and_in_status(zoo):
     assert metric_value(metrics, "zoo_upstream_circuit_state", upstream="clip") == 0.0
     assert metric_value(metrics, "zoo_upstream_circuit_opens_total", upstream="florence") == 1.0
     assert metric_value(metrics, "zoo_upstream_rejected_total", upstream="florence") >= 1.0
+
+
+def test_breakers_off_every_call_reaches_the_upstream(zoo):
+    calls: list[str] = []
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    settings = Settings.from_env({"ZOO_GATEWAY_THERMAL": "0", "ZOO_BREAKER": "0"})
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(upstream), admin_token=None,
+                     settings=settings)
+    with TestClient(app) as c:
+        for _ in range(5):
+            assert c.post("/florence/ocr", json={"image": "aGk="}).status_code == 504
+        assert "circuits" not in c.get("/health").json()
+        assert "zoo_upstream_circuit_state" not in c.get("/metrics").text
+    assert calls.count("/ocr") == 5

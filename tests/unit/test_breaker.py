@@ -345,3 +345,15 @@ class CircuitMachine(RuleBasedStateMachine):
 
 TestCircuitMachine = CircuitMachine.TestCase
 TestCircuitMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_settings_reject_a_max_cooldown_below_the_cooldown():
+    from serving.errors import ConfigError
+    from serving.settings import Settings
+
+    s = Settings.from_env({"ZOO_BREAKER_FAILURES": "5", "ZOO_HEALTH_PROBE_INTERVAL_S": "0"})
+    assert s.zoo_breaker_failures == 5 and s.zoo_health_probe_interval_s == 0
+    with pytest.raises(ConfigError, match="ZOO_BREAKER_MAX_COOLDOWN_S='5'.*ZOO_BREAKER_COOLDOWN_S"):
+        Settings.from_env({"ZOO_BREAKER_COOLDOWN_S": "10", "ZOO_BREAKER_MAX_COOLDOWN_S": "5"})
+    with pytest.raises(ConfigError, match="ZOO_BREAKER_FAILURES"):
+        Settings.from_env({"ZOO_BREAKER_FAILURES": "0"})

@@ -161,6 +161,9 @@ class Circuit:
                 raise self._reject(f"circuit open ({self.last_error}); next trial in {wait:.1f}s", hint)
             self._to(CircuitState.HALF_OPEN)
         if self.state is CircuitState.HALF_OPEN:
+            if self._health_failed_recently(now):  # the prober says it is down: no trial, it would time out
+                raise self._reject(f"circuit half-open ({self.last_error}); /health is failing",
+                                   self.policy.probe_interval_s)
             if self.trial is not None:
                 raise self._reject(f"circuit half-open, a trial request is in flight ({self.last_error})",
                                    min(1.0, self.cooldown_s))
@@ -221,7 +224,7 @@ class Circuit:
             "health": None if self.health is None else {
                 "answered": self.health[0], "age_s": round(now - self.health[1], 3)},
         }
-        if self.state is CircuitState.OPEN and self.opened_at is not None:
+        if self.state is CircuitState.OPEN and self.opened_at is not None and not self._health_failed_recently(now):
             out["trial_in_s"] = round(max(0.0, self.opened_at + self.cooldown_s - now), 3)
         return out
 

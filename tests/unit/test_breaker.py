@@ -142,6 +142,21 @@ def test_failing_health_keeps_it_open_past_the_cooldown_and_opens_it_alone():
     assert c.admit() != 0 and c.state is HALF
 
 
+def test_no_trial_while_the_prober_says_down_even_half_open():
+    c, clock, _ = circuit(PROBED)
+    for _ in range(3):
+        c.failure("ReadTimeout")
+    clock.t += 5.0
+    ticket = c.admit()
+    assert c.state is HALF
+    c.health_failed("no answer within 1s")
+    c.abandon(ticket)
+    with pytest.raises(Rejected, match="/health is failing"):
+        c.admit()
+    c.health_ok()
+    assert c.state is CLOSED
+
+
 def test_health_answer_while_closed_does_not_hide_request_failures():
     c, _, _ = circuit(PROBED)
     c.failure("ReadTimeout")
@@ -306,8 +321,12 @@ class CircuitMachine(RuleBasedStateMachine):
 
     @rule()
     def request(self) -> None:
+        h = self.c.health
         try:
-            self.tickets.append(self.c.admit())
+            ticket = self.c.admit()
+            self.tickets.append(ticket)
+            if ticket:  # a trial only when the prober does not say the service is down
+                assert h is None or h[0] or self.clock.t - h[1] > PROBED.health_fresh_s
         except Rejected as r:
             assert self.c.state is not CLOSED and r.retry_after >= 0
 

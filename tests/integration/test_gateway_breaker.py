@@ -15,6 +15,7 @@ timeout, not one per request).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -246,3 +247,31 @@ def test_breakers_off_every_call_reaches_the_upstream(zoo):
         assert "circuits" not in c.get("/health").json()
         assert "zoo_upstream_circuit_state" not in c.get("/metrics").text
     assert calls.count("/ocr") == 5
+
+
+def test_a_hanging_detector_costs_one_timeout_then_frames_fail_fast(zoo):
+    """/pipeline/frame: the detection call is bounded by the pipeline's own deadline (asyncio.timeout), which
+    cancels it; that cancellation after the read timeout counts as the upstream's timeout."""
+    detect_calls = 0
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        nonlocal detect_calls
+        if request.url.path == "/detect":
+            detect_calls += 1
+            await asyncio.Event().wait()  # a frozen detector: no answer until the caller's deadline
+        raise httpx.ConnectError("connection refused", request=request)
+
+    settings = Settings.from_env({"ZOO_GATEWAY_THERMAL": "0", "ZOO_HEALTH_PROBE_INTERVAL_S": "0",
+                                  "ZOO_BREAKER_FAILURES": "1", "ZOO_DETECT_TIMEOUT_S": "1.0"})
+    app = create_app(zoo, "gateway", http_transport=httpx.MockTransport(upstream), admin_token=None,
+                     settings=settings)
+    with TestClient(app) as c:
+        first = c.post("/pipeline/frame", json={"image": jpeg_b64()})
+        assert first.status_code == 504 and first.json()["error_type"] == "upstream_timeout"
+        t0 = time.perf_counter()
+        second = c.post("/pipeline/frame", json={"image": jpeg_b64()})
+        fast_s = time.perf_counter() - t0
+        assert second.status_code == 503 and "circuit open" in second.json()["message"]
+        assert second.headers["retry-after"]
+        assert c.get("/health").json()["circuits"]["detection"] == "open"
+    assert detect_calls == 1 and fast_s < 1.0  # the second frame never reached the detector

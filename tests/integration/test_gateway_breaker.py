@@ -11,6 +11,8 @@ timeout, not one per request).
 - `test_open_circuit_is_503_with_retry_after_and_in_status`: the gateway over an `httpx.MockTransport` whose
   florence times out: a forwarded route fails fast with 503 + Retry-After once the circuit is open,
   without touching the network, and the state is in /health, /zoo/status, /zoo/feed and /metrics.
+- `test_a_hanging_detector_costs_one_timeout_then_frames_fail_fast`: /pipeline/frame, 504 once, then 503 at once.
+- `test_breakers_off_every_call_reaches_the_upstream`: ZOO_BREAKER=0.
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@
 `instanttensor` (pipelined reads, staging and H2D copies, GPU Direct Storage when present) and
 `fastsafetensors` (parallel reads straight to the GPU, GDS when present) are both on PyPI and both
 optional: they are never imported unless installed, never a dependency (the `gpu` extra lists them).
-`choose_loader(device_kind, installed=...)` returns the first of `FAST_LOADERS` that is installed when the
-device is CUDA, else None (the project's own direct loader, serving/adapters/weights.py, runs). The
-`installed` predicate is the seam tests use to make a loader present or absent.
+`candidate_loaders(device_kind, installed=...)` lists the installed ones of `FAST_LOADERS`, in that order,
+when the device is CUDA, else none (the project's own direct loader, serving/adapters/weights.py, runs).
+The `installed` predicate is the seam tests use to make a loader present or absent.
 
 Each loader function returns (name -> tensor on the device, the object that owns their memory or None,
-LoadInfo); a loader that fails falls back to the direct loader in `load_safetensors`, which says so in the
-footprint record's note. Neither loader packs the tensors into one block: a later offload then copies
-tensor by tensor into its one pooled host buffer (serving/adapters/parking.py) and the restore brings
-them back as one block.
+LoadInfo); a loader that fails hands over to the next one and finally to the direct loader in
+`load_safetensors`, which says so in the footprint record's note. Neither loader packs the tensors into
+one block: a later offload then copies tensor by tensor into its one pooled host buffer
+(serving/adapters/parking.py) and the restore brings them back as one block.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def choose_loader(device_kind: str, *, installed: Callable[[str], bool] = is_installed) -> str | None:
-    """The fast loader to use on a device of this kind: the first installed of FAST_LOADERS on CUDA."""
+def candidate_loaders(device_kind: str, *, installed: Callable[[str], bool] = is_installed) -> list[str]:
+    """The fast loaders to try, in order, on a device of this kind: the installed ones of FAST_LOADERS on CUDA."""
     if device_kind != "cuda":
-        return None
-    return next((name for name in FAST_LOADERS if installed(name)), None)
+        return []
+    return [name for name in FAST_LOADERS if installed(name)]
+
+
+def choose_loader(device_kind: str, *, installed: Callable[[str], bool] = is_installed) -> str | None:
+    """The fast loader tried first on a device of this kind, else None."""
+    return next(iter(candidate_loaders(device_kind, installed=installed)), None)
 
 
 def _device_index(device: Any) -> int:

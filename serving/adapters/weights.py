@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.adapters.fast_loaders import FAST_IMPLS, choose_loader, is_installed
+from serving.adapters.fast_loaders import FAST_IMPLS, candidate_loaders, choose_loader, is_installed
 
 ALIGN = 256
 STAGING_BYTES = 64 << 20
@@ -151,14 +151,16 @@ def load_safetensors(path: str | Path, device: Any, *, keep: Any = None, use_fas
 
     entries = [e for e in read_header(path) if keep is None or keep(e.name)]
     fallback = ""
-    if use_fast and (fast := fast_loader(device.kind, installed)):
+    for fast in candidate_loaders(device.kind, installed=installed) if use_fast else []:
         try:
             return (fast_impls or FAST_IMPLS)[fast](path, device, [e.name for e in entries])
         except Exception as e:
             is_oom = getattr(device, "is_oom", None)
             if is_oom is not None and is_oom(e):
                 raise
-            fallback = f"{fast} failed ({type(e).__name__}: {e}), fell back to zoo-direct: "
+            fallback += f"{fast} failed ({type(e).__name__}: {e}); "
+    if fallback:
+        fallback += "fell back to zoo-direct: "
     dtypes = _dtypes()
     offsets, total = layout(entries)
     block = torch.empty(max(total, 1), dtype=torch.uint8, device=device.torch_device)

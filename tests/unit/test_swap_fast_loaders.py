@@ -59,16 +59,16 @@ def st_file(tmp_path):
 class FakeLoader:
     """A stand-in for instanttensor's loader: the safetensors library's tensors, each its own allocation."""
 
-    def __init__(self, fail: BaseException | None = None) -> None:
+    def __init__(self, fail: BaseException | None = None, name: str = "instanttensor") -> None:
         self.calls: list[tuple[str, list[str]]] = []
-        self.fail = fail
+        self.fail, self.name = fail, name
 
     def __call__(self, path, device, names):
         self.calls.append((str(path), list(names)))
         if self.fail is not None:
             raise self.fail
         ref = load_file(str(path))
-        return {n: ref[n] for n in names}, None, LoadInfo("instanttensor", True, "fake instanttensor")
+        return {n: ref[n] for n in names}, None, LoadInfo(self.name, True, f"fake {self.name}")
 
 
 def test_an_installed_fast_loader_runs_on_cuda_and_is_recorded(st_file):
@@ -94,7 +94,7 @@ def test_a_failing_fast_loader_falls_back_and_says_why(st_file):
     got, _, info = load_safetensors(st_file, CudaKindDevice(), installed=present("instanttensor"),
                                     fast_impls={"instanttensor": fake})
     assert fake.calls and info.loader == "zoo-direct" and info.direct
-    assert info.note.startswith("instanttensor failed (RuntimeError: cuFile driver missing), fell back")
+    assert info.note.startswith("instanttensor failed (RuntimeError: cuFile driver missing); fell back to zoo-direct")
     ref = load_file(str(st_file))
     assert all(torch.equal(got[k], ref[k]) for k in ref)
 
@@ -111,3 +111,10 @@ def test_use_fast_false_skips_the_fast_loader(st_file):
     _, _, info = load_safetensors(st_file, CudaKindDevice(), installed=present("instanttensor"),
                                   fast_impls={"instanttensor": fake}, use_fast=False)
     assert not fake.calls and info.loader == "zoo-direct"
+
+
+def test_a_failing_first_loader_hands_over_to_the_next_installed_one(st_file):
+    broken, fast = FakeLoader(fail=RuntimeError("no io_uring")), FakeLoader(name="fastsafetensors")
+    _, _, info = load_safetensors(st_file, CudaKindDevice(), installed=present("instanttensor", "fastsafetensors"),
+                                  fast_impls={"instanttensor": broken, "fastsafetensors": fast})
+    assert broken.calls and fast.calls and info.loader == "fastsafetensors"

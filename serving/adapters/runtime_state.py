@@ -16,7 +16,7 @@ the session is built). So:
   not redone; the EP-specific (extended/layout) passes and the initializer upload are. The caller keeps
   its own objects (ultralytics' backend, names, metadata, IO-binding shapes) and rebinds outputs.
   `stats` counts sessions built, dropped and graph optimizations, so tests see that N swap cycles
-  optimize once and never read the file.
+  optimize once; the keeper holds bytes, never a path (tests delete the file before restoring).
 
 TensorRT (`TrtEngineKeeper`, over ultralytics' TensorRTBackend attributes: `model` the ICudaEngine,
 `context`, `bindings`, `graph`). The deserialized engine is kept; the device buffers live only while
@@ -55,7 +55,6 @@ class KeeperStats:
     graph_optimizations: int = 0  # ORT: optimization passes whose result is kept
     deserializations: int = 0  # TRT: engines deserialized by the keeper (0 in weight-streaming mode)
     budget_changes: int = 0  # TRT: weight-streaming budget set
-    file_reads: int = 0  # never incremented: the keepers hold no path, only bytes (asserted by tests)
 
 
 class OrtSessionKeeper:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,14 +127,17 @@ class TrtEngineKeeper:
 
     `backend` has ultralytics' TensorRTBackend attributes (`model`, `context`, `bindings`, `graph`,
     `dynamic`, `is_trt10`, `device`); `runtime` deserializes (kept for the host-copy mode); `alloc(shape,
-    dtype)` makes a device tensor for a binding and `capture(backend)` re-captures the CUDA graph (seams:
-    tests pass fakes; the defaults are torch on the backend's device)."""
+    dtype)` makes a device tensor for a binding, `capture(backend)` re-captures the CUDA graph and
+    `on_device()` makes the backend's GPU current (TensorRT binds engines and contexts to it) - seams: tests
+    pass fakes; the defaults are torch on the backend's device)."""
 
     def __init__(self, backend: Any, runtime: Any, *, alloc: Callable[[Any, Any], Any] | None = None,
-                 capture: Callable[[Any], Any] | None = None) -> None:
+                 capture: Callable[[Any], Any] | None = None,
+                 on_device: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.backend, self.runtime = backend, runtime
         self.alloc = alloc or (lambda shape, dtype: _torch_binding(backend.device, shape, dtype))
         self.capture = capture or _capture_graph
+        self.on_device = on_device or (lambda: _cuda_device(backend.device))
         engine = backend.model
         self.streaming = int(getattr(engine, "streamable_weights_size", 0) or 0) > 0
         self.mode = "weight-streaming" if self.streaming else "host-copy"
@@ -153,7 +157,7 @@ class TrtEngineKeeper:
         self.had_graph = be.graph is not None
         self.shapes = {name: (tuple(b.shape), b.dtype) for name, b in be.bindings.items()}
         be.graph = None
-        be.bindings = {name: b._replace(data=None) for name, b in be.bindings.items()}
+        be.bindings = type(be.bindings)((name, b._replace(data=None)) for name, b in be.bindings.items())
         be.context = None
         self.stats.sessions_dropped += 1
         if self.streaming:
@@ -168,32 +172,39 @@ class TrtEngineKeeper:
         be = self.backend
         if self.resident:
             return
-        if self.streaming:
-            be.model.weight_streaming_budget_v2 = int(be.model.streamable_weights_size)
-            self.stats.budget_changes += 1
-        else:
-            assert self.host_copy is not None, "restore before offload"
-            be.model = self.runtime.deserialize_cuda_engine(self.host_copy)
-            self.stats.deserializations += 1
-        engine = be.model
-        be.context = engine.create_execution_context()
-        self.stats.sessions_built += 1
-        bindings = {}
-        for name, b in be.bindings.items():
-            shape, dtype = self.shapes[name]
-            if be.dynamic and be.is_trt10 and _is_input(engine, name):
-                be.context.set_input_shape(name, shape)
-            bindings[name] = b._replace(data=self.alloc(shape, dtype), shape=shape)
-        be.bindings = type(be.bindings)(bindings)
-        if be.is_trt10:
+        with self.on_device():
+            if self.streaming:
+                be.model.weight_streaming_budget_v2 = int(be.model.streamable_weights_size)
+                self.stats.budget_changes += 1
+            else:
+                assert self.host_copy is not None, "restore before offload"
+                be.model = self.runtime.deserialize_cuda_engine(self.host_copy)
+                self.stats.deserializations += 1
+            engine = be.model
+            be.context = engine.create_execution_context()
+            self.stats.sessions_built += 1
+            bindings = []
             for name, b in be.bindings.items():
-                be.context.set_tensor_address(name, b.data.data_ptr())
-        be.graph = self.capture(be) if self.had_graph else None
+                shape, dtype = self.shapes[name]
+                if be.dynamic and be.is_trt10 and _is_input(engine, name):
+                    be.context.set_input_shape(name, shape)
+                bindings.append((name, b._replace(data=self.alloc(shape, dtype), shape=shape)))
+            be.bindings = type(be.bindings)(bindings)
+            if be.is_trt10:
+                for name, b in be.bindings.items():
+                    be.context.set_tensor_address(name, b.data.data_ptr())
+            be.graph = self.capture(be) if self.had_graph else None
 
 
 def _is_input(engine: Any, name: str) -> bool:
     mode = engine.get_tensor_mode(name)
     return getattr(mode, "name", str(mode)).upper().endswith("INPUT")
+
+
+def _cuda_device(device: Any) -> AbstractContextManager[Any]:  # pragma: no cover - TensorRT needs a GPU
+    import torch
+
+    return torch.cuda.device(device)
 
 
 def _torch_binding(device: Any, shape: Any, dtype: Any) -> Any:  # pragma: no cover - TensorRT needs a GPU

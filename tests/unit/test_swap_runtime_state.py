@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections import OrderedDict, namedtuple
 from pathlib import Path
@@ -197,7 +198,16 @@ def trt_keeper(dev: FakeDevice, be: FakeBackend) -> tuple[TrtEngineKeeper, list]
         allocs.append((shape, dtype))
         return torch.zeros(shape)
 
-    return TrtEngineKeeper(be, FakeRuntime(dev), alloc=alloc, capture=lambda be: "recaptured"), allocs
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def on_device():
+        entered.append(be.device)
+        yield
+
+    k = TrtEngineKeeper(be, FakeRuntime(dev), alloc=alloc, capture=lambda be: "recaptured", on_device=on_device)
+    k.entered = entered
+    return k, allocs
 
 
 def test_a_weight_streaming_engine_is_kept_and_never_deserialized_again():
@@ -216,7 +226,8 @@ def test_a_weight_streaming_engine_is_kept_and_never_deserialized_again():
     assert k.stats.budget_changes == 6 and k.stats.sessions_built == 3 and engine.contexts == 4
     assert [s for s, _ in allocs[:2]] == [(2, 3, 64, 64), (2, 84, 80)] and allocs[0][1] is np.float16
     assert be.context.addresses == {n: b.data.data_ptr() for n, b in be.bindings.items()}
-    assert be.graph == "recaptured"
+    assert be.graph == "recaptured" and k.entered == ["cuda:0"] * 3  # engine and context made on its GPU
+    assert isinstance(be.bindings, OrderedDict)
 
 
 def test_an_engine_without_weight_streaming_is_restored_from_its_host_copy_not_the_file():

@@ -8,7 +8,8 @@ repo) is measured through the project's own code paths and against the raw limit
   vs a plain copy of the same bytes into a fresh buffer of the target device (on CPU: a memcpy; on CUDA:
   a pinned host -> device copy); offload vs the reverse copy;
 rounds interleaved, medians. Ratios are our throughput over the limit's; the goal is >= 0.8 for both.
-It also reports the host pool's counters (one pinning for all the offloads of the run).
+It also reports the host pool's counters (one pinning for all the offloads of the run) and the chunks that
+went through the double-buffered staging (on CUDA, the cold loads of the direct loader; 0 on the CPU).
 
     python benchmarks/swap.py                      # 512 MB model, on cuda:0 when present, else cpu
     python benchmarks/swap.py --quick              # 64 MB model (says so), the smoke run of `make test`
@@ -156,7 +157,8 @@ def measure(device: Any, path: Path, repeats: int) -> dict[str, Any]:
             "goal": GOAL, "goal_met": {k: v >= GOAL for k, v in ratios.items() if k != "offload_over_copy"},
             "host_pool": {"allocations": s.allocations, "reuses": s.reuses, "pinned": s.pinned,
                           "allocations_after_first_offload": pins_after_first_offload},
-            "copy_engine": {"async_side_stream": device.copy_engine.async_copies}}
+            "copy_engine": {"async_side_stream": device.copy_engine.async_copies,
+                            "staged_chunks": device.copy_engine.staged_chunks}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@
   its slice of the host buffer, which frees the device memory;
 - `restore()`: allocates ONE device block, copies the host buffer into it in one large copy on the copy
   engine's side stream, re-points every tensor at its slice of the block, and gives the host buffer back to
-  the pool.
+  the pool. When the pool could not pin that buffer (a locked-memory limit), the copy goes through two
+  pinned staging buffers instead, double-buffered (`CopyEngine.staged`: the memcpy of chunk i+1 into one
+  overlaps the H2D copy of chunk i from the other).
 The module object, its hooks, its processor and any other state of the adapter are untouched: a restore
 runs no constructor and reads no file. Tensors keep their Parameter identity (`.data` is swapped), so
 tied weights stay tied. The same path runs on every device: on the CPU both are real copies (which is what
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from serving.adapters.weights import ALIGN
+from serving.adapters.weights import ALIGN, STAGING_BYTES
 
 
 def module_tensors(module: Any) -> list[Any]:
@@ -36,8 +38,10 @@ def module_tensors(module: Any) -> list[Any]:
 class Parking:
     """One module's weights moving between one device block and one host buffer (module docstring)."""
 
-    def __init__(self, tensors: Iterable[Any], device: Any, *, block: Any = None) -> None:
+    def __init__(self, tensors: Iterable[Any], device: Any, *, block: Any = None,
+                 staging_bytes: int = STAGING_BYTES) -> None:
         self.tensors = list(tensors)
+        self.staging_bytes = staging_bytes
         self.device = device
         self.block = None  # the device block the tensors are views of, when they are (direct load, restore)
         self.host: Any = None  # the pool buffer while parked
@@ -107,7 +111,16 @@ class Parking:
         import torch
 
         block = torch.empty(max(self.total, 1), dtype=torch.uint8, device=self.device.torch_device)
-        self.device.copy_engine.copy([(block[:self.total], self.host[:self.total])])
+        engine, pool = self.device.copy_engine, self.device.host_pool
+        if engine.async_copies and not pool.is_pinned(self.host):  # pinning was refused: stage it
+            stages = [pool.acquire(self.staging_bytes), pool.acquire(self.staging_bytes)]
+            try:
+                engine.staged(_memcpy_chunks(self.host, block, self.total, self.staging_bytes), stages)
+            finally:
+                for stage in stages:
+                    pool.release(stage)
+        else:  # pinned (or host memory): one large asynchronous copy on the side stream
+            engine.copy([(block[:self.total], self.host[:self.total])])
         for t, off in zip(self.tensors, self.offsets, strict=True):
             t.data = _slice(block, off, t)
         host, self.host, self.block = self.host, None, block
@@ -120,6 +133,18 @@ class Parking:
             self.device.host_pool.release(host)
         self.block = None
         self.tensors = []
+
+
+def _memcpy_chunks(host: Any, block: Any, total: int, chunk: int) -> Any:
+    """One `fill(stage)` per chunk: pageable host bytes -> the pinned stage, then stage -> the device block."""
+    for start in range(0, total, chunk):
+        n = min(chunk, total - start)
+
+        def fill(stage: Any, start: int = start, n: int = n) -> list[tuple[Any, Any]]:
+            stage[:n].copy_(host[start:start + n])
+            return [(block[start:start + n], stage[:n])]
+
+        yield fill
 
 
 def _offsets_in(block: Any, tensors: list[Any]) -> list[int] | None:

@@ -4,12 +4,13 @@
 block of device memory, in file order, each aligned to 256 bytes, and returns views of it:
 - on the CPU the file's bytes are read (`os.preadv`, one call per contiguous run of tensors) directly
   into the block: no mmap, no second copy, so a load runs at the speed of a raw read of the file;
-- on CUDA they go through one pinned staging buffer of `STAGING_BYTES` from the device's host pool (read a
-  chunk, one large H2D copy on the copy engine's side stream, next chunk; the copy of a 64 MiB chunk takes
-  a tenth of its read from storage, so serial chunks stay within ~10% of the read rate): no host copy of
-  the whole model is ever made, and the staging buffer is reused, not re-pinned;
-- on CUDA, when `fastsafetensors` is installed, it is used instead (parallel reads, GPU Direct Storage
-  when present); it is optional and only imported behind a check, never a dependency.
+- on CUDA they go through two pinned staging buffers of `STAGING_BYTES` from the device's host pool,
+  double-buffered (`CopyEngine.staged`): the read of chunk i+1 into one overlaps the H2D copy of chunk i
+  from the other on a side stream, so a load runs at the read rate: no host copy of the whole model is
+  ever made, and the staging buffers are reused, not re-pinned;
+- on CUDA, when `instanttensor` or `fastsafetensors` is installed, it is used instead (the seam and the
+  choice are in serving/adapters/fast_loaders.py); optional, only imported behind a check, never a
+  dependency. A fast loader that fails falls back to the path above and the note says why.
 One block per model also makes the later offload/restore one large copy (serving/adapters/parking.py).
 
 The header is checked before anything is read: known dtypes, shapes that match their byte spans, spans
@@ -22,13 +23,14 @@ handed to onnxruntime, a TensorRT engine) say so in `note`. The manager writes i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from serving.adapters.fast_loaders import FAST_IMPLS, candidate_loaders, choose_loader, is_installed
 
 ALIGN = 256
 STAGING_BYTES = 64 << 20
@@ -132,24 +134,33 @@ def layout(entries: list[TensorEntry], align: int = ALIGN) -> tuple[list[int], i
     return offsets, pos
 
 
-def fast_loader(device_kind: str) -> str | None:
-    """The optional fast loader usable here: `fastsafetensors` on CUDA when installed, else None."""
-    if device_kind == "cuda" and importlib.util.find_spec("fastsafetensors") is not None:
-        return "fastsafetensors"  # pragma: no cover - not installed on the CPU machines
-    return None
+def fast_loader(device_kind: str, installed: Any = is_installed) -> str | None:
+    """The optional fast loader usable here (serving/adapters/fast_loaders.py), else None."""
+    return choose_loader(device_kind, installed=installed)
 
 
 def load_safetensors(path: str | Path, device: Any, *, keep: Any = None, use_fast: bool = True,
-                     staging_bytes: int = STAGING_BYTES) -> tuple[dict[str, Any], Any, LoadInfo]:
-    """(name -> tensor view on the device, the flat block that owns them, LoadInfo); module docstring.
+                     staging_bytes: int = STAGING_BYTES, installed: Any = is_installed,
+                     fast_impls: Any = None) -> tuple[dict[str, Any], Any, LoadInfo]:
+    """(name -> tensor view on the device, the object that owns their memory, LoadInfo); module docstring.
 
-    `device` is a `serving.vram.devices.Device` (its kind picks the path: staging on "cuda", a direct read
-    elsewhere); `keep(name)` selects tensors (default all)."""
+    `device` is a `serving.vram.devices.Device` (its kind picks the path: a fast loader or staging on "cuda",
+    a direct read elsewhere); `keep(name)` selects tensors (default all). `installed` and `fast_impls` are
+    the fast loaders' seams (serving/adapters/fast_loaders.py)."""
     import torch
 
     entries = [e for e in read_header(path) if keep is None or keep(e.name)]
-    if use_fast and (fast := fast_loader(device.kind)):  # pragma: no cover - needs a GPU + the package
-        return _load_fastsafetensors(path, device, entries, fast)
+    fallback = ""
+    for fast in candidate_loaders(device.kind, installed=installed) if use_fast else []:
+        try:
+            return (fast_impls or FAST_IMPLS)[fast](path, device, [e.name for e in entries])
+        except Exception as e:
+            is_oom = getattr(device, "is_oom", None)
+            if is_oom is not None and is_oom(e):
+                raise
+            fallback += f"{fast} failed ({type(e).__name__}: {e}); "
+    if fallback:
+        fallback += "fell back to zoo-direct: "
     dtypes = _dtypes()
     offsets, total = layout(entries)
     block = torch.empty(max(total, 1), dtype=torch.uint8, device=device.torch_device)
@@ -167,9 +178,9 @@ def load_safetensors(path: str | Path, device: Any, *, keep: Any = None, use_fas
         os.close(fd)
     tensors = {e.name: _view(block, off, e.nbytes, dtypes[e.dtype], e.shape) for e, off in zip(entries, offsets,
                                                                                                 strict=True)}
-    how = f"streamed through a {staging_bytes >> 20} MiB pinned staging buffer into one device block" if staged \
-        else "read straight into one block (no staging, no mmap)"
-    return tensors, block, LoadInfo("zoo-direct", True, how)
+    how = f"streamed through two {staging_bytes >> 20} MiB pinned staging buffers (double-buffered) into one " \
+        "device block" if staged else "read straight into one block (no staging, no mmap)"
+    return tensors, block, LoadInfo("zoo-direct", True, fallback + how)
 
 
 def _view(block: Any, off: int, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> Any:
@@ -207,45 +218,38 @@ def _preadv_all(fd: int, buffers: list[memoryview], offset: int) -> None:
 
 def _staged_to_device(fd: int, runs: list[tuple[int, list[tuple[int, int]]]], block: Any, device: Any,
                       staging_bytes: int) -> None:
-    """File -> pinned staging chunk -> device block, chunk by chunk (module docstring)."""
+    """File -> two pinned staging buffers -> device block, double-buffered (module docstring)."""
     pool, engine = device.host_pool, device.copy_engine
-    stage = pool.acquire(staging_bytes)
+    stages = [pool.acquire(staging_bytes), pool.acquire(staging_bytes)]
     try:
-        mv = memoryview(stage.numpy())
-        for file_off, pieces in runs:
-            segs, pos = [], file_off  # (file position, block offset, bytes) of each tensor of the run
-            for off, n in pieces:
-                segs.append((pos, off, n))
-                pos += n
-            start = file_off
-            while start < pos:  # one read per chunk of the run, then one copy call for its pieces
-                k = min(pos - start, staging_bytes)
-                _preadv_all(fd, [mv[:k]], start)
+        engine.staged(_read_chunks(fd, runs, block, staging_bytes), stages)
+    finally:
+        for stage in stages:
+            pool.release(stage)
+
+
+def _read_chunks(fd: int, runs: list[tuple[int, list[tuple[int, int]]]], block: Any,
+                 staging_bytes: int) -> Any:
+    """One `fill(stage)` per chunk of at most `staging_bytes` of each contiguous file run: read the chunk
+    into the stage, return the copies of its pieces into the block."""
+    for file_off, pieces in runs:
+        segs, pos = [], file_off  # (file position, block offset, bytes) of each tensor of the run
+        for off, n in pieces:
+            segs.append((pos, off, n))
+            pos += n
+        for start in range(file_off, pos, staging_bytes):
+            k = min(pos - start, staging_bytes)
+
+            def fill(stage: Any, start: int = start, k: int = k, segs: list = segs) -> list[tuple[Any, Any]]:
+                _preadv_all(fd, [memoryview(stage.numpy())[:k]], start)
                 pairs = []
                 for fpos, boff, n in segs:
                     lo, hi = max(fpos, start), min(fpos + n, start + k)
                     if lo < hi:
                         pairs.append((block[boff + lo - fpos:boff + hi - fpos], stage[lo - start:hi - start]))
-                engine.copy(pairs)
-                start += k
-    finally:
-        pool.release(stage)
+                return pairs
 
-
-def _load_fastsafetensors(path: str | Path, device: Any, entries: list[TensorEntry],
-                          name: str) -> tuple[dict[str, Any], Any, LoadInfo]:  # pragma: no cover - GPU only
-    import torch
-    from fastsafetensors import SafeTensorsFileLoader, SingleGroup
-
-    loader = SafeTensorsFileLoader(SingleGroup(), torch.device(device.torch_device), nogds=False)
-    try:
-        loader.add_filenames({0: [str(path)]})
-        buf = loader.copy_files_to_device()
-        tensors = {e.name: buf.get_tensor(e.name) for e in entries}
-    finally:
-        loader.close()
-    # the tensors live in fastsafetensors' device buffer; `buf` owns it until the model is unloaded
-    return tensors, buf, LoadInfo(name, True, "fastsafetensors: parallel reads straight to the GPU")
+            yield fill
 
 
 #: what the formats without a direct path record (adapters use these)

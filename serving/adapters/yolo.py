@@ -23,10 +23,13 @@ YOLO_AUTOINSTALL=0 and ULTRALYTICS_SAFE_LOAD=1 (set unless already set) so it ne
 or pip from a serving process.
 
 Tiers: `.pt` parks the fused module's weights in one pooled host buffer (serving/adapters/parking.py);
-`.onnx` on the CPU keeps its session (host memory already); on CUDA the session is dropped (onnxruntime
-cannot release a live session's device weights) and rebuilt from the file's bytes kept in RAM; `.engine`
-drops engine and context and deserialises the (page-cached) file again. No format has a direct
-file-to-device path: `load_info` says so in the footprint record.
+`.onnx` and `.engine` keep what they need across a swap in serving/adapters/runtime_state.py: the ONNX
+session is kept on the CPU; on CUDA only the session is dropped (onnxruntime cannot release a live
+session's device weights) and rebuilt from the optimized graph kept in RAM; a TensorRT engine is kept
+deserialized (weight streaming) or as a host copy, its context and bindings exist only while HOT. The
+ultralytics predictor, its backend object and the class names are never rebuilt; `metadata()["restore"]`
+shows the keeper's counters. No format has a direct file-to-device path: `load_info` says so in the
+footprint record.
 
 YOLO-World: the fixed vocabulary stored in the checkpoint works everywhere (a `vocabulary` whose words
 are all known becomes a class filter). A new vocabulary needs ultralytics' CLIP text encoder (the `clip`
@@ -159,6 +162,7 @@ class YoloAdapter(Adapter):
         self._blob: bytes | None = None  # .onnx bytes kept for a disk-free restore
         self._providers: list[Any] = []
         self._parking: Any = None  # Parking of the .pt module, made at its first offload
+        self._keeper: Any = None  # OrtSessionKeeper / TrtEngineKeeper of an .onnx / .engine (runtime_state.py)
         self._lock = threading.Lock()
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -196,9 +200,20 @@ class YoloAdapter(Adapter):
         if fmt == "pt":  # one module: the predictor's fused copy; the unfused original is dropped
             self.yolo.model = be.model
         if fmt == "onnx":
+            from serving.adapters.runtime_state import OrtSessionKeeper
+
             sess = be.session
             opts = sess.get_provider_options()
             self._providers = [(p, opts.get(p, {})) for p in sess.get_providers()]
+            self._keeper = OrtSessionKeeper(sess, self._blob or b"", self._providers,
+                                            drop_on_offload=self.ctx.device.kind == "cuda",
+                                            session_options=be.session_options)
+        if fmt == "engine":  # pragma: no cover - TensorRT needs a GPU
+            import tensorrt as trt
+
+            from serving.adapters.runtime_state import TrtEngineKeeper
+
+            self._keeper = TrtEngineKeeper(be, trt.Runtime(trt.Logger(trt.Logger.WARNING)))
         self.dtype = "float16" if getattr(be, "fp16", False) else "float32"
 
     def warmup(self) -> None:
@@ -214,14 +229,12 @@ class YoloAdapter(Adapter):
             self._parking.offload()
             be.device = next(be.model.parameters()).device
         elif self.format == "onnx":
-            if self.ctx.device.kind == "cuda":  # pragma: no cover - the session's weights sit in VRAM
-                be.session = None
-                if getattr(be, "use_io_binding", False):
-                    be.io, be.bindings = None, []
-            # on the CPU the session's weights are host memory already: the session is kept as it is, so
-            # the restore re-initialises nothing
+            self._keeper.offload()  # CPU: kept; CUDA: only the session goes (module docstring)
+            be.session = self._keeper.session
+            if be.session is None and getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA
+                be.io, be.bindings = None, []
         else:  # pragma: no cover - TensorRT needs a GPU
-            self.yolo.predictor = None
+            self._keeper.offload()
         self.tier = "WARM"
 
     def restore(self) -> None:
@@ -232,20 +245,18 @@ class YoloAdapter(Adapter):
             be.device = next(be.model.parameters()).device
         elif self.format == "onnx":
             be = self._backend()
-            if be.session is None:  # pragma: no cover - CUDA: rebuilt from the bytes in RAM (no disk)
-                import onnxruntime as ort
-
-                be.session = ort.InferenceSession(self._blob, be.session_options, providers=self._providers)
-                if getattr(be, "use_io_binding", False):
-                    _bind_onnx_outputs(be)
+            rebuilt = be.session is None
+            be.session = self._keeper.restore()
+            if rebuilt and getattr(be, "use_io_binding", False):  # pragma: no cover - CUDA
+                _bind_onnx_outputs(be)
         else:  # pragma: no cover - TensorRT needs a GPU
-            self._run([_blank(64)], conf=1.0)
+            self._keeper.restore()
         self.tier = "HOT"
 
     def unload(self) -> None:
         if self._parking is not None:
             self._parking.drop()
-        self.yolo, self._blob, self._providers, self._parking = None, None, [], None
+        self.yolo, self._blob, self._providers, self._parking, self._keeper = None, None, [], None, None
         self.tier = "COLD"
 
     def param_bytes(self) -> int:
@@ -262,6 +273,9 @@ class YoloAdapter(Adapter):
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
         meta.update(task=self.ctx.spec.task, imgsz=self.imgsz, load_errors=dict(self.load_errors))
+        if self._keeper is not None:  # what restores redid: serving/adapters/runtime_state.py
+            meta["restore"] = {"keeper": type(self._keeper).__name__, "mode": self._keeper.mode,
+                               **vars(self._keeper.stats)}
         if self.yolo is not None and self.yolo.predictor is not None:
             meta["classes"] = list(self.names.values())
         return meta

@@ -11,10 +11,19 @@ that would exceed it is freed instead of cached (in-use bytes are bounded by the
 ledger, not here). Best fit: a request takes the smallest free buffer at least as large and at most
 `max_waste` times larger; new buffers are rounded up to `granularity` so sizes repeat.
 
+When pinning is refused (cudaHostAlloc fails under a locked-memory limit, `ulimit -l` in a container), the
+pool hands out a pageable buffer instead and counts it (`stats.pin_failures`); `is_pinned(buf)` says which
+a buffer is, so a restore from it goes through the double-buffered staging below rather than a pageable
+copy the driver would stage itself, one bounce buffer at a time.
+
 `CopyEngine` does the large copies host <-> device: on CUDA on a side stream (ordered after the work
 already queued on the current stream, and waited for before returning, so callers see a finished copy and
-the default stream stays free for other models' inference), elsewhere a plain `copy_`. The stream
-functions are a seam (`cuda`, default `torch.cuda`): tests pass fakes and run the ordering logic on CPU.
+the default stream stays free for other models' inference), elsewhere a plain `copy_`. `staged` is the
+double-buffered path for sources that are not pinned (a file being read, a pageable buffer): two pinned
+staging buffers; the host fills chunk i+1 into one while the H2D copy of chunk i from the other runs on a
+second side stream; before a staging buffer is filled again the host waits for the event recorded after
+the copy that last read it. The stream functions are a seam (`cuda`, default `torch.cuda`: `Stream`,
+`current_stream`, `stream`, `Event`): tests pass fakes and run the ordering logic on CPU.
 
 Thread-safe: adapters offload and restore from worker threads.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +51,7 @@ class PoolStats:
     in_use_bytes: int = 0
     cached_bytes: int = 0
     pinned: bool = False
+    pin_failures: int = 0  # pinning refused: a pageable buffer was handed out instead
 
 
 class HostPool:
@@ -59,6 +70,7 @@ class HostPool:
         self._lock = threading.Lock()
         self._free: list[Any] = []  # cached buffers, sorted by size
         self._in_use: dict[int, int] = {}  # id(buffer) -> size
+        self._pageable: set[int] = set()  # ids of the buffers that could not be pinned (pin=True only)
         self.stats = PoolStats(pinned=pin)
 
     def rounded(self, nbytes: int) -> int:
@@ -82,9 +94,18 @@ class HostPool:
                 dropped = self._free.pop()
                 self.stats.cached_bytes -= dropped.numel()
                 self.stats.frees += 1
-        buf = self._alloc(size, self.pin)  # outside the lock: pinning takes a while
+        pinned = self.pin
+        try:
+            buf = self._alloc(size, self.pin)  # outside the lock: pinning takes a while
+        except RuntimeError:
+            if not self.pin:
+                raise
+            buf, pinned = self._alloc(size, False), False  # locked-memory limit: pageable, staged on restore
         with self._lock:
             self.stats.allocations += 1
+            if self.pin and not pinned:
+                self.stats.pin_failures += 1
+                self._pageable.add(id(buf))
             self._mark_used(buf)
         return buf
 
@@ -101,12 +122,20 @@ class HostPool:
                 self.stats.cached_bytes += size
             else:
                 self.stats.frees += 1
+                self._pageable.discard(id(buf))
+
+    def is_pinned(self, buf: Any) -> bool:
+        """True when `buf` (handed out by this pool) is page-locked memory."""
+        with self._lock:
+            return self.pin and id(buf) not in self._pageable
 
     def clear(self) -> int:
         """Free every cached buffer (e.g. when the service goes idle); returns the bytes freed."""
         with self._lock:
             freed = self.stats.cached_bytes
             self.stats.frees += len(self._free)
+            for buf in self._free:
+                self._pageable.discard(id(buf))
             self._free.clear()
             self.stats.cached_bytes = 0
             return freed
@@ -132,9 +161,12 @@ class CopyEngine:
         self.device = device
         self._cuda = cuda
         self._side: Any = None
+        self._staging: Any = None  # the stream of `staged` transfers (a file read must not hold up restores)
         self._lock = threading.Lock()
+        self._staging_lock = threading.Lock()
         self.copies = 0
         self.bytes_copied = 0
+        self.staged_chunks = 0
 
     @classmethod
     def for_device(cls, torch_device: str) -> CopyEngine:
@@ -176,3 +208,46 @@ class CopyEngine:
                 side.synchronize()
         self.copies += len(pairs)
         self.bytes_copied += nbytes
+
+    def staged(self, chunks: Iterable[Callable[[Any], list[tuple[Any, Any]]]], stages: Sequence[Any]) -> None:
+        """Double-buffered host -> device transfer through the (pinned) `stages` (module docstring).
+
+        Each chunk is `fill(stage) -> [(dst, src), ...]`: host work that writes the chunk into a staging buffer
+        (a file read, a copy from pageable memory) and returns the copies to issue from it. Chunk i uses
+        `stages[i % len(stages)]`. Finished when this returns."""
+        if self._cuda is None:
+            for fill in chunks:
+                self._count(fill(stages[0]))
+                self.staged_chunks += 1
+            return
+        with self._staging_lock:  # its own stream: a long read here never holds up another model's restore
+            if self._staging is None:
+                self._staging = self._cuda.Stream(self.device)
+            side, current = self._staging, self._cuda.current_stream(self.device)
+            side.wait_stream(current)  # the destination was allocated / last used on the current stream
+            pending: list[Any] = [None] * len(stages)
+            try:
+                for i, fill in enumerate(chunks):
+                    k = i % len(stages)
+                    if pending[k] is not None:  # the copy that last read this buffer must be done
+                        pending[k].synchronize()
+                        pending[k] = None
+                    pairs = fill(stages[k])  # host work, overlapping the copy of the previous chunk
+                    with self._cuda.stream(side):
+                        for dst, src in pairs:
+                            dst.copy_(src, non_blocking=True)
+                    event = self._cuda.Event()
+                    event.record(side)
+                    pending[k] = event
+                    self.staged_chunks += 1
+                    self._count(pairs, copy=False)
+            finally:
+                current.wait_stream(side)
+                side.synchronize()
+
+    def _count(self, pairs: list[tuple[Any, Any]], copy: bool = True) -> None:
+        for dst, src in pairs:
+            if copy:
+                dst.copy_(src)
+            self.copies += 1
+            self.bytes_copied += int(src.numel()) * int(src.element_size())

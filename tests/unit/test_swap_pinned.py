@@ -173,3 +173,38 @@ def test_cuda_device_gets_its_copy_engine_and_pool_through_its_seams():
 def test_host_devices_have_an_unpinned_pool_and_synchronous_copies(device):
     assert not device.host_pool.pin and not device.copy_engine.async_copies
     assert device.host_pool is device.host_pool and device.copy_engine is device.copy_engine
+
+
+def test_a_refused_pin_hands_out_a_pageable_buffer_and_says_so():
+    calls: list[tuple[int, bool]] = []
+
+    def alloc(nbytes: int, pin: bool) -> torch.Tensor:
+        calls.append((nbytes, pin))
+        if pin and nbytes > MiB:
+            raise RuntimeError("CUDA error: out of memory (cudaHostAlloc refused: locked-memory limit)")
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    pool = HostPool(pin=True, granularity=MiB, allocator=alloc)
+    big, small = pool.acquire(3 * MiB), pool.acquire(MiB)
+    assert calls == [(3 * MiB, True), (3 * MiB, False), (MiB, True)]
+    assert not pool.is_pinned(big) and pool.is_pinned(small) and pool.stats.pin_failures == 1
+    pool.release(big)
+    assert pool.acquire(3 * MiB) is big and not pool.is_pinned(big)  # reused, still known as pageable
+    unpinned = HostPool(pin=False, allocator=lambda n, pin: (_ for _ in ()).throw(RuntimeError("no memory")))
+    with pytest.raises(RuntimeError):  # without pinning there is nothing to fall back to
+        unpinned.acquire(10)
+
+
+def test_staged_without_cuda_copies_each_chunk_synchronously():
+    engine = CopyEngine("cpu")
+    src, dst = torch.arange(10, dtype=torch.uint8), torch.zeros(10, dtype=torch.uint8)
+    stage = torch.empty(4, dtype=torch.uint8)
+
+    def chunk(lo: int, hi: int):
+        def fill(s):
+            s[:hi - lo].copy_(src[lo:hi])
+            return [(dst[lo:hi], s[:hi - lo])]
+        return fill
+
+    engine.staged([chunk(0, 4), chunk(4, 8), chunk(8, 10)], [stage])
+    assert torch.equal(dst, src) and engine.staged_chunks == 3 and engine.bytes_copied == 10

@@ -76,15 +76,16 @@ def test_the_staged_cuda_path_reads_in_chunks_and_gives_the_same_tensors(st_file
     assert "staging buffer" in info.note and info.direct
     assert dev.copy_engine.bytes_copied == sum(t.numel() * t.element_size() for t in ref.values())
     assert dev.copy_engine.copies > len(ref)  # tensors larger than a chunk went in several copies
-    # the staging buffer came from the pool once and went back
-    assert dev.host_pool.stats.allocations == 1 and dev.host_pool.stats.in_use_bytes == 0
+    # the two staging buffers (double buffering) came from the pool once and went back
+    assert dev.host_pool.stats.allocations == 2 and dev.host_pool.stats.in_use_bytes == 0
+    assert dev.copy_engine.staged_chunks > 2
 
 
-def test_a_second_staged_load_reuses_the_staging_buffer(st_file):
+def test_a_second_staged_load_reuses_the_staging_buffers(st_file):
     dev = StagedDevice()
     load_safetensors(st_file, dev)
     load_safetensors(st_file, dev)
-    assert dev.host_pool.stats.allocations == 1 and dev.host_pool.stats.reuses == 1
+    assert dev.host_pool.stats.allocations == 2 and dev.host_pool.stats.reuses == 2
 
 
 def write_raw(path, header: object, data: bytes = b"", *, raw_header: bytes | None = None) -> None:

@@ -192,3 +192,27 @@ def test_vitpose_matches_processor_and_model(env):
         got = np.array([[k["x"], k["y"], k["confidence"]] for k in http["keypoints"]])
         assert max_abs(got[:, :2], kp) <= 1e-3 and max_abs(got[:, 2], scores) <= 1e-5
         note("vitpose", keypoint_px_http=max_abs(got[:, :2], kp))
+
+
+# --------------------------------------------------------------------------------------------- mixed sizes
+def test_mixed_size_batches_equal_the_reference_per_image(env):
+    """One KServe request with the three sizes: every image's result is the reference's single-image result
+    (Depth Anything keeps the aspect ratio, so three sizes cannot share one tensor: it failed before)."""
+    from transformers import pipeline
+
+    data = [p.read_bytes() for p in env["images"]]
+    depth = pipeline("depth-estimation", model=folder(env, "depth_estimator"), device="cpu")
+    for http, image in zip(kserve_infer(env["client"], "depth_estimator", data), env["images"], strict=True):
+        expected = depth(str(image))["predicted_depth"].squeeze().numpy()
+        want = np.round((1.0 - depth_rules.relative_depth_map(expected)) * 255.0)
+        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(http["depth_map_base64"]))), dtype=np.int16)
+        assert png.shape == want.shape and int(np.abs(png - want).max()) <= 1
+        note("depth_estimator", map_grey_levels_http_batch=float(np.abs(png - want).max()))
+    name = "vehicle_classifier"
+    classify = pipeline("image-classification", model=folder(env, name), device="cpu")
+    labels = env["adapters"][name].labels
+    for http, image in zip(kserve_infer(env["client"], name, data, top_k=1000), env["images"], strict=True):
+        expected = {d["label"]: d["score"] for d in classify(str(image), top_k=len(labels))}
+        diff = max(abs(t["score"] - expected[t["label"]]) for t in http["top_k"])
+        assert diff <= 5e-5 + 1e-6
+        note(name, probability_http_batch=diff)

@@ -31,6 +31,7 @@ YOLO_MODELS = ["yolo26", "yolo26_seg", "yolo_world", "vehicle_damage", "license_
                "threat_detector", "pose_estimator"]
 BOX_TOL, CONF_TOL = 0.01, 1e-5
 CONF = 0.1
+MAX_DET = 50  # both sides: keeps the mask work small; confidences are distinct, so the cut is the same
 WORST: dict[str, dict[str, float]] = {}
 
 
@@ -73,6 +74,7 @@ def ref_predict(env: dict[str, Any], name: str, image: Path, **kw: Any) -> Any:
     task = env["zoo"].models[name].task
     (r,) = reference(env["files"][name]).predict(str(image), conf=kw.pop("conf", CONF), imgsz=320, verbose=False,
                                                  retina_masks=task == "segment", **kw)  # fmt: skip
+    assert len(r.boxes) <= kw.get("max_det", 300)
     return r
 
 
@@ -126,14 +128,16 @@ def compare(name: str, ours: list[dict[str, Any]], r: Any, *, keypoints: bool = 
 
 
 def test_every_yolo_model_matches_ultralytics_predict_over_kserve(env):
-    """All eight models through POST /v2/models/{name}/infer, three image sizes, one request each."""
+    """All eight models through POST /v2/models/{name}/infer, the odd-sized and the portrait image, one request
+    each (yolo26 sees all three sizes in the /detect test)."""
     client = env["client"]
     for name in YOLO_MODELS:
         task = env["zoo"].models[name].task
         varied = set()
-        for image in env["images"]:
-            (ours,) = kserve_infer(client, name, [image.read_bytes()], confidence=CONF, polygons=task == "segment")
-            r = ref_predict(env, name, image)
+        for image in env["images"][1:]:
+            (ours,) = kserve_infer(client, name, [image.read_bytes()], confidence=CONF, max_det=MAX_DET,
+                                   polygons=task == "segment")
+            r = ref_predict(env, name, image, max_det=MAX_DET)
             compare(name, ours["detections"], r, keypoints=task == "pose", masks=task == "segment")
             varied |= {round(float(c), 4) for c in r.boxes.conf}
         assert len(varied) >= 3, f"{name}: the comparison is vacuous (confidences {sorted(varied)})"
@@ -153,11 +157,11 @@ def test_segment_route_masks_and_outlines_match_predict(env):
     """/segment: boxes, mask areas at the input resolution and the outline (ultralytics' `masks.xy`,
     subsampled to at most 64 points)."""
     for image in env["images"]:
-        body = {"image": base64.b64encode(image.read_bytes()).decode(), "confidence": CONF, "all_classes": True}
+        body = {"image": base64.b64encode(image.read_bytes()).decode(), "confidence": 0.2, "all_classes": True}
         resp = env["client"].post("/segment", json=body)
         assert resp.status_code == 200, resp.text
         dets = resp.json()["detections"]
-        r = ref_predict(env, "yolo26_seg", image)
+        r = ref_predict(env, "yolo26_seg", image, conf=0.2)
         n = compare("yolo26_seg /segment", dets, r, masks=True)
         order = np.argsort(-r.boxes.conf.cpu().numpy(), kind="stable")
         for d, i in zip(dets, order[:n], strict=True):
@@ -180,9 +184,10 @@ def test_mixed_size_batch_equals_one_image_at_a_time(env):
         compare("yolo26 /detect/batch", res["detections"], ref_predict(env, "yolo26", image))
     for name in ("pose_estimator", "vehicle_damage"):  # an .onnx model, through KServe, three sizes in one tensor
         task = env["zoo"].models[name].task
-        ours = kserve_infer(env["client"], name, [p.read_bytes() for p in env["images"]], confidence=CONF)
+        ours = kserve_infer(env["client"], name, [p.read_bytes() for p in env["images"]], confidence=CONF,
+                            max_det=MAX_DET)
         for res, image in zip(ours, env["images"], strict=True):
-            compare(f"{name} batch", res["detections"], ref_predict(env, name, image),
+            compare(f"{name} batch", res["detections"], ref_predict(env, name, image, max_det=MAX_DET),
                     keypoints=task == "pose", masks=task == "segment")
 
 
@@ -190,5 +195,5 @@ def test_jpeg_decoded_like_ultralytics(env, tmp_path):
     """JPEG files: our decoder (Pillow) and ultralytics' (OpenCV) must give the model the same pixels."""
     images = write_images(tmp_path, "JPEG", seed=10)
     for image in images:
-        (ours,) = kserve_infer(env["client"], "yolo26", [image.read_bytes()], confidence=CONF)
-        compare("yolo26 jpeg", ours["detections"], ref_predict(env, "yolo26", image))
+        (ours,) = kserve_infer(env["client"], "yolo26", [image.read_bytes()], confidence=CONF, max_det=MAX_DET)
+        compare("yolo26 jpeg", ours["detections"], ref_predict(env, "yolo26", image, max_det=MAX_DET))

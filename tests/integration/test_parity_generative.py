@@ -75,8 +75,8 @@ def florence(zoo, tmp_path_factory):
     processor = AutoProcessor.from_pretrained(dst)
     model = Florence2ForConditionalGeneration.from_pretrained(dst).eval()
 
-    def reference(image: Image.Image, task: str) -> tuple[str, Any]:
-        inputs = processor(text=task, images=image, return_tensors="pt")
+    def reference(image: Image.Image, task: str, text_input: str = "") -> tuple[str, Any]:
+        inputs = processor(text=task + text_input, images=image, return_tensors="pt")
         with torch.inference_mode():
             ids = model.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
                                  max_new_tokens=MAX_NEW, num_beams=3, do_sample=False)
@@ -102,17 +102,21 @@ def test_florence_od_over_http_matches_post_process_generation(florence):
     assert len(texts) == 2, "the generation does not depend on the image: the comparison would be vacuous"
 
 
-def test_florence_text_and_region_tasks_match(florence):
-    """<CAPTION> (pure text) and <OCR_WITH_REGION> (quad boxes) through the adapter, one image each."""
+def test_florence_tasks_in_one_mixed_batch_match(florence):
+    """<CAPTION> (pure text), <OCR_WITH_REGION> (quad boxes) and <CAPTION_TO_PHRASE_GROUNDING> (a task with text:
+    the model card's prompt is the task token + the text) in ONE adapter call, images of three sizes: prompts
+    of different lengths are padded together, and each result must still be the reference's for that item."""
     adapter = default_registry().create("florence2", florence["zoo"].models["florence2"],
                                         Path(florence["zoo"].models_root), CpuDevice())
     adapter.load()
-    image = scene(300, 260, 7)
-    for task in ("<CAPTION>", "<OCR_WITH_REGION>"):
-        (ours,) = adapter.predict([PromptItem(image, task=task)], max_new_tokens=MAX_NEW)
-        text, result = florence["reference"](image, task)
-        assert ours["text"] == text and ours["result"] == result
-        assert "<loc_" in text  # region tokens were generated and parsed
+    phrase = "a red car parked near the door"
+    items = [PromptItem(scene(300, 260, 7), task="<CAPTION>"), PromptItem(scene(260, 300, 8), task="<OCR_WITH_REGION>"),
+             PromptItem(scene(320, 200, 9), task="<CAPTION_TO_PHRASE_GROUNDING>", text=phrase)]
+    ours = adapter.predict(items, max_new_tokens=MAX_NEW)
+    for item, got in zip(items, ours, strict=True):
+        text, result = florence["reference"](item.image, item.task, item.text or "")
+        assert got["text"] == text and got["result"] == result, item.task
+    assert "<loc_" in ours[1]["text"]  # region tokens were generated and parsed
     adapter.unload()
 
 

@@ -9,7 +9,8 @@ reference loads that same `.onnx`. The reference is given `imgsz` = the size the
 (320), the size the adapter serves at (ultralytics' own default for an .onnx is 640 whatever it was exported at).
 Masks are compared at the input resolution: the reference passes ultralytics' `retina_masks=True`.
 
-Tolerances (same weights, same pixels): boxes and keypoints 0.01 px, confidences 1e-5, mask areas exact.
+Tolerances (same weights, same pixels): boxes and keypoints 0.01 px, confidences 1e-5, mask areas exact, mask
+outlines 0.05 px (ours are rounded to 0.1 px). Both sides run with confidence 0.1 and max_det 50.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def note(name: str, **diffs: float) -> None:
 
 
 def compare(name: str, ours: list[dict[str, Any]], r: Any, *, keypoints: bool = False, masks: bool = False) -> int:
-    """Our detections vs ultralytics' Results, matched in confidence order (ties broken by box): same count,
-    classes, boxes, confidences, and keypoints / mask areas when asked. Returns the count."""
+    """Our detections vs ultralytics' Results, matched one-to-one (Hungarian, on box distance, confidence and
+    class: equal confidences may come in either order): same count, classes, boxes, confidences, and keypoints /
+    mask areas when asked. Returns the count."""
     ref_boxes = r.boxes.xyxy.cpu().numpy()
     ref_conf = r.boxes.conf.cpu().numpy()
     ref_cls = r.boxes.cls.cpu().numpy().astype(int)

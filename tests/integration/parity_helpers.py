@@ -95,9 +95,10 @@ def _link_or_copy(src: Any, dst: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------- YOLO copies
-def calibrate_yolo(src_pt: Path, dst_pt: Path, *, export_onnx: Path | None = None, seed: int = 0) -> None:
+def calibrate_yolo(src_pt: Path, dst_pt: Path, *, export_onnx: Path | None = None, seed: int = 0) -> int:
     """A calibrated copy of an ultralytics checkpoint (module docstring), saved with ultralytics' own
-    `save` at `dst_pt`, and exported to `export_onnx` (dynamic, no onnxslim) when given."""
+    `save` at `dst_pt`, and exported to `export_onnx` (dynamic, no onnxslim) when given, at the image size the
+    checkpoint records; returns that size (what the adapter serves at)."""
     import torch
 
     from serving.adapters.yolo import safe_yolo
@@ -130,9 +131,11 @@ def calibrate_yolo(src_pt: Path, dst_pt: Path, *, export_onnx: Path | None = Non
     dst_pt.parent.mkdir(parents=True, exist_ok=True)
     model.pt_path = str(dst_pt)
     yolo.save(dst_pt)
+    imgsz = int(yolo.overrides.get("imgsz") or 640)
     if export_onnx is not None:
-        out = yolo.export(format="onnx", imgsz=320, dynamic=True, simplify=False, verbose=False)
+        out = yolo.export(format="onnx", imgsz=imgsz, dynamic=True, simplify=False, verbose=False)
         shutil.move(str(out), export_onnx)
+    return imgsz
 
 
 # ------------------------------------------------------------------------------------------- HTTP

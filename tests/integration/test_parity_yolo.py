@@ -6,7 +6,8 @@ The weights are test-local *calibrated* copies (tests/integration/parity_helpers
 fixtures give every box one confidence (1.56e-4), so ties would make any ordering or threshold agree. Both sides
 load the same copy; the adapter runs the `.onnx` where zoo.yaml has one (its CPU format order), so the
 reference loads that same `.onnx`. The reference is given `imgsz` = the size the checkpoint / export records
-(320), the size the adapter serves at (ultralytics' own default for an .onnx is 640 whatever it was exported at).
+(320 for the fixtures), the size the adapter serves at (ultralytics' own default for an .onnx is 640, whatever
+size it was exported at).
 Masks are compared at the input resolution: the reference passes ultralytics' `retina_masks=True`.
 
 Tolerances (same weights, same pixels): boxes and keypoints 0.01 px, confidences 1e-5, mask areas exact, mask
@@ -40,18 +41,19 @@ WORST: dict[str, dict[str, float]] = {}
 def env(zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("yolo-parity")
     files: dict[str, Path] = {}
+    imgsz: dict[str, int] = {}
     for name in YOLO_MODELS:
         spec = zoo.models[name]
         src = Path(zoo.models_root) / spec.source["pt"]
         if not src.exists():
             pytest.skip(f"fixture {src} missing; run `zoo fixtures`")
         onnx = root / spec.source["onnx"] if "onnx" in spec.source else None
-        calibrate_yolo(src, root / spec.source["pt"], export_onnx=onnx, seed=len(files))
+        imgsz[name] = calibrate_yolo(src, root / spec.source["pt"], export_onnx=onnx, seed=len(files))
         files[name] = onnx or root / spec.source["pt"]
     z = local_zoo(zoo, root, YOLO_MODELS, "detection")
     images = write_images(root / "images", "PNG")
     with running_service(z, "detection") as (client, app):
-        yield {"client": client, "files": files, "images": images, "zoo": z, "root": root}
+        yield {"client": client, "files": files, "imgsz": imgsz, "images": images, "zoo": z, "root": root}
     for name, worst in sorted(WORST.items()):
         print(f"\nparity yolo {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
 
@@ -73,7 +75,8 @@ def reference(path: Path) -> Any:
 
 def ref_predict(env: dict[str, Any], name: str, image: Path, **kw: Any) -> Any:
     task = env["zoo"].models[name].task
-    (r,) = reference(env["files"][name]).predict(str(image), conf=kw.pop("conf", CONF), imgsz=320, verbose=False,
+    (r,) = reference(env["files"][name]).predict(str(image), conf=kw.pop("conf", CONF), imgsz=env["imgsz"][name],
+                                                 verbose=False,
                                                  retina_masks=task == "segment", **kw)  # fmt: skip
     assert len(r.boxes) <= kw.get("max_det", 300)
     return r

@@ -67,14 +67,23 @@ class DepthAnythingAdapter(TorchModuleAdapter):
         # the processor keeps the aspect ratio and rounds to a multiple of the patch: a sliver (64 x 1) would
         # be resized to height 0; stretch such images just enough (the map is resized back to their size below)
         images = [_bounded_aspect(img, self.max_aspect()) for img in images]
-        batch = self.processor(images=images, return_tensors="pt")
-        pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
-        with torch.inference_mode():
-            outputs = self.model(pixel_values=pixel_values)
-        outputs.predicted_depth = outputs.predicted_depth.float()
-        post = self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
-        # the processor squeezes size-1 axes (a 1-pixel-high image): give every map its image's (H, W) back
-        return [r["predicted_depth"].detach().cpu().numpy().reshape(size) for r, size in zip(post, sizes, strict=True)]
+        # images of one size share a model call; sizes differ in their resized shape (the aspect ratio is kept),
+        # which one tensor cannot hold (tests/integration/test_parity_hf_vision.py)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(img.size, []).append(i)
+        maps: list[Any] = [None] * len(images)
+        for part in by_size.values():
+            batch = self.processor(images=[images[i] for i in part], return_tensors="pt")
+            pixel_values = batch["pixel_values"].to(self.torch_device, dtype=self.model.dtype)
+            with torch.inference_mode():
+                outputs = self.model(pixel_values=pixel_values)
+            outputs.predicted_depth = outputs.predicted_depth.float()
+            post = self.processor.post_process_depth_estimation(outputs, target_sizes=[sizes[i] for i in part])
+            # the processor squeezes size-1 axes (a 1-pixel-high image): give every map its image's (H, W) back
+            for i, r in zip(part, post, strict=True):
+                maps[i] = r["predicted_depth"].detach().cpu().numpy().reshape(sizes[i])
+        return maps
 
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if not items:

@@ -318,15 +318,25 @@ class YoloAdapter(Adapter):
         return out
 
     def _run(self, images: list[Any], **kwargs: Any) -> list[Any]:
+        """ultralytics predict over `images`, one call per image size (in chunks of the export's batch),
+        results in input order. ultralytics letterboxes a batch of equal sizes to the smallest stride-multiple
+        rectangle but a batch of mixed sizes to the full square, so mixing sizes in one call would make an
+        image's result depend on the other requests it was batched with (tests/integration/test_parity_yolo.py)."""
         kwargs.setdefault("imgsz", self.imgsz)
-        step = self._max_batch() or len(images)
-        results: list[Any] = []
-        for i in range(0, len(images), step):
-            chunk = images[i : i + step]
-            results += self.yolo.predict(
-                chunk, device=self.ctx.device.torch_device, verbose=False, batch=len(chunk),
-                retina_masks=self.ctx.spec.task == "segment", **kwargs,
-            )  # fmt: skip
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(_size_of(img), []).append(i)
+        results: list[Any] = [None] * len(images)
+        for indices in by_size.values():
+            step = self._max_batch() or len(indices)
+            for k in range(0, len(indices), step):
+                part = indices[k : k + step]
+                out = self.yolo.predict(
+                    [images[i] for i in part], device=self.ctx.device.torch_device, verbose=False, batch=len(part),
+                    retina_masks=self.ctx.spec.task == "segment", **kwargs,
+                )  # fmt: skip
+                for i, r in zip(part, out, strict=True):
+                    results[i] = r
         return results
 
     def _max_batch(self) -> int | None:
@@ -399,6 +409,15 @@ def _blank(size: int) -> Any:
     from PIL import Image
 
     return Image.new("RGB", (size, size))
+
+
+def _size_of(img: Any) -> tuple[int, int]:
+    """(width, height) of a PIL image or (height, width, ...) of an array: a key that groups equal sizes."""
+    size = getattr(img, "size", None)
+    if isinstance(size, tuple):
+        return (int(size[0]), int(size[1]))
+    shape = getattr(img, "shape", (0, 0))
+    return (int(shape[1]), int(shape[0]))
 
 
 def _as_hw(imgsz: Any) -> tuple[int, int]:

@@ -122,6 +122,14 @@ class GgufOptions(ChatOptions):
     json_schema: dict[str, Any] | None = Field(None, description="Turned into a grammar by llama-cpp-python.")
 
 
+class OcrOptions(Options):
+    """ppocr (PP-OCR text reading, license plates)."""
+
+    charset: Annotated[str, Field(min_length=1, max_length=512)] | None = Field(
+        None, description="Characters the recogniser may output (default zoo.yaml options.charset, A-Z0-9).")
+    min_confidence: Unit | None = Field(None, description="Text lines read with less confidence are dropped (0.5).")
+
+
 class NoOptions(Options):
     """Families without options (osnet re-id, BRISQUE quality)."""
 
@@ -140,6 +148,7 @@ FAMILY_OPTIONS: dict[str, type[Options]] = {
     "causal_lm": ChatOptions,
     "gguf": GgufOptions,
     "image_quality": NoOptions,
+    "ppocr": OcrOptions,
 }
 
 

@@ -37,6 +37,7 @@ _BUILTIN: dict[str, str] = {
     "causal_lm": "serving.adapters.causal_lm:CausalLMAdapter",
     "gguf": "serving.adapters.gguf:GgufAdapter",
     "image_quality": "serving.adapters.quality:ImageQualityAdapter",
+    "ppocr": "serving.adapters.ppocr:PaddleOcrAdapter",
 }
 
 #: family -> the `task` values zoo.yaml may give its models (checked by serving.config.load_zoo); torch-free.
@@ -53,6 +54,7 @@ FAMILY_TASKS: dict[str, tuple[str, ...]] = {
     "causal_lm": ("chat",),
     "gguf": ("chat",),
     "image_quality": ("quality",),
+    "ppocr": ("ocr",),
 }
 
 AdapterFactory = Callable[[LoadContext], Adapter]

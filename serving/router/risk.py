@@ -213,6 +213,9 @@ def detection_context(d: FrameDetection) -> list[str]:
     if isinstance(v, dict) and (v.get("vehicle_type") or v.get("display_name")):
         lines.append(f"Vehicle: {v.get('display_name') or v.get('vehicle_type')} ({_pct(v.get('confidence'))})"
                      + (", commercial" if v.get("is_commercial") else ""))
+    plate = enr.get("license_plate")  # the plate reader's result (serving/services/plate_ocr.py)
+    if isinstance(plate, dict) and plate.get("text"):
+        lines.append(f"License plate: {plate['text']} (read with {_pct(plate.get('confidence'))} confidence)")
     dmg = _damage(enr)
     if dmg:
         ctx = damage_context(dmg)

@@ -18,7 +18,8 @@ Single-model routes (image + optional bbox; the model is this service's model wi
 when options.include_segmentation and a segformer is hosted here), /depth-estimate (depth with the map),
 /object-distance (depth of a bbox, no map), /pose-analyze (pose), /action-recognize and /action-classify (the
 reference client's name; action, frames),
-/vehicle-damage (vehicle_damage). A capability hosted by the other enrichment service is a 404 that
+/vehicle-damage (vehicle_damage), /plate-ocr (plate_ocr; serving/services/plate_ocr.py, which also adds the
+`license_plate` reading to a vehicle's /enrich). A capability hosted by the other enrichment service is a 404 that
 names it; a model that cannot run now is the manager's 503.
 
 Inputs: the bbox is validated against the image (400 invalid_bbox when inverted or outside) and the
@@ -49,6 +50,8 @@ from serving.services.context import Ctx, ServiceContext
 from serving.services.enrich_view import client_view
 from serving.services.errors import ErrorBody
 from serving.services.openapi import request_body
+from serving.services.plate_ocr import read_plates
+from serving.services.plate_ocr import router as plate_router
 from serving.services.schemas import (
     ActionRecognizeResponse,
     ActionRequest,
@@ -197,6 +200,7 @@ def _decode_inputs(ctx: ServiceContext, image: Any, bbox: BBox | None, frames: l
 
 
 router = APIRouter(tags=["enrichment"])
+router.include_router(plate_router)  # POST /plate-ocr (serving/services/plate_ocr.py)
 
 
 def _doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -258,6 +262,7 @@ async def enrich(ctx: Ctx, request: Request) -> dict[str, Any]:
             result[key][det_id] = value
         elif key is not None:
             result[key] = value
+    await read_plates(ctx, x.frame, x.bbox, result, status, errors)  # vehicles: plate detector -> crop -> OCR
     failed = [exc for *_, exc in outcomes if exc is not None]
     remote = _sibling_models(ctx, label, req.options) if req.models is None and asks_siblings(ctx, request) else {}
     if models and len(failed) == len(models) and not remote:

@@ -57,7 +57,7 @@ from serving.services.kserve_codec import (
     tensor_option,
 )
 
-_IMAGE_TASKS = ("detect", "pose", "segment", "classify", "zero_shot", "embed", "reid", "depth", "vlm", "quality")
+_IMAGE_TASKS = ("detect", "pose", "segment", "classify", "zero_shot", "embed", "reid", "depth", "vlm", "quality", "ocr")
 #: task -> (input tensor name, kind)
 INPUT_KINDS: dict[str, tuple[str, str]] = {t: ("IMAGE", "image") for t in _IMAGE_TASKS} | {
     "action": ("FRAMES", "frames"),

@@ -33,6 +33,7 @@ from serving.services.schemas_florence import (  # noqa: F401 - re-exported: one
     RegionCaption,
     RegionLabel,
 )
+from serving.services.schemas_ocr import LicensePlate, PlateOcrRequest, PlateOcrResponse  # noqa: F401 - re-exported
 
 ImageData = str | bytes
 #: a free text of a request (labels, prompts, class names)
@@ -373,6 +374,7 @@ class EnrichmentResult(_Resp):
     depth: DepthResult | None = None
     action: ActionResult | None = None
     vehicle_damage: DamageResult | None = None
+    license_plate: LicensePlate | None = Field(None, description="Vehicles: the best plate found, read (OCR).")
     inference_time_ms: float
     errors: list[dict[str, Any]] = Field(default_factory=list)
     models: dict[str, Any] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ SEED_003_MODELS = {
     "fashion_clip": 800, "vehicle_classifier": 1500, "pet_classifier": 200, "person_reid": 100,
     "vehicle_damage": 2000, "depth_estimator": 150, "action_recognizer": 2000, "segformer_clothes": 1500,
     "weather_classifier": 200, "violence_classifier": 500, "license_plate": 300, "face_detector": 200,
-    "yolo_world": 1500,
+    "yolo_world": 1500, "plate_ocr": 100,  # seed: paddleocr 100MB
 }
 
 

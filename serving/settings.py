@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     zoo_detect_timeout_s: float = Field(30.0, gt=0)
     zoo_analyze_timeout_s: float = Field(120.0, gt=0)
     zoo_pipeline_max_detections: int = Field(8, gt=0)
+    zoo_enrich_mode: Literal["model-major", "per-detection"] = Field(
+        "model-major", description="How the gateway enriches a frame: one request per service carrying the frame "
+                                   "and all its detections (model-major), or one per model per detection.")
 
     # -- control plane
     database_url: str | None = Field(None, description="SQLAlchemy URL of the control store (default SQLite).")

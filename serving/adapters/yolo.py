@@ -305,15 +305,49 @@ class YoloAdapter(Adapter):
 
     def _run(self, images: list[Any], **kwargs: Any) -> list[Any]:
         kwargs.setdefault("imgsz", self.imgsz)
-        step = self._max_batch() or len(images)
-        results: list[Any] = []
-        for i in range(0, len(images), step):
-            chunk = images[i : i + step]
-            results += self.yolo.predict(
-                chunk, device=self.ctx.device.torch_device, verbose=False, batch=len(chunk),
-                retina_masks=self.ctx.spec.task == "segment", **kwargs,
-            )  # fmt: skip
+        results: list[Any] = [None] * len(images)
+        for idx, imgsz in self._shape_groups(images, kwargs["imgsz"]):
+            group = [images[i] for i in idx]
+            step = self._max_batch() or len(group)
+            out: list[Any] = []
+            for i in range(0, len(group), step):
+                chunk = group[i : i + step]
+                out += self.yolo.predict(
+                    chunk, device=self.ctx.device.torch_device, verbose=False, batch=len(chunk),
+                    retina_masks=self.ctx.spec.task == "segment", **(kwargs | {"imgsz": imgsz}),
+                )  # fmt: skip
+            for i, r in zip(idx, out, strict=True):
+                results[i] = r
         return results
+
+    def _shape_groups(self, images: list[Any], imgsz: Any) -> list[tuple[list[int], Any]]:
+        """Batches of images of mixed sizes (the crops of a frame): ultralytics letterboxes a batch of unequal
+        images to the full square `imgsz`, while one image alone gets its minimal stride-padded rectangle. On a
+        backend that takes any shape (.pt, dynamic export), the images are grouped by that rectangle and each
+        group runs at it: every image sees exactly the tensor it would see alone (same results as one at a
+        time) and no pass pays for square padding. A static export takes its own shape: one group."""
+        if self.yolo is None or self.yolo.predictor is None or not images or not self._dynamic_shapes():
+            return [(list(range(len(images))), imgsz)]
+        stride = int(max(getattr(self._backend_model(), "stride", 32) or 32, 1))
+        sh, sw = _as_hw(imgsz)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            w, h = im.size if hasattr(im, "size") and not hasattr(im, "shape") else (im.shape[1], im.shape[0])
+            r = min(sh / h, sw / w)
+            nw, nh = max(round(w * r), 1), max(round(h * r), 1)
+            shape = (nh + (sh - nh) % stride, nw + (sw - nw) % stride)
+            groups.setdefault(shape, []).append(i)
+        if len(groups) == 1:
+            return [(list(range(len(images))), imgsz)]
+        return [(idx, list(shape)) for shape, idx in groups.items()]
+
+    def _dynamic_shapes(self) -> bool:
+        if self.format in ("", "pt"):
+            return True
+        return self.format == "onnx" and bool(getattr(self._backend(), "dynamic", False))
+
+    def _backend_model(self) -> Any:
+        return self.yolo.predictor.model
 
     def _max_batch(self) -> int | None:
         """Exports run in chunks of their export batch: a static .onnx/.engine takes exactly that batch, and

@@ -44,6 +44,7 @@ class FrameEnrichDetection(BaseModel):
                                         description="Trigger options of this detection, over the request's.")
     models: list[Name] | None = Field(None, max_length=64,
                                       description="Run exactly these models for this detection.")
+    confidence: float = Field(1.0, ge=0.0, le=1.0, description="Detector confidence (kept on the pipeline's event).")
 
     @property
     def label(self) -> str:

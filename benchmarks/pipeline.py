@@ -1,8 +1,8 @@
 """Frames through the gateway and the enrichment services in three modes, side by side in one run
 (issue 14 items 4-5, DESIGN.md section 10).
 
-    .venv/bin/python benchmarks/pipeline.py [--frames 24] [--cameras 1 4] [--people 6] [--vehicles 2]
-                                            [--no-analyze] [--no-tight] [--json PATH] [--quick]
+    .venv/bin/python benchmarks/pipeline.py [--frames 24] [--rounds 3] [--cameras 1 4] [--people 6]
+                                            [--vehicles 2] [--no-analyze] [--no-tight] [--json PATH] [--quick]
 
 Each frame is a synthetic 640x480 JPEG scene with D detections (default 6 people + 2 vehicles, boxes given
 with the frame, so the detector is not part of the figures; its own cost is benchmarks/detection_batching.py).
@@ -15,12 +15,15 @@ its fixtures. Modes:
   JPEG-encodes it and sends one request per model per detection (the former fan-out, the baseline);
 - `model-major`: the same with enrich_mode=model-major: one request per enrichment service carrying the
   frame's bytes once and all its detections, one batched forward pass per model;
-- `model-only`: the ceiling: the same models called in this process through their own managers on the
-  same crops (the pipeline's crop rule), one batch per model, the models of a frame run concurrently as
-  the services run them; no HTTP, no image decoding, no JSON.
+- `model-only`: the ceiling (benchmarks/_pipeline_ceiling.py): the same models, in one worker process per
+  enrichment service (the services' layout) with its own manager, called directly on the same crops (the
+  pipeline's crop rule, cut before the clock starts), one batch per model, models run concurrently; the
+  benchmark asks both workers for a frame and waits for both: no HTTP, no image decoding, no JSON.
 
-Per mode and camera count: frames/s, p50/p95 frame ms (client-side, whole request), enrichment ms per
-frame (the gateway's `timings_ms.enrich`; for model-only the wall time of the model calls), errors.
+The modes are interleaved: each of `--rounds` rounds runs a share of the frames in every mode in turn, so
+a change of the machine's load hits every mode alike. Per mode and camera count: frames/s, p50/p95 frame
+ms (client-side, whole request), enrichment ms per frame (the gateway's `timings_ms.enrich`; for model-only
+the wall time of the model calls), errors.
 Ratios: `frames_per_s_vs_per_detection` (model-major / per-detection frames/s) and `enrich_vs_model_only`
 (model-major enrichment ms per frame / model-only's), per camera count. The LLM step is excluded from
 those (every frame is sent with analyze=false); it is measured separately with analyze=true on a few
@@ -61,11 +64,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _pipeline_ceiling import ModelOnly  # noqa: E402
 from _report import emit, machine  # noqa: E402
 
-from serving.config import ZooConfig, load_zoo  # noqa: E402
-from serving.router.pipeline import crop_box  # noqa: E402
-from serving.router.schemas import BBox  # noqa: E402
+from serving.config import load_zoo  # noqa: E402
 from serving.services.launcher import Launcher  # noqa: E402
 
 ENRICH = ("enrichment", "enrichment-light")
@@ -127,12 +129,17 @@ def free_port() -> int:
 class Stack:
     """`zoo serve` subprocesses of the enrichment services, the gateway and optionally the LLM."""
 
-    def __init__(self, workdir: Path, budgets_gb: dict[str, float] | None = None, llm: bool = False) -> None:
+    def __init__(self, workdir: Path, budgets_mb: dict[str, float] | None = None,
+                 sizes_mb: dict[str, float] | None = None, llm: bool = False) -> None:
         raw = yaml.safe_load((ROOT / "zoo.yaml").read_text())
         raw["models_root"] = str((ROOT / raw.get("models_root", "models")).resolve())
-        for svc, gb in (budgets_gb or {}).items():
-            raw["services"][svc]["vram_budget_gb"] = gb
-        self.zoo_path = workdir / f"zoo-{len(list(workdir.glob('zoo-*.yaml')))}.yaml"
+        for svc, mb in (budgets_mb or {}).items():  # the tight run: declared sizes = what the manager measured
+            raw["services"][svc]["vram_budget_gb"] = mb / 1024
+            for m in raw["services"][svc]["models"]:
+                spec = raw["models"][m]
+                spec["vram_mb"] = (sizes_mb or {}).get(m) or min(float(spec["vram_mb"]), 0.9 * mb)
+        n = len(list(workdir.glob("zoo-*.yaml")))
+        self.zoo_path = workdir / f"zoo-{n}.yaml"
         self.zoo_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         names = [*ENRICH, "gateway", *(["llm"] if llm else [])]
         self.urls = {n: f"http://127.0.0.1:{free_port()}" for n in names}
@@ -141,7 +148,7 @@ class Stack:
                     **{f"ZOO_{re.sub(r'[^A-Z0-9]', '_', n.upper())}_URL": u for n, u in self.urls.items()}})
         if not llm:
             env["ZOO_LLM_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens: never asked (analyze=false)
-        self.launcher = Launcher(zoo_path=self.zoo_path, services=self.urls, log_dir=workdir / "logs", env=env,
+        self.launcher = Launcher(zoo_path=self.zoo_path, services=self.urls, log_dir=workdir / f"logs-{n}", env=env,
                                  grace_s=10.0)
 
     def __enter__(self) -> Stack:
@@ -184,100 +191,62 @@ class Stack:
 
 
 # ---------------------------------------------------------------------------------------- modes
-async def gateway_mode(url: str, mode: str, frames: list[tuple[bytes, list[dict[str, Any]]]], cameras: int,
-                       per_camera: int, analyze: bool = False) -> dict[str, Any]:
-    """Closed-loop cameras posting /pipeline/frame; figures of module docstring."""
+async def gateway_raw(url: str, mode: str, frames: list[tuple[bytes, list[dict[str, Any]]]], cameras: int,
+                      per_camera: int, analyze: bool = False, offset: int = 0) -> dict[str, Any]:
+    """Closed-loop cameras posting /pipeline/frame: latencies, enrich and analyze ms, errors, wall seconds."""
     bodies = [{"image": base64.b64encode(jpg).decode("ascii"), "detections": dets} for jpg, dets in frames]
-    lat, enr, ana, errors = [], [], [], 0
+    raw: dict[str, Any] = {"lat": [], "enrich": [], "analyze": [], "errors": 0, "wall": 0.0}
     limits = httpx.Limits(max_connections=cameras + 2)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         async def camera(k: int) -> None:
-            nonlocal errors
             for i in range(per_camera):
-                body = bodies[(k * per_camera + i) % len(bodies)] | {
+                body = bodies[(offset + k * per_camera + i) % len(bodies)] | {
                     "enrich_mode": mode, "analyze": analyze, "camera_id": f"cam{k}"}
                 t0 = time.perf_counter()
                 r = await client.post("/pipeline/frame", json=body)
-                lat.append((time.perf_counter() - t0) * 1e3)
+                raw["lat"].append((time.perf_counter() - t0) * 1e3)
                 if r.status_code != 200:
-                    errors += 1
+                    raw["errors"] += 1
                     log(f"  {mode}: HTTP {r.status_code} {r.text[:300]}")
                     continue
                 ev = r.json()
-                enr.append(float(ev["timings_ms"]["enrich"]))
-                ana.append(float(ev["timings_ms"]["analyze"]))
-                errors += sum(1 for e in ev.get("errors") or [] if e.get("stage") == "enrich")
+                raw["enrich"].append(float(ev["timings_ms"]["enrich"]))
+                raw["analyze"].append(float(ev["timings_ms"]["analyze"]))
+                raw["errors"] += sum(1 for e in ev.get("errors") or [] if e.get("stage") == "enrich")
 
         t0 = time.perf_counter()
         await asyncio.gather(*(camera(k) for k in range(cameras)))
-        wall = time.perf_counter() - t0
-    out = figures(lat, enr, wall, errors)
+        raw["wall"] = time.perf_counter() - t0
+    return raw
+
+
+async def gateway_mode(url: str, mode: str, frames: list[tuple[bytes, list[dict[str, Any]]]], cameras: int,
+                       per_camera: int, analyze: bool = False) -> dict[str, Any]:
+    raw = await gateway_raw(url, mode, frames, cameras, per_camera, analyze)
+    out = figures(raw["lat"], raw["enrich"], raw["wall"], raw["errors"])
     if analyze:
-        out["analyze_ms_per_frame"] = round(statistics.fmean(ana), 1) if ana else None
+        out["analyze_ms_per_frame"] = round(statistics.fmean(raw["analyze"]), 1) if raw["analyze"] else None
     return out
 
 
-class ModelOnly:
-    """The ceiling: the enrichment models through their own managers in this process (module docstring)."""
-
-    def __init__(self, zoo: ZooConfig) -> None:
-        from serving.vram.manager import OnDemandModelManager
-
-        self.zoo = zoo
-        self.managers = {svc: OnDemandModelManager.from_zoo(zoo, svc) for svc in ENRICH}
-
-    async def __aenter__(self) -> ModelOnly:
-        for m in self.managers.values():
-            await m.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for m in self.managers.values():
-            await m.stop()
-
-    def work(self, frame: Image.Image, dets: list[dict[str, Any]]) -> list[tuple[str, str, list[Any], dict[str, Any]]]:
-        """(service, model, items, options) per model: the pipeline's crops, the service's capability table."""
-        from serving.adapters.base import ImageItem
-        from serving.services.enrichment import CAPABILITIES, Inputs
-
-        w, h = frame.size
-        groups: dict[tuple[str, str], tuple[list[Any], dict[str, Any]]] = {}
-        for d in dets:
-            box = crop_box(BBox.parse(d["bbox"]), w, h, 0.1)
-            bbox = BBox(x1=box[0], y1=box[1], x2=box[2], y2=box[3])
-            item = ImageItem(frame, bbox)
-            x = Inputs(frame=frame, crop=item.region, bbox=bbox, frames=None, options={}, item=item)
-            for svc in ENRICH:
-                for m in self.zoo.models_for_detection(d["class"], {}, service=svc):
-                    cap = next(CAPABILITIES[c] for c in self.zoo.models[m].capabilities if c in CAPABILITIES)
-                    items, _ = groups.setdefault((svc, m), ([], cap.options(x)))
-                    items.append(cap.item(x))
-        return [(svc, m, items, opts) for (svc, m), (items, opts) in groups.items()]
-
-    async def frame(self, work: list[tuple[str, str, list[Any], dict[str, Any]]]) -> None:
-        async def one(svc: str, model: str, items: list[Any], opts: dict[str, Any]) -> None:
-            mgr = self.managers[svc]
-            async with mgr.use(model) as adapter:
-                out = await mgr.run(adapter.predict, items, **opts)
-            assert len(out) == len(items)
-
-        await asyncio.gather(*(one(*w) for w in work))
-
-    async def run(self, frames: list[tuple[bytes, list[dict[str, Any]]]], cameras: int, per_camera: int
-                  ) -> dict[str, Any]:
-        decoded = [(Image.open(io.BytesIO(jpg)).convert("RGB"), dets) for jpg, dets in frames]
-        works = [self.work(img, dets) for img, dets in decoded]  # crops made before the clock starts
-        lat: list[float] = []
-
-        async def camera(k: int) -> None:
-            for i in range(per_camera):
-                t0 = time.perf_counter()
-                await self.frame(works[(k * per_camera + i) % len(works)])
-                lat.append((time.perf_counter() - t0) * 1e3)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(camera(k) for k in range(cameras)))
-        return figures(lat, lat, time.perf_counter() - t0, 0)
+async def side_by_side(gw: str, ceiling: ModelOnly, frames: list[tuple[bytes, list[dict[str, Any]]]], cams: int,
+                       total: int, rounds: int) -> dict[str, Any]:
+    """The three modes interleaved round by round (machine noise hits every mode alike), figures over all rounds."""
+    per_cam = max(1, total // (cams * rounds))
+    acc = {m: {"lat": [], "enrich": [], "errors": 0, "wall": 0.0} for m in MODES}
+    for r in range(rounds):
+        for mode in MODES:
+            if mode == "model-only":
+                lat, wall = await ceiling.run(cams, per_cam)
+                raw = {"lat": lat, "enrich": lat, "errors": 0, "wall": wall}
+            else:
+                raw = await gateway_raw(gw, mode, frames, cams, per_cam, offset=r * cams * per_cam)
+            a = acc[mode]
+            a["lat"] += raw["lat"]
+            a["enrich"] += raw["enrich"]
+            a["errors"] += raw["errors"]
+            a["wall"] += raw["wall"]
+    return {m: figures(a["lat"], a["enrich"], a["wall"], a["errors"]) for m, a in acc.items()}
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -306,7 +275,7 @@ async def tight_run(stack: Stack, frames: list[tuple[bytes, list[dict[str, Any]]
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     zoo = load_zoo(ROOT / "zoo.yaml", env={})
-    frames = [synthetic_frame(i, args.people, args.vehicles) for i in range(max(4, args.frames))]
+    frames = [synthetic_frame(i, args.people, args.vehicles) for i in range(min(8, max(4, args.frames)))]
     needed = sorted({m for _, dets in frames for d in dets for m in zoo.models_for_detection(d["class"], {})})
     from serving.fixtures import build_fixtures
 
@@ -316,7 +285,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"fixture build failed: {failed}")
     report: dict[str, Any] = {
         "benchmark": "pipeline", "machine": machine(("torch", "ultralytics", "onnxruntime", "transformers")),
-        "setup": {"quick": args.quick, "frames_per_run": args.frames, "cameras": args.cameras,
+        "setup": {"quick": args.quick, "frames_per_run": args.frames, "rounds": args.rounds, "cameras": args.cameras,
                   "detections_per_frame": args.people + args.vehicles, "people": args.people,
                   "vehicles": args.vehicles, "frame": "640x480 JPEG, synthetic scene", "models": needed,
                   "detector": "not called: detections are given with the frame",
@@ -331,19 +300,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         log("starting the stack ...")
         with Stack(work, llm=args.analyze) as stack:
             gw = stack.urls["gateway"]
-            for mode in ("per-detection", "model-major"):  # warm-up: loads, first-call costs
-                await gateway_mode(gw, mode, frames[:1], 1, 1)
-            async with ModelOnly(zoo) as ceiling:
-                await ceiling.run(frames[:1], 1, 1)
+            # warm-up of every mode over every frame: loads, and the first run of each input shape (onnxruntime
+            # plans memory per shape), so that no mode pays them for another
+            for mode in ("per-detection", "model-major"):
+                await gateway_mode(gw, mode, frames, 1, len(frames))
+            async with ModelOnly(ENRICH, frames) as ceiling:
+                await ceiling.run(1, len(frames))
                 for cams in args.cameras:
-                    per_cam = max(1, args.frames // cams)
-                    row: dict[str, Any] = {}
-                    for mode in MODES:
-                        if mode == "model-only":
-                            row[mode] = await ceiling.run(frames, cams, per_cam)
-                        else:
-                            row[mode] = await gateway_mode(gw, mode, frames, cams, per_cam)
-                        f = row[mode]
+                    row = await side_by_side(gw, ceiling, frames, cams, args.frames, args.rounds)
+                    for mode, f in row.items():
                         log(f"{cams} camera(s) {mode:>13}: {f['frames_per_s']} frames/s, p50 {f['p50_frame_ms']} ms, "
                             f"p95 {f['p95_frame_ms']} ms, enrich {f['enrich_ms_per_frame']} ms/frame, "
                             f"errors {f['errors']}")
@@ -360,14 +325,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.tight:
             per_svc = {svc: sum(mb for m, mb in sizes[svc].items() if m in needed) for svc in ENRICH}
             largest = {svc: max((mb for m, mb in sizes[svc].items() if m in needed), default=0.0) for svc in ENRICH}
-            budgets = {svc: max(0.6 * per_svc[svc], 1.05 * largest[svc]) / 1024 for svc in ENRICH}
-            log(f"tight budget: {({s: round(b * 1024, 1) for s, b in budgets.items()})} MB "
+            budgets = {svc: max(0.6 * per_svc[svc], 1.05 * largest[svc]) for svc in ENRICH}
+            log(f"tight budget: {({s: round(b, 1) for s, b in budgets.items()})} MB "
                 f"for working sets {({s: round(v, 1) for s, v in per_svc.items()})} MB")
-            with Stack(work, budgets_gb=budgets) as tight:
+            measured = {m: mb for svc in ENRICH for m, mb in sizes[svc].items() if m in needed}
+            with Stack(work, budgets_mb=budgets, sizes_mb=measured) as tight:
                 for mode in ("model-major", "per-detection"):
-                    await gateway_mode(tight.urls["gateway"], mode, frames[:1], 1, 1)
+                    await gateway_mode(tight.urls["gateway"], mode, frames, 1, len(frames))
                 n = 3 if args.quick else max(6, args.frames // 2)
-                report["tight_budget"] = {"budget_mb": {s: round(b * 1024, 2) for s, b in budgets.items()},
+                report["tight_budget"] = {"budget_mb": {s: round(b, 2) for s, b in budgets.items()},
                                           "working_set_mb": {s: round(v, 2) for s, v in per_svc.items()},
                                           "frames": n, **await tight_run(tight, frames, n)}
     goals = report["ratios"]
@@ -390,6 +356,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=24, help="Frames per mode and camera count (split over cameras).")
     ap.add_argument("--cameras", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--rounds", type=int, default=3, help="Rounds interleaving the modes (--quick: 1).")
     ap.add_argument("--people", type=int, default=6)
     ap.add_argument("--vehicles", type=int, default=2)
     ap.add_argument("--no-analyze", dest="analyze", action="store_false", help="Do not measure the LLM step.")
@@ -398,8 +365,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="CI: 4 frames per run, 3 at the tight budget.")
     args = ap.parse_args()
     if args.quick:
-        args.frames = min(args.frames, 4)
-    if args.people + args.vehicles < 1 or args.frames < 1 or min(args.cameras) < 1:
+        args.frames, args.rounds = min(args.frames, 4), 1
+    if args.people + args.vehicles < 1 or args.frames < 1 or min(args.cameras) < 1 or args.rounds < 1:
         ap.error("need at least one detection, one frame and one camera")
     emit(asyncio.run(main_async(args)), args.json)
 

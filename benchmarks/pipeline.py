@@ -275,11 +275,13 @@ async def tight_run(stack: Stack, frames: list[tuple[bytes, list[dict[str, Any]]
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     zoo = load_zoo(ROOT / "zoo.yaml", env={})
-    frames = [synthetic_frame(i, args.people, args.vehicles) for i in range(min(8, max(4, args.frames)))]
+    distinct = 2 if args.quick else min(8, max(4, args.frames))
+    frames = [synthetic_frame(i, args.people, args.vehicles) for i in range(distinct)]
     needed = sorted({m for _, dets in frames for d in dets for m in zoo.models_for_detection(d["class"], {})})
     from serving.fixtures import build_fixtures
 
-    built = build_fixtures(zoo, needed)
+    llm_models = list(zoo.services["llm"].models) if args.analyze and "llm" in zoo.services else []
+    built = build_fixtures(zoo, needed + llm_models)
     failed = {n: r for n, r in built.items() if r not in ("built", "skipped")}
     if failed:
         raise SystemExit(f"fixture build failed: {failed}")
@@ -332,7 +334,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             with Stack(work, budgets_mb=budgets, sizes_mb=measured) as tight:
                 for mode in ("model-major", "per-detection"):
                     await gateway_mode(tight.urls["gateway"], mode, frames, 1, len(frames))
-                n = 3 if args.quick else max(6, args.frames // 2)
+                n = 2 if args.quick else max(6, args.frames // 2)
                 report["tight_budget"] = {"budget_mb": {s: round(b, 2) for s, b in budgets.items()},
                                           "working_set_mb": {s: round(v, 2) for s, v in per_svc.items()},
                                           "frames": n, **await tight_run(tight, frames, n)}
@@ -362,7 +364,7 @@ def main() -> None:
     ap.add_argument("--no-analyze", dest="analyze", action="store_false", help="Do not measure the LLM step.")
     ap.add_argument("--no-tight", dest="tight", action="store_false", help="Skip the tight-budget run.")
     ap.add_argument("--json", type=Path, default=None, help="Write the JSON report here too.")
-    ap.add_argument("--quick", action="store_true", help="CI: 4 frames per run, 3 at the tight budget.")
+    ap.add_argument("--quick", action="store_true", help="CI: 4 frames per run (2 distinct), 2 at the tight budget.")
     args = ap.parse_args()
     if args.quick:
         args.frames, args.rounds = min(args.frames, 4), 1

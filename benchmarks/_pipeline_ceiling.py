@@ -1,9 +1,10 @@
 """The `model-only` ceiling of benchmarks/pipeline.py: the enrichment models without the serving path.
 
-One worker process per enrichment service (the layout of the services: heavy and light run side by side
-on the cores), each with its own `OnDemandModelManager` over the repository's zoo.yaml. At start a worker
-decodes every frame and cuts the crops with the pipeline's rule (`crop_box`, margin 0.1) and builds each
-model's inputs with the service's capability table, before any clock starts. Then, per request (a frame
+One worker process per enrichment service, each in its own session (the layout of the services: heavy and
+light run side by side on the cores, each its own scheduling group), each with its own
+`OnDemandModelManager` over the repository's zoo.yaml. At start a worker decodes every frame, cuts the
+crops with the pipeline's rule (`crop_box`, margin 0.1) and builds each model's inputs with the service's
+capability table, before any clock starts. Then, per request (a frame
 index), it runs one batch per model of that frame under a lease, the models concurrently as the service runs
 them (sequentially was measured slower on two cores: the models' Python pre/post-processing leaves a core
 idle), and answers.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
@@ -47,6 +49,10 @@ def _work(zoo: Any, service: str, frame: Any, dets: list[dict[str, Any]]) -> lis
 
 
 def _worker(service: str, frames: list[Frame], conn: Any) -> None:
+    # its own session, as each `zoo serve` child has: with the kernel's autogroup scheduling every session is
+    # one scheduling group, so two workers left in the benchmark's session would get half the CPU share of
+    # the two service processes on a shared, loaded machine
+    os.setsid()
     sys.path.insert(0, str(ROOT))
     asyncio.run(_serve(service, frames, conn))
 

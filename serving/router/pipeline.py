@@ -222,7 +222,7 @@ class FramePipeline:
         timestamp = timestamp or datetime.now(UTC).isoformat().replace("+00:00", "Z")
         errors: list[dict[str, Any]] = []
         if detections is not None:
-            dets = list(detections)[: self.max_detections]
+            dets = list(detections)  # the client's own detections: all of them (at most 64, FrameBody)
         else:
             dets = await self.detect(base64.b64encode(image_bytes).decode("ascii"), confidence)
         t_det = time.perf_counter()

@@ -27,8 +27,8 @@ from tests.integration.test_gateway import NO_THERMAL, FakeZoo
 
 pytestmark = pytest.mark.slow
 HEAVY = ["fashion_clip", "vehicle_classifier", "demographics_age", "demographics_gender", "vehicle_damage",
-         "license_plate", "face_detector", "action_recognizer"]
-LIGHT = ["threat_detector", "pose_estimator", "person_reid", "pet_classifier", "depth_estimator"]
+         "license_plate", "face_detector", "action_recognizer", "vitpose", "segformer_clothes", "weather_classifier"]
+LIGHT = ["threat_detector", "pose_estimator", "person_reid", "pet_classifier", "depth_estimator", "brisque_quality"]
 FRAME = jpeg_b64(640, 480)
 #: people of mixed sizes and aspect ratios, two vehicles, a dog; one person asks for depth (its own option)
 DETS = [{"detection_id": f"p{i}", "detection_type": "person",
@@ -102,6 +102,26 @@ def test_service_frame_equals_per_detection_enrich(stack, service):
     for model in {"enrichment": ["fashion_clip", "face_detector", "demographics_age"],
                   "enrichment-light": ["threat_detector", "pose_estimator", "person_reid"]}[service]:
         assert out["models"][model] == out["models"][model] | {"items": people, "batches": 1, "status": "ok"}
+
+
+@pytest.mark.parametrize(("service", "models"), [
+    ("enrichment", ["vitpose", "segformer_clothes", "weather_classifier", "action_recognizer"]),
+    ("enrichment-light", ["depth_estimator", "brisque_quality"]),
+])
+def test_every_family_takes_a_batch_of_mixed_crops(stack, service, models):
+    """The families not triggered by a plain person or vehicle (top-down pose, segmentation, scene classifiers,
+    depth, image quality, action over frames): one batch of crops of different sizes, each result equal to the
+    detection alone."""
+    c = stack[service]
+    dets = [d | {"models": models, "options": {"include_depth_map": i == 1}} for i, d in enumerate(DETS[:3])]
+    clip = [FRAME, jpeg_b64(640, 480, (40, 90, 160))]
+    out = frame_call(c, detections=dets, frames=clip)
+    assert out["errors"] == [] and all(out["models"][m]["status"] == "ok" for m in models)
+    for d, got in zip(dets, out["results"], strict=True):
+        one = c.post("/enrich", json={"image": FRAME, "detection_type": "person", "bbox": d["bbox"], "frames": clip,
+                                      "detection_id": d["detection_id"], "models": models, "options": d["options"]})
+        assert one.status_code == 200, one.text
+        same(got, one.json())
 
 
 def test_gateway_model_major_equals_per_detection(stack):

@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     zoo_health_probe_interval_s: float = Field(2.0, ge=0, le=3600, description="Seconds between two /health probes "
                                                "of each upstream by the gateway (0: no prober).")
     zoo_health_probe_timeout_s: float = Field(1.0, gt=0, le=60, description="Timeout of one /health probe.")
+    zoo_enrich_mode: Literal["model-major", "per-detection"] = Field(
+        "model-major", description="How the gateway enriches a frame: one request per service carrying the frame "
+                                   "and all its detections (model-major), or one per model per detection.")
 
     # -- control plane
     database_url: str | None = Field(None, description="SQLAlchemy URL of the control store (default SQLite).")

@@ -59,6 +59,7 @@ from typing import Any
 
 from serving.adapters.base import Adapter, ImageInput, LoadContext, regions
 from serving.adapters.weights import ENGINE_INFO, ONNX_INFO, PICKLE_INFO
+from serving.adapters.yolo_letterbox import as_hw, letterbox_groups
 from serving.adapters.yolo_results import CAPABILITY_SUMMARIES, TASK_EXTRAS
 from serving.errors import BadRequest, DeviceOOM, ModelLoadFailed
 
@@ -217,7 +218,7 @@ class YoloAdapter(Adapter):
         self.dtype = "float16" if getattr(be, "fp16", False) else "float32"
 
     def warmup(self) -> None:
-        self._run([_blank(max(_as_hw(self.imgsz)))], conf=1.0)
+        self._run([_blank(max(as_hw(self.imgsz)))], conf=1.0)
 
     def offload(self) -> None:
         be = self._backend()
@@ -318,26 +319,39 @@ class YoloAdapter(Adapter):
         return out
 
     def _run(self, images: list[Any], **kwargs: Any) -> list[Any]:
-        """ultralytics predict over `images`, one call per image size (in chunks of the export's batch),
-        results in input order. ultralytics letterboxes a batch of equal sizes to the smallest stride-multiple
-        rectangle but a batch of mixed sizes to the full square, so mixing sizes in one call would make an
-        image's result depend on the other requests it was batched with (tests/integration/test_parity_yolo.py)."""
+        """ultralytics predict over `images`, one call per letterbox shape (serving/adapters/yolo_letterbox.py),
+        in chunks of the export's batch, results in input order: an image's result never depends on the other
+        requests it was batched with (tests/integration/test_parity_yolo.py)."""
         kwargs.setdefault("imgsz", self.imgsz)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
-            by_size.setdefault(_size_of(img), []).append(i)
         results: list[Any] = [None] * len(images)
-        for indices in by_size.values():
-            step = self._max_batch() or len(indices)
-            for k in range(0, len(indices), step):
-                part = indices[k : k + step]
-                out = self.yolo.predict(
-                    [images[i] for i in part], device=self.ctx.device.torch_device, verbose=False, batch=len(part),
-                    retina_masks=self.ctx.spec.task == "segment", **kwargs,
+        for idx, imgsz in self._shape_groups(images, kwargs["imgsz"]):
+            group = [images[i] for i in idx]
+            step = self._max_batch() or len(group)
+            out: list[Any] = []
+            for i in range(0, len(group), step):
+                chunk = group[i : i + step]
+                out += self.yolo.predict(
+                    chunk, device=self.ctx.device.torch_device, verbose=False, batch=len(chunk),
+                    retina_masks=self.ctx.spec.task == "segment", **(kwargs | {"imgsz": imgsz}),
                 )  # fmt: skip
-                for i, r in zip(part, out, strict=True):
-                    results[i] = r
+            for i, r in zip(idx, out, strict=True):
+                results[i] = r
         return results
+
+    def _shape_groups(self, images: list[Any], imgsz: Any) -> list[tuple[list[int], Any]]:
+        """`letterbox_groups` on a backend that takes any shape (.pt, dynamic export); a static export takes its
+        own shape: one group."""
+        if self.yolo is None or self.yolo.predictor is None or not images or not self._dynamic_shapes():
+            return [(list(range(len(images))), imgsz)]
+        return letterbox_groups(images, imgsz, int(max(getattr(self._backend_model(), "stride", 32) or 32, 1)))
+
+    def _dynamic_shapes(self) -> bool:
+        if self.format in ("", "pt"):
+            return True
+        return self.format == "onnx" and bool(getattr(self._backend(), "dynamic", False))
+
+    def _backend_model(self) -> Any:
+        return self.yolo.predictor.model
 
     def _max_batch(self) -> int | None:
         """Exports run in chunks of their export batch: a static .onnx/.engine takes exactly that batch, and
@@ -409,21 +423,6 @@ def _blank(size: int) -> Any:
     from PIL import Image
 
     return Image.new("RGB", (size, size))
-
-
-def _size_of(img: Any) -> tuple[int, int]:
-    """(width, height) of a PIL image or (height, width, ...) of an array: a key that groups equal sizes."""
-    size = getattr(img, "size", None)
-    if isinstance(size, tuple):
-        return (int(size[0]), int(size[1]))
-    shape = getattr(img, "shape", (0, 0))
-    return (int(shape[1]), int(shape[0]))
-
-
-def _as_hw(imgsz: Any) -> tuple[int, int]:
-    if isinstance(imgsz, (list, tuple)):
-        return (int(imgsz[0]), int(imgsz[-1]))
-    return (int(imgsz), int(imgsz))
 
 
 def _bind_onnx_outputs(be: Any) -> None:  # pragma: no cover - CUDA only

@@ -10,6 +10,9 @@ DESIGN.md §7 / seed `get_models_for_detection_type`:
    other keys kept), with `errors` (what failed: model, service, error_type, message) and `models`
    (per-model service, status and time).
 
+Model-major (one request per service carrying the frame and all its detections) is serving/router/frame.py,
+merged by the same `merge_results`.
+
 When every call fails with the same client error (4xx: the request itself is bad), the router raises
 it as `UpstreamRejected` (the upstream's status and error_type) instead of returning an empty result; any
 other failure is a partial result.
@@ -169,6 +172,20 @@ def error_fields(resp: httpx.Response) -> tuple[str, str]:
     return "upstream_error", f"HTTP {resp.status_code}: {resp.text[:200]}"
 
 
+def rejected(parts: Sequence[CallResult]) -> UpstreamRejected | None:
+    """The request itself was bad: every call failed with the same client error (4xx, not a transient one)."""
+    failed = [p for p in parts if not p.ok]
+    if not parts or len(failed) != len(parts):
+        return None
+    client_errors = {(p.status_code, p.error_type) for p in failed
+                     if p.status_code and 400 <= p.status_code < 500 and p.status_code not in TRANSIENT_4XX}
+    if len(client_errors) == 1 and all(p.status_code and 400 <= p.status_code < 500 for p in failed):
+        status, etype = next(iter(client_errors))
+        return UpstreamRejected(failed[0].message or "bad request", status_code=status,
+                                error_type=etype or "bad_request")
+    return None
+
+
 class EnrichmentRouter:
     """Fans detections out to the enrichment services. The httpx client (and so its transport) is
     injected: tests pass `httpx.MockTransport` or real loopback servers."""
@@ -233,14 +250,8 @@ class EnrichmentRouter:
         if self.observe is not None:
             for p in parts:
                 self.observe(p)
-        failed = [p for p in parts if not p.ok]
-        if parts and len(failed) == len(parts):
-            client_errors = {(p.status_code, p.error_type) for p in failed
-                             if p.status_code and 400 <= p.status_code < 500 and p.status_code not in TRANSIENT_4XX}
-            if len(client_errors) == 1 and all(p.status_code and 400 <= p.status_code < 500 for p in failed):
-                status, etype = next(iter(client_errors))
-                raise UpstreamRejected(failed[0].message or "bad request", status_code=status,
-                                       error_type=etype or "bad_request")
+        if (err := rejected(parts)) is not None:
+            raise err
         return merge_results(parts, detection_id=det_id, detection_type=payload["detection_type"],
                              elapsed_ms=(time.perf_counter() - t0) * 1e3)
 

@@ -3,10 +3,16 @@
 Seed 003 data flow (YOLO26 -> Enrichment -> Nemotron -> Risk Events), over HTTP between services:
 1. POST {detection}/detect with the frame (base64 JSON); keep the seed SECURITY_CLASSES, highest
    confidence first, at most `max_detections`.
-2. Crop each detection (bbox clamped to the frame, small margin) and fan it out through the
-   `EnrichmentRouter`, all detections at once.
+2. Enrich every detection, its region being its bbox with a small margin, clamped to the frame. Two modes
+   (ZOO_ENRICH_MODE, or the request's `enrich_mode`): `model-major` (default) sends each enrichment service
+   ONE request with the frame's bytes and all its detections (serving/router/frame.py: one batched forward
+   pass per model); `per-detection` crops each detection, encodes the crop as JPEG and fans it out through
+   the `EnrichmentRouter` (one request per model per detection: the former path, kept as a baseline).
+   Both give each detection the same merged EnrichmentResult with the reference client's keys.
+   Detections may also be given with the frame (`detections`): the detector is then not called.
 3. POST {llm}/analyze with the detections and their enrichment; when the LLM service is down or slow,
-   the gateway scores with the same rules locally (`scoring: "rule_based_fallback"`).
+   the gateway scores with the same rules locally (`scoring: "rule_based_fallback"`); `analyze=False`
+   skips the LLM and scores with the rules (`scoring: "rule_based"`).
 4. Return a risk event: score, level, reasons, summary, scoring, detections with enrichment, errors
    (every stage that failed and why) and timings.
 
@@ -30,7 +36,10 @@ from serving.config import SECURITY_CLASSES, ZooConfig
 from serving.errors import ServiceUnavailable, ServingError, UpstreamError, UpstreamTimeout
 from serving.router import risk
 from serving.router.fanout import CONNECT_TIMEOUT_S, EnrichmentRouter, error_fields, upstream_failure
+from serving.router.frame import FrameEnricher, FrameItem
 from serving.router.schemas import BBox, FrameDetection, GatewayEnrichRequest
+from serving.router.schemas_frame import ENRICH_MODES
+from serving.services.enrich_view import client_view
 from serving.services.errors import ErrorBody
 
 
@@ -68,7 +77,10 @@ class FramePipeline:
         analyze_timeout_s: float = 120.0,
         max_detections: int = 8,
         crop_margin: float = 0.1,
+        enrich_mode: str = "model-major",
     ) -> None:
+        if enrich_mode not in ENRICH_MODES:
+            raise ValueError(f"enrich_mode {enrich_mode!r}: use one of {', '.join(ENRICH_MODES)}")
         self.zoo = zoo
         self.client = client
         self.router = router
@@ -79,6 +91,8 @@ class FramePipeline:
         self.analyze_timeout_s = analyze_timeout_s
         self.max_detections = max_detections
         self.crop_margin = crop_margin
+        self.enrich_mode = enrich_mode
+        self.frames = FrameEnricher(router)
 
     # ------------------------------------------------------------------ stages
     async def detect(self, image_b64: str, confidence: float | None) -> list[FrameDetection]:
@@ -125,9 +139,37 @@ class FramePipeline:
         req = GatewayEnrichRequest(image=encode_image(crop), detection_type=d.label, detection_id=d.detection_id,
                             options=options)
         try:
-            return await self.router.enrich(req)
+            result = await self.router.enrich(req)
         except ServingError as e:
             return {"errors": [ErrorBody.entry(e, stage="enrich", detection_id=d.detection_id)]}
+        return result | client_view(result)
+
+    def _box(self, d: FrameDetection, w: int, h: int) -> tuple[int, int, int, int] | None:
+        bbox = BBox.parse(d.bbox)
+        return crop_box(bbox, w, h, self.crop_margin) if bbox else (0, 0, w, h)
+
+    async def enrich_frame(self, dets: list[FrameDetection], frame: Any, image_bytes: bytes,
+                           options: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """Model-major: every detection's region of the frame, one request per enrichment service."""
+        w, h = frame.size
+        out: list[dict[str, Any] | None] = [None] * len(dets)
+        items, where = [], []
+        for n, d in enumerate(dets):
+            box = self._box(d, w, h)
+            if box is None:
+                out[n] = {"errors": [{"stage": "enrich", "detection_id": d.detection_id, "error_type": "invalid_bbox",
+                                      "message": f"bbox {d.bbox} leaves nothing to crop in a {w}x{h} frame"}]}
+                continue
+            items.append(FrameItem(d.detection_id, d.label, BBox(x1=box[0], y1=box[1], x2=box[2], y2=box[3]),
+                                   dict(options)))
+            where.append(n)
+        results = await self.frames.enrich(image_bytes, items) if items else []
+        for n, res in zip(where, results, strict=True):
+            if isinstance(res, ServingError):
+                out[n] = {"errors": [ErrorBody.entry(res, stage="enrich", detection_id=dets[n].detection_id)]}
+            else:
+                out[n] = res | client_view(res)
+        return out
 
     async def analyze(self, dets: list[FrameDetection], camera_id: str | None, timestamp: str | None,
                       errors: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,21 +212,35 @@ class FramePipeline:
         timestamp: str | None = None,
         options: dict[str, Any] | None = None,
         confidence: float | None = None,
+        mode: str | None = None,
+        detections: list[FrameDetection] | None = None,
+        analyze: bool = True,
     ) -> dict[str, Any]:
-        """One frame -> one risk event. `frame` is the decoded PIL image of `image_bytes`."""
+        """One frame -> one risk event. `frame` is the decoded PIL image of `image_bytes`; `detections`, when
+        given, replace the detector's; `mode` overrides the enrichment mode; `analyze=False` skips the LLM."""
         t0 = time.perf_counter()
         timestamp = timestamp or datetime.now(UTC).isoformat().replace("+00:00", "Z")
         errors: list[dict[str, Any]] = []
-        dets = await self.detect(base64.b64encode(image_bytes).decode("ascii"), confidence)
+        if detections is not None:
+            dets = list(detections)  # the client's own detections: all of them (at most 64, FrameBody)
+        else:
+            dets = await self.detect(base64.b64encode(image_bytes).decode("ascii"), confidence)
         t_det = time.perf_counter()
-        results = await asyncio.gather(*(self.enrich_one(d, frame, options or {}) for d in dets))
+        mode = mode or self.enrich_mode
+        if mode == "per-detection":
+            results = list(await asyncio.gather(*(self.enrich_one(d, frame, options or {}) for d in dets)))
+        else:
+            results = await self.enrich_frame(dets, frame, image_bytes, options or {})
         for d, enr in zip(dets, results, strict=True):
             errs = (enr or {}).pop("errors", []) if enr else []
             for e in errs:
                 errors.append({"stage": "enrich", "detection_id": d.detection_id, **e})
             d.enrichment = enr if enr and set(enr) - {"errors"} else None
         t_enr = time.perf_counter()
-        assessment = await self.analyze(dets, camera_id, timestamp, errors)
+        if analyze:
+            assessment = await self.analyze(dets, camera_id, timestamp, errors)
+        else:
+            assessment = risk.rule_based(dets, timestamp=timestamp, scoring="rule_based").model_dump() | {"model": None}
         t_end = time.perf_counter()
         errors.extend({"stage": "analyze", **e} for e in assessment.pop("errors", []) or [])
         event = {
@@ -198,6 +254,7 @@ class FramePipeline:
             "detections": [d.public() for d in dets],
             "image": {"width": frame.size[0], "height": frame.size[1]},
             "errors": errors,
+            "enrich_mode": mode,
             "timings_ms": {
                 "detect": round((t_det - t0) * 1e3, 2),
                 "enrich": round((t_enr - t_det) * 1e3, 2),

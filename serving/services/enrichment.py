@@ -1,6 +1,9 @@
 """Enrichment services (ai-enrichment heavy 8094, ai-enrichment-light 8096): the same routes on both,
 each answering only for the models it hosts (zoo.yaml `services.<name>.models`).
 
+POST /enrich/frame (serving/services/enrich_frame.py): the frame once and all its detections, one batched
+forward pass per model (model-major; what the gateway sends).
+
 POST /enrich (seed "Unified Enrichment Endpoint"): {image, detection_type, bbox?, frames?, options,
 detection_id?, models?, class?}. The models are `models` when given (the gateway sends one model per call;
 a model hosted elsewhere is a 404) or else `zoo.models_for_detection(class or detection_type, options,
@@ -201,6 +204,13 @@ def _decode_inputs(ctx: ServiceContext, image: Any, bbox: BBox | None, frames: l
 
 router = APIRouter(tags=["enrichment"])
 router.include_router(plate_router)  # POST /plate-ocr (serving/services/plate_ocr.py)
+
+
+def setup(ctx: ServiceContext) -> list[APIRouter]:
+    """The model-major frame route (POST /enrich/frame, serving/services/enrich_frame.py) beside these."""
+    from serving.services.enrich_frame import router as frame_router
+
+    return [frame_router]
 
 
 def _doc(model: type[BaseModel]) -> dict[str, Any]:

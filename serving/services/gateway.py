@@ -3,8 +3,12 @@
 Routes:
     POST /enrich           seed "Unified Enrichment Endpoint" request -> EnrichmentResult (+ errors, models),
                            fanned out by serving/router/fanout.py to the heavy and light services
-    POST /pipeline/frame   {"image", "camera_id"?, "timestamp"?, "options"?, "confidence"?} -> risk event
-                           (serving/router/pipeline.py); images as base64 JSON, raw bytes or multipart
+    POST /enrich/frame     {"image", "detections": [...], "options"?, "mode"?} -> one EnrichmentResult per
+                           detection: model-major (serving/router/frame.py, one request per enrichment
+                           service carrying the frame once) or per-detection (the fan-out above, per detection)
+    POST /pipeline/frame   {"image", "camera_id"?, "timestamp"?, "options"?, "confidence"?, "detections"?,
+                           "enrich_mode"?, "analyze"?} -> risk event (serving/router/pipeline.py); images as
+                           base64 JSON, raw bytes or multipart
     GET  /zoo/status       every service's /health and /models/status, side by side
     GET  /zoo/services     the base URL the gateway uses for each service
     GET  /zoo              a plain status table (HTML over /zoo/status, no JavaScript)
@@ -21,7 +25,8 @@ the gauge zoo_upstream_circuit_state; ZOO_BREAKER=0 switches them off.
 
 Service URLs: http://127.0.0.1:<port> from zoo.yaml, overridden by services.gateway.upstreams and
 ZOO_<SERVICE>_URL. Timeouts (seconds, Settings): ZOO_ENRICH_TIMEOUT_S (30), ZOO_DETECT_TIMEOUT_S (30),
-ZOO_ANALYZE_TIMEOUT_S (120), ZOO_STATUS_TIMEOUT_S (5); ZOO_PIPELINE_MAX_DETECTIONS (8).
+ZOO_ANALYZE_TIMEOUT_S (120), ZOO_STATUS_TIMEOUT_S (5); ZOO_PIPELINE_MAX_DETECTIONS (8); ZOO_ENRICH_MODE
+(model-major | per-detection: how /pipeline/frame and /enrich/frame enrich a frame unless the request says).
 The thermal API is off when ZOO_GATEWAY_THERMAL=0.
 
 `setup(ctx)` (called by create_app) builds the shared httpx client, the fan-out, the pipeline and the
@@ -57,8 +62,9 @@ from serving.router.breaker import (
 )
 from serving.router.fanout import CallResult, EnrichmentRouter, service_urls
 from serving.router.pipeline import FramePipeline
-from serving.router.schemas import BBox, EnrichOptionsField, GatewayEnrichRequest, RiskEvent
-from serving.services import gateway_proxy
+from serving.router.schemas import BBox, EnrichOptionsField, FrameDetection, GatewayEnrichRequest, RiskEvent
+from serving.router.schemas_frame import MAX_FRAME_DETECTIONS, EnrichMode, FrameEnrichDetection
+from serving.services import gateway_frame, gateway_proxy
 from serving.services import status_page as live_page
 from serving.services.context import Ctx, GatewayState, ServiceContext
 from serving.services.enrich_view import client_view
@@ -85,6 +91,11 @@ class FrameBody(BaseModel):
     timestamp: str | None = Field(None, max_length=64, description="ISO 8601 time of the frame; now when absent.")
     options: EnrichOptionsField = Field(default_factory=dict, description="Enrichment trigger options.")
     confidence: float | None = Field(None, ge=0.0, le=1.0, description="Detector confidence override.")
+    detections: list[FrameEnrichDetection] | None = Field(
+        None, max_length=MAX_FRAME_DETECTIONS,
+        description="Detections of the frame (class, bbox, detection_id, confidence): the detector is not called.")
+    enrich_mode: EnrichMode | None = Field(None, description="model-major or per-detection (default ZOO_ENRICH_MODE).")
+    analyze: bool = Field(True, description="Ask the LLM for the risk; false scores with the local rules.")
 
 
 class ServiceStatus(BaseModel):
@@ -210,7 +221,8 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
 
     enricher = EnrichmentRouter(ctx.zoo, client, urls, timeout_s=s.zoo_enrich_timeout_s, observe=observe)
     pipeline = FramePipeline(ctx.zoo, client, enricher, detect_timeout_s=s.zoo_detect_timeout_s,
-                             analyze_timeout_s=s.zoo_analyze_timeout_s, max_detections=s.zoo_pipeline_max_detections)
+                             analyze_timeout_s=s.zoo_analyze_timeout_s, max_detections=s.zoo_pipeline_max_detections,
+                             enrich_mode=s.zoo_enrich_mode)
     ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
                         ("level", "scoring"))  # registered now: present in /metrics before the first frame
     control = _control_plane(ctx, client, urls)
@@ -226,7 +238,7 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
         return out
 
     ctx.health_probe = health
-    return [live_page.router, gateway_proxy.router] + ([control.router] if control else [])
+    return [live_page.router, gateway_frame.router, gateway_proxy.router] + ([control.router] if control else [])
 
 
 @contextlib.asynccontextmanager
@@ -276,8 +288,12 @@ async def pipeline_frame(ctx: Ctx, request: Request) -> dict[str, Any]:
     body = await read_request(request, FrameBody, ctx.limits)
     frame = decode_image(body.image, ctx.limits)
     raw = b64_to_bytes(body.image) if isinstance(body.image, str) else bytes(body.image)
+    given = None if body.detections is None else [
+        FrameDetection.model_validate({"detection_id": d.detection_id, "class": d.label, "confidence": d.confidence,
+                                       "bbox": d.bbox.model_dump() if d.bbox else None}) for d in body.detections]
     event = await _state(ctx).pipeline.run(raw, frame, camera_id=body.camera_id, timestamp=body.timestamp,
-                                          options=body.options, confidence=body.confidence)
+                                          options=body.options, confidence=body.confidence, mode=body.enrich_mode,
+                                          detections=given, analyze=body.analyze)
     events = ctx.metrics.counter("zoo_risk_events_total", "Risk events of /pipeline/frame by level and scoring",
                                  ("level", "scoring"))
     events.labels(str(event.get("risk_level")), str(event.get("scoring"))).inc()

@@ -10,6 +10,8 @@ Two layers:
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import json
 
 import httpx
@@ -50,6 +52,15 @@ ENRICH_ANSWERS = {
 }
 
 
+def multipart_payload(request: httpx.Request) -> dict:
+    """The JSON `payload` part of a multipart request (the gateway's model-major /enrich/frame), plus the size of
+    its `image` part."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.content)
+    parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True) for p in msg.iter_parts()}
+    return json.loads(parts["payload"]) | {"image_bytes": len(parts["image"])}
+
+
 class FakeZoo:
     """The services behind the gateway, as an httpx MockTransport handler; `down` services refuse connections."""
 
@@ -59,7 +70,8 @@ class FakeZoo:
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         svc = PORTS.get(request.url.port, "?")
-        body = json.loads(request.content) if request.content else {}
+        frame = request.url.path == "/enrich/frame"
+        body = multipart_payload(request) if frame else (json.loads(request.content) if request.content else {})
         self.calls.append((svc, request.url.path, body))
         if svc in self.down:
             raise httpx.ConnectError("connection refused", request=request)
@@ -85,6 +97,12 @@ class FakeZoo:
                 {"class": "bird", "confidence": 0.3, "bbox": {"x1": 0, "y1": 0, "x2": 0.5, "y2": 0.5}},
                 {"class": "toaster", "confidence": 0.99, "bbox": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}},
             ], "count": 4, "image_width": 320, "image_height": 240, "model": "yolo26", "inference_time_ms": 5.0})
+        if svc.startswith("enrichment") and frame:  # model-major: every detection with its models, one answer each
+            results = [{"detection_id": d["detection_id"], "detection_type": d["detection_type"],
+                        **{k: v for m in d["models"] for k, v in ENRICH_ANSWERS[m](d["detection_id"]).items()},
+                        "models": {m: {"status": "ok", "time_ms": 2.0} for m in d["models"]}, "errors": []}
+                       for d in body["detections"]]
+            return httpx.Response(200, json={"results": results, "models": {}, "errors": [], "inference_time_ms": 2.0})
         if svc.startswith("enrichment") and path == "/enrich":
             (model,) = body["models"]
             return httpx.Response(200, json={**ENRICH_ANSWERS[model](body["detection_id"]), "inference_time_ms": 2.0})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 
 import httpx
@@ -49,16 +51,28 @@ def detector(dets):
             return httpx.Response(200, json={"detections": dets})
         if request.url.host == "llm":
             raise httpx.ConnectError("down", request=request)
-        body = json.loads(request.content)
-        return httpx.Response(200, json={"pet": {"pet_type": "cat", "breed": None, "confidence": 0.6},
-                                         "seen_class": body.get("class"), "seen_type": body["detection_type"]})
+        def answer(body: dict) -> dict:
+            return {"pet": {"pet_type": "cat", "breed": None, "confidence": 0.6},
+                    "seen_class": body.get("class"), "seen_type": body["detection_type"]}
+
+        if request.url.path == "/enrich/frame":  # model-major: the frame once, every detection in the payload
+            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.content)
+            parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+                     for p in msg.iter_parts()}
+            sent = json.loads(parts["payload"])["detections"]
+            return httpx.Response(200, json={"results": [
+                answer(d) | {"detection_id": d["detection_id"], "models": {m: {"status": "ok"} for m in d["models"]}}
+                for d in sent]})
+        return httpx.Response(200, json=answer(json.loads(request.content)))
     return handle
 
 
-async def test_pipeline_keeps_security_classes_best_first_capped(zoo):
+@pytest.mark.parametrize("mode", ["model-major", "per-detection"])
+async def test_pipeline_keeps_security_classes_best_first_capped(zoo, mode):
     dets = [{"class": c, "confidence": p, "bbox": {"x1": 10, "y1": 10, "x2": 60, "y2": 60}}
             for c, p in [("cat", 0.4), ("umbrella", 0.99), ("dog", 0.9), ("cat", 0.7)]]
-    pipe, client = make(zoo, detector(dets), max_detections=2)
+    pipe, client = make(zoo, detector(dets), max_detections=2, enrich_mode=mode)
     async with client:
         ev = await pipe.run(*frame(), camera_id="c1", timestamp="2024-01-15T12:00:00Z")
     assert [(d["class"], d["confidence"]) for d in ev["detections"]] == [("dog", 0.9), ("cat", 0.7)]

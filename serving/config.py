@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serving.errors import ConfigError, UnsafePath
 from serving.llama_env import apply_llama_options
+from serving.scheduler_config import SchedulerSettings
 from serving.settings import Settings
 
 MB = 1024 * 1024
@@ -237,6 +238,7 @@ class ZooConfig(_Strict):
     models: dict[str, ModelSpec]
     #: model -> service name from ENRICHMENT_<MODEL>_SERVICE (heavy -> enrichment, light -> enrichment-light)
     route_overrides: dict[str, str] = Field(default_factory=dict)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Model-major scheduling.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ZooConfig:

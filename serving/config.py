@@ -116,6 +116,7 @@ class ModelSpec(_Strict):
     env_path: str | None = Field(None, description="Env variable overriding the path (seed: VEHICLE_MODEL_PATH).")
     vram_mb: float = Field(gt=0, description="Declared VRAM estimate in MB until a footprint is measured.")
     priority: Priority = Field(Priority.MEDIUM, description="CRITICAL, HIGH, MEDIUM or LOW (seed 003).")
+    max_batch: int = Field(16, ge=1, le=4096, description="Most items per adapter call (the scheduler chunks).")
     residency: Literal["always", "on_demand"] = Field("on_demand", description="always = loaded at start.")
     keep_alive_s: float = Field(900.0, ge=0, description="Idle seconds before HOT -> WARM -> COLD (seed 000).")
     triggers: list[str] = Field(default_factory=list, description="Detection types or class names needing it.")

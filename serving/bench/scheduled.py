@@ -29,19 +29,9 @@ from serving.vram.devices import FakeDevice
 from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
 from serving.vram.manager import OnDemandModelManager, inline_runner
 from serving.vram.policy import INF
-from serving.vram.scheduling import Hold, ModelState, Pending, WorkQueues, decide
-from serving.vram.view import ModelView
+from serving.vram.scheduling import Hold, Pending, WorkQueues, decide, model_state, reserve_estimate
 
 SCHEDULERS = ("fifo", "model-major")
-
-
-def switch_estimate(view: ModelView, cost: CostModel) -> float:
-    """Seconds to make a model resident, as the manager would spend them: 0 HOT, restore WARM, load COLD."""
-    if view.tier == "HOT":
-        return 0.0
-    if view.tier == "WARM":
-        return view.restore_s if view.restore_s is not None else cost.restore_s(view.need_bytes)
-    return view.load_s if view.load_s is not None else cost.load_s(view.need_bytes)
 
 
 def slo_attainment(latencies_s: dict[str, list[float]], deadlines_s: dict[str, float]) -> dict[str, float]:
@@ -113,9 +103,8 @@ async def simulate_scheduled(
             arrived_at[i] = (t, cls)
             admitted["i"] += 1
         view = manager.view()
-        states = {m: ModelState(resident=view.models[m].tier == "HOT",
-                                switch_s=switch_estimate(view.models[m], cost)) for m in queues.models()}
-        reserve = max(switch_estimate(v, cost) for v in view.models.values())
+        states = {m: model_state(view, m, cost) for m in queues.models()}
+        reserve = reserve_estimate(view.models.values(), cost)
         decision = decide(queues, states, now, margin_s=1e-6, reserve_s=reserve)
         if isinstance(decision, Hold):
             nxt = requests[admitted["i"]][0] if admitted["i"] < n else INF

@@ -6,7 +6,8 @@ passes a snapshot of the models with queued work (`ModelState`: resident or not,
 resident, batch limit, busy) and the time; `decide` returns `Serve(model, keys)` or `Hold(until)`:
 
 1. **A resident model's queue drains first.** If a resident (HOT) model has queued work, serve up to its
-   batch limit of it (the earliest head deadline first). Callers keep a lease on a model while its
+   batch limit of it (the earliest head deadline first). A model that fits without evicting anything is
+   served at once too: holding it would save no swap. Callers keep a lease on a model while its
    queue is not empty, so queued work protects its model from eviction.
 2. **Work for a non-resident model waits for company, within its deadline.** Each item carries a
    deadline (arrival + the added wait its priority class allows, zoo.yaml `scheduler.deadline_ms`). The
@@ -27,8 +28,13 @@ its caller's single task (the front's dispatcher, the simulation loop).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from serving.vram.cost import CostModel
+    from serving.vram.view import ManagerView, ModelView
 
 #: Added wait each priority class allows by default, seconds (CRITICAL=0 HIGH=1 MEDIUM=2 LOW=3).
 DEFAULT_DEADLINES_S: dict[int, float] = {0: 0.25, 1: 1.0, 2: 2.0, 3: 5.0}
@@ -52,6 +58,7 @@ class ModelState:
     switch_s: float = 0.0  # estimated seconds to make it resident (restore or cold load); 0 when resident
     batch_limit: int = 0  # most items per call; 0 = no limit
     busy: bool = False  # a call of this model is running (the front serves one chunk per model at a time)
+    fits: bool = False  # making it resident evicts nothing: waiting would save no swap, so it is served at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +150,7 @@ def decide(
     ready = [m for m in queues.models() if not states[m].busy]
     if not ready:
         return Hold(None)
-    resident = [m for m in ready if states[m].resident]
+    resident = [m for m in ready if states[m].resident or states[m].fits]
     if resident:
         model = min(resident, key=lambda m: (queues.earliest_deadline(m), m))
         return _serve(queues, model, states[model])
@@ -167,3 +174,26 @@ def decide(
 
 def _serve(queues: WorkQueues, model: str, state: ModelState) -> Serve:
     return Serve(model, tuple(p.key for p in queues.take(model, state.batch_limit)))
+
+
+def switch_estimate(view: ModelView, cost: CostModel) -> float:
+    """Seconds to make a model resident as the manager would spend them: 0 when HOT, a restore when WARM, a
+    cold load otherwise (measured times when the manager has them, else the cost model's)."""
+    if view.tier == "HOT":
+        return 0.0
+    if view.tier == "WARM":
+        return view.restore_s if view.restore_s is not None else cost.restore_s(view.need_bytes)
+    return view.load_s if view.load_s is not None else cost.load_s(view.need_bytes)
+
+
+def reserve_estimate(views: Iterable[ModelView], cost: CostModel) -> float:
+    """The `reserve_s` both callers pass to `decide`: the largest switch any of the models may need now."""
+    return max((switch_estimate(v, cost) for v in views), default=0.0)
+
+
+def model_state(view: ManagerView, name: str, cost: CostModel, *, busy: bool = False) -> ModelState:
+    """The `ModelState` of one model from a manager's frozen view (both callers build it here)."""
+    m = view.models[name]
+    resident = m.tier == "HOT"
+    return ModelState(resident=resident, switch_s=switch_estimate(m, cost), busy=busy,
+                      fits=not resident and not m.loading and view.budget_bytes - view.used_bytes >= m.need_bytes)

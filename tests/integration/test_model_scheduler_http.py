@@ -184,3 +184,5 @@ async def test_a_resident_models_queue_drains_before_it_is_evicted(rig):
     # the two PET requests queued behind the running one ran under the same lease, before DEPTH evicted PET
     assert calls == [(PET, 1), (PET, 2), (DEPTH, 1)]
     assert behaviour.loads[PET] == 1 and behaviour.loads[DEPTH] == 1
+    # ... under the one lease of the first: PET was never unleased (hence never evictable) while work waited
+    assert app.state.ctx.scheduler.stats.groups == 2

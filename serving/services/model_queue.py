@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,8 @@ class SchedulerStats:
     """Counters for tests and metrics: groups served (one lease each) and adapter calls with their sizes."""
 
     groups: int = 0
-    calls: list[tuple[str, int]] = field(default_factory=list)  # (model, items) per adapter call
+    #: (model, items) of the most recent adapter calls
+    calls: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=1024))
     served: int = 0  # requests answered
 
 
@@ -214,9 +216,9 @@ class ModelScheduler:
         """Requests with equal options become one input list, run in chunks of the model's `max_batch`."""
         limit = self.manager.model_view(model).spec.max_batch
         by_options: dict[str, list[_Job]] = {}
-        for job in jobs:
+        for i, job in enumerate(jobs):
             if not job.future.done():
-                by_options.setdefault(json.dumps(job.options, sort_keys=True, default=repr), []).append(job)
+                by_options.setdefault(_options_key(job.options, i), []).append(job)
         for group in by_options.values():
             items = [x for job in group for x in job.inputs]
             try:
@@ -242,3 +244,12 @@ class ModelScheduler:
                     job.future.set_result(results[offset:offset + n])
                     self.stats.served += 1
                 offset += n
+
+
+def _options_key(options: dict[str, Any], index: int) -> str:
+    """Requests are concatenated only when their options are equal as JSON; options that are not plain JSON
+    (e.g. tensors of a KServe request) keep the request in a call of its own."""
+    try:
+        return json.dumps(options, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return f"#own-call-{index}"

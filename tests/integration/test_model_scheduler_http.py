@@ -83,8 +83,11 @@ def expected_mean(data: bytes) -> float:
     return round(float(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64).mean()), 4)
 
 
-async def infer(client: httpx.AsyncClient, model: str, data: bytes) -> dict[str, Any]:
-    body = {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(data).decode()]}]}
+async def infer(client: httpx.AsyncClient, model: str, data: bytes, **params: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(data).decode()]}]}
+    if params:
+        body["parameters"] = params
     r = await client.post(f"/v2/models/{model}/infer", json=body)
     assert r.status_code == 200, r.text
     return json.loads(r.json()["outputs"][0]["data"][0])
@@ -131,11 +134,16 @@ async def test_concurrent_requests_for_a_model_become_one_load_and_chunked_calls
         tasks = [asyncio.create_task(infer(client, DEPTH, img)) for img in images]
         sched = app.state.ctx.scheduler
         await until(lambda: sched.queued_for(DEPTH) == 7, "7 queued depth requests")
+        own = asyncio.create_task(infer(client, DEPTH, jpeg((1, 1, 1)), include_map=True))  # other options
+        await until(lambda: sched.queued_for(DEPTH) == 8, "8 queued depth requests")
         assert calls == [] and behaviour.loads.get(DEPTH, 0) == 0
         timer.advance(5.0)  # LOW: at most 5 s of added wait
         results = await asyncio.gather(*tasks)
+        assert (await own)["mean"] == expected_mean(jpeg((1, 1, 1)))
     assert [r["mean"] for r in results] == [expected_mean(img) for img in images]  # each its own, in order
-    assert calls == [(DEPTH, 3), (DEPTH, 3), (DEPTH, 1)]  # one group, chunked by max_batch 3
+    # one group under one lease: the 7 with equal options concatenated and chunked by max_batch 3, then the
+    # request with other options in a call of its own
+    assert calls == [(DEPTH, 3), (DEPTH, 3), (DEPTH, 1), (DEPTH, 1)]
     assert behaviour.loads[DEPTH] == 1 and sched.stats.groups == 1
 
 

@@ -194,3 +194,26 @@ async def test_a_resident_models_queue_drains_before_it_is_evicted(rig):
     assert behaviour.loads[PET] == 1 and behaviour.loads[DEPTH] == 1
     # ... under the one lease of the first: PET was never unleased (hence never evictable) while work waited
     assert app.state.ctx.scheduler.stats.groups == 2
+
+
+async def test_detection_batching_waits_no_longer_than_the_detectors_class_deadline():
+    """The detector's dynamic batcher follows the scheduler's rule: its wait for company is capped by the
+    detector's class deadline (yolo26 is CRITICAL), and its batches run through the scheduler."""
+    from serving.settings import Settings
+
+    zoo = load_zoo(ROOT / "zoo.yaml", env={})
+    zoo.scheduler.deadline_ms["CRITICAL"] = 2.0
+    settings = Settings.model_construct().model_copy(update={"zoo_batch_max_delay_ms": 5.0})
+    app = create_app(zoo, "detection", settings=settings, device=FakeDevice(8192 * MB),
+                     registry=AdapterRegistry({"yolo": lambda ctx: FakeAdapter(ctx, FakeBehaviour())}),
+                     admin_token=None)
+    async with serve_async(app):
+        ctx = app.state.ctx
+        assert ctx.batcher.max_delay_s == pytest.approx(0.002)  # min(5 ms setting, CRITICAL 2 ms)
+        results = await ctx.batcher.run_batch([_Item("x", 0.5), _Item("y", 0.5)])
+        assert len(results) == 2 and ctx.scheduler.stats.calls[-1] == ("yolo26", 2)
+
+
+class _Item:
+    def __init__(self, image: str, confidence: float) -> None:
+        self.image, self.confidence = image, confidence

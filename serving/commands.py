@@ -37,6 +37,8 @@ def validate(zoo: Path = typer.Option(Path("zoo.yaml"), "--zoo", help="zoo file"
             f"[green]ok[/green] {name:<17} port {svc.port}  gpu {svc.gpu}  budget {svc.vram_budget_gb:g} GB  "
             f"{len(svc.models)} models ({total:,.0f} MB declared)"
         )
+    console.print(f"scheduler: model-major {'on' if cfg.scheduler.enabled else 'off'}, added wait per class "
+                  f"{cfg.scheduler.summary()}")
     console.print(f"{len(cfg.models)} models, {len(cfg.services)} services, models_root {cfg.models_root}")
 
 
@@ -54,6 +56,8 @@ def bench_policy(
     pinned_gbps: float = typer.Option(
         _COST.pinned_bps / 1e9, "--pinned-gbps", help="pinned host->device bandwidth, GB/s"),
     policies: str = typer.Option("", "--policies", help="comma-separated subset (default: every registered one)"),
+    scheduler: str = typer.Option(
+        "fifo", "--scheduler", help="fifo (arrival order) or model-major (adds a <policy>+model-major row each)"),
 ) -> None:
     """Replay a trace through the real manager on a FakeDevice under each policy; print JSON."""
     from serving.bench.policy import run_policy_bench
@@ -62,6 +66,6 @@ def bench_policy(
         zoo_path=zoo, service=service, trace_path=trace, budget_mb=budget_mb, budget_fraction=budget_fraction,
         host_cache_mb=host_cache_mb,
         cost=CostModel(init_s=init_s, disk_bps=disk_gbps * 1e9, pinned_bps=pinned_gbps * 1e9),
-        policies=[p for p in policies.split(",") if p] or None,
+        policies=[p for p in policies.split(",") if p] or None, scheduler=scheduler,
     )
     typer.echo(json.dumps(result, indent=1))

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serving.errors import ConfigError, UnsafePath
 from serving.llama_env import apply_llama_options
+from serving.scheduler_config import SchedulerSettings
 from serving.settings import Settings
 
 MB = 1024 * 1024
@@ -115,6 +116,7 @@ class ModelSpec(_Strict):
     env_path: str | None = Field(None, description="Env variable overriding the path (seed: VEHICLE_MODEL_PATH).")
     vram_mb: float = Field(gt=0, description="Declared VRAM estimate in MB until a footprint is measured.")
     priority: Priority = Field(Priority.MEDIUM, description="CRITICAL, HIGH, MEDIUM or LOW (seed 003).")
+    max_batch: int = Field(16, ge=1, le=4096, description="Most items per adapter call (the scheduler chunks).")
     residency: Literal["always", "on_demand"] = Field("on_demand", description="always = loaded at start.")
     keep_alive_s: float = Field(900.0, ge=0, description="Idle seconds before HOT -> WARM -> COLD (seed 000).")
     triggers: list[str] = Field(default_factory=list, description="Detection types or class names needing it.")
@@ -237,6 +239,7 @@ class ZooConfig(_Strict):
     models: dict[str, ModelSpec]
     #: model -> service name from ENRICHMENT_<MODEL>_SERVICE (heavy -> enrichment, light -> enrichment-light)
     route_overrides: dict[str, str] = Field(default_factory=dict)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="Model-major scheduling.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ZooConfig:

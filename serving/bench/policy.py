@@ -31,6 +31,8 @@ from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
 from serving.vram.manager import OnDemandModelManager, inline_runner
 from serving.vram.policy import INF, POLICIES
 
+from .scheduled import SCHEDULERS, simulate_scheduled, slo_attainment
+
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     events = []
@@ -116,6 +118,7 @@ async def simulate(
 
     manager.subscribe(listen)
     added: list[float] = []
+    by_class: dict[str, list[float]] = defaultdict(list)
     swap_s = 0.0
     for i, (t, model, _ms) in enumerate(requests):
         cursor["i"] = i
@@ -126,6 +129,7 @@ async def simulate(
         after = clock()
         swap_s += after - before
         added.append((after - t) * 1000.0)
+        by_class[Priority(specs[model].priority).name].append(after - t)
         manager.check_invariants()
     loads = sum(behaviour.loads.values())
     restores = sum(behaviour.restores.values())
@@ -142,6 +146,7 @@ async def simulate(
         "bytes_from_disk": bytes_loaded,
         "p99_added_ms": round(p99(added), 3),
         "misses_by_priority": misses_by_priority,
+        "slo_attainment": slo_attainment(by_class, {p.name: zoo.scheduler.deadline_s(p) for p in Priority}),
     }
 
 
@@ -155,8 +160,13 @@ def run_policy_bench(
     host_cache_mb: float | None = None,
     cost: CostModel | None = None,
     policies: list[str] | None = None,
+    scheduler: str = "fifo",
 ) -> dict[str, Any]:
-    """Replay the trace once per policy (default: every registered one, plus the service's)."""
+    """Replay the trace once per policy (default: every registered one, plus the service's) in arrival order;
+    with `scheduler="model-major"` also once per policy through the model-major scheduler, as rows
+    `<policy>+model-major`."""
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}")
     cost = cost or CostModel()
     zoo = load_zoo(zoo_path, env={})
     if service not in zoo.services:
@@ -182,6 +192,10 @@ def run_policy_bench(
             simulate(zoo, service, requests, policy=name, budget_bytes=budget, host_bytes=host, cost=cost))
         for name in names
     }
+    if scheduler == "model-major":
+        for name in names:
+            results[f"{name}+model-major"] = asyncio.run(simulate_scheduled(
+                zoo, service, requests, policy=name, budget_bytes=budget, host_bytes=host, cost=cost))
     out: dict[str, Any] = {
         "default": default,
         "service": service,
@@ -192,6 +206,8 @@ def run_policy_bench(
         "budget_mb": round(budget / MB, 1),
         "host_cache_mb": round(host / MB, 1),
         "cost_model": {"init_s": cost.init_s, "disk_gbps": cost.disk_bps / 1e9, "pinned_gbps": cost.pinned_bps / 1e9},
+        "scheduler": scheduler,
+        "deadline_ms": dict(zoo.scheduler.deadline_ms),
         "policies": results,
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
@@ -202,5 +218,9 @@ def run_policy_bench(
     base = [results[p]["swap_s"] for p in ("lru", "ollama") if p in results]
     if base:
         ratios["default_vs_best_of_lru_ollama"] = round(d / min(base), 4) if min(base) else None
+    scheduled = results.get(f"{default}+model-major")
+    if scheduled is not None and "belady" in results:
+        b = results["belady"]["swap_s"]
+        ratios["scheduled_default_vs_belady"] = round(scheduled["swap_s"] / b, 4) if b else None
     out["ratios"] = ratios
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +36,7 @@ from serving.services.errors import InternalErrorMiddleware, install_error_handl
 from serving.services.limits import Limits
 from serving.services.metrics import Metrics
 from serving.services.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serving.services.model_queue import ModelScheduler
 from serving.settings import Settings
 from serving.vram.manager import OnDemandModelManager
 
@@ -70,6 +71,8 @@ def _lifespan(ctx: ServiceContext, module: ModuleType) -> Callable[[FastAPI], co
             if ctx.manager is not None:
                 await ctx.manager.start()
                 stack.push_async_callback(ctx.manager.stop)
+            if ctx.scheduler is not None:
+                stack.push_async_callback(ctx.scheduler.stop)  # before the manager stops
             yield
 
     return lifespan
@@ -87,12 +90,14 @@ def create_app(
     http_transport: httpx.AsyncBaseTransport | None = None,
     limits: Limits | None = None,
     admin_token: str | None = _UNSET,
+    deadline_timer: tuple[Callable[[], float], Callable[[float], Awaitable[Any]]] | None = None,
 ) -> FastAPI:
     """Build the app of one service (see the module docstring).
 
     `settings` default to the field defaults (no environment is read). `limits` and
     `admin_token` override what the settings say (tests); `manager`, `device`, `registry`, `clock` and
-    `http_transport` are the injected seams (STYLE.md #9)."""
+    `http_transport` are the injected seams (STYLE.md #9); `deadline_timer` is the (clock, async sleep) pair of
+    the model scheduler's deadlines (default: the monotonic clock and asyncio.sleep)."""
     settings = settings if settings is not None else Settings.model_construct()  # defaults, no environment
     spec = zoo.services[service]
     if manager is None and spec.kind != "gateway":
@@ -107,6 +112,9 @@ def create_app(
         metrics=metrics, http_transport=http_transport,
         activity=activity.ActivityLog.attach(manager, clock) if manager is not None else None,
     )
+    if manager is not None and zoo.scheduler.enabled:
+        ctx.scheduler = ModelScheduler(manager, zoo.scheduler, **(
+            {"clock": deadline_timer[0], "sleep": deadline_timer[1]} if deadline_timer else {}))
     module = service_module(spec.kind)
     routers = [health.router, models_admin.router, activity.router, kserve.router, module.router]
     setup = getattr(module, "setup", None)

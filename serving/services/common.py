@@ -1,12 +1,16 @@
 """Pieces shared by every service router: the admin guard, model lookup, the model call.
 
-Every model route goes through `predict(ctx, name, inputs, **options)`, which is exactly
+Every model route goes through `predict(ctx, name, inputs, **options)`: the request joins its model's
+queue in the service's model-major scheduler (serving/services/model_queue.py), which groups concurrent
+requests for the same model into one adapter call (chunked by the model's `max_batch`), serves a resident
+model's queue before it can be evicted, and orders the loads by the requests' class deadlines; the
+group runs as
 
     async with ctx.manager.use(name) as adapter:
         return await ctx.manager.run(adapter.predict, inputs, **options)
 
 so leases, on-demand loads, admission (503 + Retry-After) and OOM handling are the manager's, never
-the router's.
+the router's. With zoo.yaml `scheduler.enabled: false` each request runs that way on its own.
 """
 
 from __future__ import annotations
@@ -77,11 +81,13 @@ def require_model(ctx: ServiceContext, name: str) -> str:
 
 async def predict(ctx: ServiceContext, name: str, inputs: list[Any], **options: Any) -> list[Any]:
     """Check `options` against the model family's declared options (serving/adapters/options.py: a 400 before
-    any model runs), lease `name` from the manager and run `adapter.predict(inputs, **options)` in a worker
-    thread."""
+    any model runs), then run `adapter.predict(inputs, **options)` under a lease of `name`, through the
+    service's scheduler (grouped with concurrent requests of equal options; results are this request's)."""
     manager = require_manager(ctx)
     require_model(ctx, name)
     options = check_options(ctx.zoo.models[name].family, options, model=name)
+    if ctx.scheduler is not None:
+        return await ctx.scheduler.submit(name, inputs, options)
     async with manager.use(name) as adapter:
         return await manager.run(adapter.predict, inputs, **options)
 

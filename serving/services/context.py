@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from serving.services.activity import ActivityLog
     from serving.services.batching import DynamicBatcher
     from serving.services.llm_backend import LLMBackend
+    from serving.services.model_queue import ModelScheduler
     from serving.vram.manager import OnDemandModelManager
 
 #: extra fields merged into GET /health (e.g. the LLM upstream's reachability); may override status/state
@@ -79,6 +80,9 @@ class ServiceContext:
     health_probe: HealthProbe | None = None
     #: recent manager events for the status page (serving/services/activity.py); None on the gateway
     activity: ActivityLog | None = None
+    #: the model-major scheduler every model run goes through (serving/services/model_queue.py); None on the
+    #: gateway and when zoo.yaml `scheduler.enabled` is false
+    scheduler: ModelScheduler | None = None
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -7,7 +7,9 @@ the seed's corners {x1, y1, x2, y2} and the reference client's {x, y, width, hei
 
 The detector is the service's model with task `detect` (yolo26 in zoo.yaml). Every image of every
 request goes through one `DynamicBatcher`: concurrent requests are run as one `predict` call of up to
-`max_batch` images, started at the latest `max_delay_ms` after the first image arrived. Mixed options in
+`max_batch` images, started at the latest `max_delay_ms` after the first image arrived (never later than
+the detector's class deadline, zoo.yaml `scheduler.deadline_ms`: the scheduler's rule), and that call goes
+through `predict`, i.e. the service's model-major scheduler, like every other model run. Mixed options in
 one batch are handled by running at the lowest requested confidence and filtering each request's
 detections by its own threshold and class set afterwards, so batching never changes a response.
 
@@ -85,8 +87,7 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
 
     async def run_batch(items: list[DetectItem]) -> list[dict[str, Any]]:
         conf = min(i.confidence for i in items)
-        async with manager.use(model) as adapter:
-            return await manager.run(adapter.predict, [i.image for i in items], confidence=conf)
+        return await predict(ctx, model, [i.image for i in items], confidence=conf)
 
     def on_batch(size: int, waits: list[float]) -> None:
         ctx.metrics.batch_size.labels(model).observe(size)
@@ -94,7 +95,10 @@ async def lifespan(ctx: ServiceContext) -> AsyncIterator[None]:
             ctx.metrics.batch_wait.labels(model).observe(w)
 
     batcher: DynamicBatcher[DetectItem, dict[str, Any]] = DynamicBatcher(
-        run_batch, max_batch=s.zoo_batch_max_size, max_delay_s=s.zoo_batch_max_delay_ms / 1000.0,
+        run_batch, max_batch=s.zoo_batch_max_size,
+        # the scheduler's rule: waiting for company never exceeds the model's class deadline (zoo.yaml)
+        max_delay_s=min(s.zoo_batch_max_delay_ms / 1000.0,
+                        ctx.zoo.scheduler.deadline_s(manager.model_view(model).spec.priority)),
         max_queue=s.zoo_batch_max_queue, on_batch=on_batch, name=f"{model}-batcher",
     )
     ctx.batcher = batcher

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving.adapters.options import check_options
 from serving.errors import BadRequest, InvalidImage, NotFound
 from serving.imaging import array_to_image, decode_image
-from serving.services.common import require_admin, require_manager, require_model
+from serving.services.common import predict, require_admin, require_manager, require_model
 from serving.services.context import Ctx, ServiceContext
 from serving.services.errors import KServeRoute
 from serving.services.health import compute_service_state, is_serving
@@ -272,8 +272,7 @@ async def infer(ctx: ServiceContext, name: str, request: Request) -> Response:
     options |= {k.lower(): tensor_option(v) for k, v in tensors.items()}
     options = check_options(spec.family, options, model=name)  # before any model runs; unknown ones refused
 
-    async with manager.use(name) as adapter:
-        results = await manager.run(adapter.predict, inputs, **options)
+    results = await predict(ctx, name, inputs, **options)
 
     outputs: dict[str, tuple[str, list[int], Any]] = {
         "RESULT": ("BYTES", [len(results)], [result_json(r) for r in results]),

@@ -155,3 +155,39 @@ def test_manager_settings_map_one_to_one_onto_the_manager_constructor():
     assert set(kwargs) <= set(inspect.signature(OnDemandModelManager.__init__).parameters)
     svc = ServiceSpec(kind="detection", port=1, max_inflight=2, max_queue=3, vram_budget_gb=1)
     assert svc.manager_settings().manager_kwargs()["max_queue"] == 3
+
+
+def test_scheduler_deadlines_default_per_class_and_partial_overrides(tmp_path):
+    zoo = load_zoo(ZOO, env={})
+    assert [zoo.scheduler.deadline_s(p) for p in Priority] == [0.25, 1.0, 2.0, 5.0]
+    assert zoo.models["threat_detector"].max_batch == 16  # the default chunk of a grouped call
+
+    def mutate(raw):
+        raw["scheduler"] = {"deadline_ms": {"low": 800}}
+        raw["models"]["depth_estimator"]["max_batch"] = 4
+
+    zoo = load_zoo(write(tmp_path, mutate), env={})
+    assert zoo.scheduler.deadline_ms == {"CRITICAL": 250.0, "HIGH": 1000.0, "MEDIUM": 2000.0, "LOW": 800.0}
+    assert zoo.models["depth_estimator"].max_batch == 4
+
+
+@pytest.mark.parametrize(("deadlines", "message"), [
+    ({"URGENT": 10}, "unknown priority class"),
+    ({"HIGH": -1}, "deadline_ms.HIGH"),
+    ({"LOW": "soon"}, "deadline_ms.LOW"),
+])
+def test_scheduler_deadlines_are_validated_with_what_to_change(tmp_path, deadlines, message):
+    path = write(tmp_path, lambda raw: raw.__setitem__("scheduler", {"deadline_ms": deadlines}))
+    with pytest.raises(ConfigError) as ei:
+        load_zoo(path, env={})
+    assert "scheduler" in ei.value.message and message in ei.value.message
+
+
+def test_zoo_validate_prints_the_scheduler_deadlines():
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    res = CliRunner().invoke(app, ["validate", "--zoo", str(ZOO)])
+    assert res.exit_code == 0, res.output
+    assert "scheduler: model-major on" in res.output and "LOW 5000 ms" in " ".join(res.output.split())

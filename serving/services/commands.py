@@ -104,7 +104,7 @@ def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None
     from serving.fixtures import build_fixtures, is_built
 
     needed = [m for s in services for m in zoo.services[s].models]
-    missing = [m for m in needed if not is_built(zoo.models[m], Path(zoo.models_root))]
+    missing = [m for m in needed if not is_built(zoo.models[m], Path(zoo.models_root), m)]
     if not missing:
         return
     console.print(f"building {len(missing)} missing model fixture(s): {', '.join(missing)}")

@@ -149,7 +149,7 @@ def test_grey_picture(enrichment):
 def test_sixteen_bit_grey_picture(enrichment):
     scene = plates()
     grey = np.asarray(scene.image.convert("L"), dtype=np.uint16) * 257  # full 16-bit range
-    img = Image.fromarray(grey, "I;16")
+    img = Image.fromarray(grey)
     assert img.mode == "I;16"
     check(scene, _plates(enrichment, encode(img, "PNG")))
 

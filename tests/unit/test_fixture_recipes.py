@@ -77,3 +77,23 @@ def test_scoring_counts_hits_and_false_detections():
     best, false = score_scene(objs, [("car", (0, 0, 10, 11)), ("person", (20, 20, 30, 30))])
     assert best == [pytest.approx(iou((0, 0, 10, 10), (0, 0, 10, 11)))] and false == 1
     assert score_scene(objs, [("person", (0, 0, 10, 10))]) == ([0.0], 1)
+
+
+def test_a_region_result_is_moved_into_the_pictures_pixels():
+    """Boxes, keypoints (shared with the pose summary) and outlines found in a bbox region are given in the
+    pixels of the whole picture."""
+    from PIL import Image
+
+    from serving.adapters.base import ImageItem
+    from serving.adapters.yolo import to_image_pixels
+    from serving.imaging import BBox
+
+    kps = [{"name": "nose", "x": 5.0, "y": 6.0, "confidence": 0.9}]
+    det = {"bbox": {"x1": 1.0, "y1": 2.0, "x2": 11.0, "y2": 12.0}, "keypoints": kps, "polygon": [[1.0, 2.0]]}
+    result = {"detections": [det], "image_width": 50, "image_height": 40, "pose": {"keypoints": kps}}
+    item = ImageItem(Image.new("RGB", (200, 100)), BBox(x1=30.7, y1=20.2, x2=80.0, y2=60.0))
+    to_image_pixels(result, item)
+    assert (result["image_width"], result["image_height"]) == (200, 100)
+    assert result["detections"][0]["bbox"] == {"x1": 31.0, "y1": 22.0, "x2": 41.0, "y2": 32.0}  # crop origin (30, 20)
+    assert result["pose"]["keypoints"][0]["x"] == 35.0 and result["pose"]["keypoints"][0]["y"] == 26.0
+    assert result["detections"][0]["polygon"] == [[31.0, 22.0]]

@@ -9,6 +9,7 @@ X-CLIP, SegFormer, causal LM).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,35 @@ from serving.errors import ModelLoadFailed
 #: keyword arguments every `from_pretrained` of this project passes
 SAFE_LOAD: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 SAFE_MODEL_LOAD: dict[str, Any] = {**SAFE_LOAD, "use_safetensors": True}
+
+
+#: the names the adapters import from transformers' top level (resolved once by `resolve_transformers`)
+TRANSFORMERS_NAMES = (
+    "AutoImageProcessor", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageClassification", "AutoProcessor",
+    "AutoTokenizer", "DepthAnythingForDepthEstimation", "Florence2ForConditionalGeneration",
+    "SegformerForSemanticSegmentation", "StoppingCriteria", "StoppingCriteriaList", "TextIteratorStreamer",
+    "VitPoseForPoseEstimation", "XCLIPModel",
+)
+_RESOLVE_LOCK = threading.Lock()
+_resolved = False
+
+
+def resolve_transformers() -> None:
+    """Resolve transformers' lazily imported top-level names once, under a lock. Its lazy module is not
+    thread-safe: two models loading at once in worker threads (a cold frame fans out to several) made
+    `from transformers import AutoImageProcessor` fail with "cannot import name" in one of them, i.e. a 503
+    model_load_failed (reproduced with six threads importing at once). Called before every torch load."""
+    global _resolved
+    if _resolved:
+        return
+    with _RESOLVE_LOCK:
+        if _resolved:
+            return
+        import transformers
+
+        for name in TRANSFORMERS_NAMES:
+            getattr(transformers, name, None)  # a name this transformers lacks fails later, where it is used
+        _resolved = True
 
 
 def hf_folder(ctx: Any) -> Path:

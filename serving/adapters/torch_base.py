@@ -48,8 +48,11 @@ class TorchModuleAdapter(Adapter):
     def _build(self, device: str) -> None:
         import torch
 
+        from serving.adapters.hf_common import resolve_transformers
+
         self.load_info = LoadInfo("unknown", False, "the family did not say how it loaded")
         self._block = None
+        resolve_transformers()  # transformers' lazy imports race in concurrent loads (see there)
         with torch.inference_mode(False):
             module = self._load_module(device)
         module.eval()

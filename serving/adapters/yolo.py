@@ -35,7 +35,8 @@ YOLO-World: the fixed vocabulary stored in the checkpoint works everywhere (a `v
 are all known becomes a class filter). A new vocabulary needs ultralytics' CLIP text encoder (the `clip`
 package and its ViT-B/32 weights download); when it is missing the request is a 400 with that reason.
 
-predict(items, **options): items = `ImageItem`s or decoded images (a bbox is cropped first);
+predict(items, **options): items = `ImageItem`s or decoded images (a bbox is cropped first, and the results -
+boxes, keypoints, outlines, image_width/height - are given in the pixels of the whole image, not the crop's);
 options: confidence (0..1), classes (names or ids), max_det, imgsz, vocabulary (YOLO-World), timestamp
 (datetime or ISO string; for the damage night rules, default the injected clock). One result per image:
   {"detections": [{"class", "class_id", "confidence", "bbox": {"x1","y1","x2","y2"}}], "image_width",
@@ -57,7 +58,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from serving.adapters.base import Adapter, ImageInput, LoadContext, regions
+from serving.adapters.base import Adapter, ImageInput, LoadContext, image_items
 from serving.adapters.weights import ENGINE_INFO, ONNX_INFO, PICKLE_INFO
 from serving.adapters.yolo_letterbox import as_hw, letterbox_groups
 from serving.adapters.yolo_results import CAPABILITY_SUMMARIES, TASK_EXTRAS
@@ -290,7 +291,8 @@ class YoloAdapter(Adapter):
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if self.tier != "HOT":
             raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded on the device")
-        images = regions(items)
+        typed = image_items(items)
+        images = [it.region for it in typed]
         if not images:
             return []
         conf = options.get("confidence", self.confidence)
@@ -308,10 +310,12 @@ class YoloAdapter(Adapter):
             raw = self._run(images, conf=conf, classes=classes, imgsz=options.get("imgsz") or self.imgsz,
                             max_det=int(options.get("max_det", 300)))  # fmt: skip
         out = []
-        for r in raw:
+        for it, r in zip(typed, raw, strict=True):
             result = self._detections(r)
             if extra := TASK_EXTRAS.get(self.ctx.spec.task):
                 extra(result, r, self, options)
+            if it.bbox is not None:
+                to_image_pixels(result, it)
             for cap in self.ctx.spec.capabilities:
                 if summary := CAPABILITY_SUMMARIES.get(cap):
                     summary(result, self, options)
@@ -417,6 +421,22 @@ class YoloAdapter(Adapter):
                     "bbox": {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)},
                 })  # fmt: skip
         return {"detections": dets, "image_width": int(w), "image_height": int(h)}
+
+
+def to_image_pixels(result: dict[str, Any], item: Any) -> None:
+    """A result computed on `item`'s bbox region, moved into the pixels of the whole image the client sent
+    (boxes, keypoints, mask outlines; image_width/height become the image's), in place."""
+    from serving.imaging import pixel_box
+
+    dx, dy, _, _ = pixel_box(item.bbox)
+    result["image_width"], result["image_height"] = item.image.size
+    for det in result["detections"]:
+        b = det["bbox"]
+        det["bbox"] = {"x1": b["x1"] + dx, "y1": b["y1"] + dy, "x2": b["x2"] + dx, "y2": b["y2"] + dy}
+        for kp in det.get("keypoints") or []:  # shared with result["pose"], so moved once
+            kp["x"], kp["y"] = kp["x"] + dx, kp["y"] + dy
+        if det.get("polygon"):
+            det["polygon"] = [[round(x + dx, 1), round(y + dy, 1)] for x, y in det["polygon"]]
 
 
 def _blank(size: int) -> Any:

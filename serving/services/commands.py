@@ -104,7 +104,7 @@ def _build_missing_fixtures(zoo: Any, services: list[str], console: Any) -> None
     from serving.fixtures import build_fixtures, is_built
 
     needed = [m for s in services for m in zoo.services[s].models]
-    missing = [m for m in needed if not is_built(zoo.models[m], Path(zoo.models_root))]
+    missing = [m for m in needed if not is_built(zoo.models[m], Path(zoo.models_root), m)]
     if not missing:
         return
     console.print(f"building {len(missing)} missing model fixture(s): {', '.join(missing)}")
@@ -247,27 +247,14 @@ def status(
 
 # ---------------------------------------------------------------------------------------- frame
 def synthetic_frame(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
-    """A generated JPEG test frame: a driveway-like scene with a person-like and a car-like shape."""
+    """A generated JPEG test frame: the known street scene of the trained fixtures (serving/fixtures/demo.py:
+    a person, a car and a dog that the fixture detector finds and the classifiers name)."""
     import io
-    import random
 
-    from PIL import Image, ImageDraw
+    from serving.fixtures.demo import street
 
-    rnd = random.Random(seed)
-    img = Image.new("RGB", (width, height), (110, 130, 150))
-    d = ImageDraw.Draw(img)
-    d.rectangle([0, height * 0.6, width, height], fill=(90, 90, 90))  # road
-    d.rectangle([width * 0.55, height * 0.5, width * 0.9, height * 0.75], fill=(160, 20, 30))  # car body
-    for cx in (0.62, 0.83):
-        d.ellipse([width * cx - 25, height * 0.7, width * cx + 25, height * 0.8], fill=(20, 20, 20))
-    d.ellipse([width * 0.2, height * 0.25, width * 0.26, height * 0.33], fill=(220, 180, 150))  # head
-    d.rectangle([width * 0.19, height * 0.33, width * 0.27, height * 0.55], fill=(30, 30, 60))  # body
-    d.rectangle([width * 0.19, height * 0.55, width * 0.27, height * 0.7], fill=(40, 40, 40))  # legs
-    for _ in range(200):
-        x, y = rnd.randrange(width), rnd.randrange(height)
-        d.point((x, y), fill=(rnd.randrange(256),) * 3)
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
+    street((width, height)).image.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 

@@ -115,6 +115,8 @@ def _frames(x: Inputs) -> FramesItem:
 
 
 def _depth_item(x: Inputs) -> ImageItem:
+    """The frame with its bbox: models that report places (boxes, keypoints) look inside the bbox and give
+    them in the frame's pixels (the client's picture), not the crop's; depth measures inside the box."""
     return x.item
 
 
@@ -134,18 +136,18 @@ def _damage(r: dict[str, Any], family: str) -> dict[str, Any]:
 
 #: capability (zoo.yaml `capabilities`) -> how it is run; adding a capability = one entry
 CAPABILITIES: dict[str, Capability] = {
-    "threat": Capability("threat_detection", extract=lambda r, fam: r.get("threat")),
+    "threat": Capability("threat_detection", item=_depth_item, extract=lambda r, fam: r.get("threat")),
     "age": Capability("age_classifications", per_detection=True),
     "gender": Capability("gender_classifications", per_detection=True),
     "reid": Capability("person_embeddings", per_detection=True),
-    "pose": Capability("pose", extract=_pose_extract),
+    "pose": Capability("pose", item=_depth_item, extract=_pose_extract),
     "clothing": Capability("clothing", options=lambda x: {"task": "classify"}),
     "clothing_segmentation": Capability("clothing_segmentation"),
     "vehicle_type": Capability("vehicle"),
-    "vehicle_damage": Capability("vehicle_damage", options=lambda x: (
+    "vehicle_damage": Capability("vehicle_damage", item=_depth_item, options=lambda x: (
         {"timestamp": x.options["timestamp"]} if x.options.get("timestamp") else {}), extract=_damage),
-    "license_plate": Capability("license_plates", extract=_boxes),
-    "face": Capability("faces", extract=_boxes),
+    "license_plate": Capability("license_plates", item=_depth_item, extract=_boxes),
+    "face": Capability("faces", item=_depth_item, extract=_boxes),
     "pet": Capability("pet"),
     "depth": Capability("depth", item=_depth_item,
                         options=lambda x: {"include_map": bool(x.options.get("include_depth_map"))}),

@@ -218,9 +218,14 @@ def test_bad_inputs_are_4xx(loaded, image):
     assert adapter.predict([]) == []
 
 
-def test_crop_inputs_report_the_crop_size(loaded, image):
-    out = loaded("face_detector").predict([ImageItem(image, Box(x1=10, y1=20, x2=110, y2=220))])
-    assert (out[0]["image_width"], out[0]["image_height"]) == (100, 200)
+def test_region_inputs_report_in_the_pictures_pixels(loaded, image):
+    """A bbox region is searched, and the result is given in the whole picture's pixels (issue 15: boxes where
+    the object is in the picture the client sent; it was the crop's size and pixels before)."""
+    out = loaded("face_detector").predict([ImageItem(image, Box(x1=10, y1=20, x2=110, y2=220))], confidence=0.0)
+    assert (out[0]["image_width"], out[0]["image_height"]) == image.size
+    for d in out[0]["detections"]:  # inside the region, in the picture's pixels
+        b = d["bbox"]
+        assert 10 - 1e-3 <= b["x1"] <= b["x2"] <= 110 + 1e-3 and 20 - 1e-3 <= b["y1"] <= b["y2"] <= 220 + 1e-3
 
 
 def test_yolo_world_fixed_vocabulary(loaded, image):

@@ -61,7 +61,7 @@ from typing import Any
 from serving.adapters.base import Adapter, ImageInput, LoadContext, image_items
 from serving.adapters.weights import ENGINE_INFO, ONNX_INFO, PICKLE_INFO
 from serving.adapters.yolo_letterbox import as_hw, letterbox_groups
-from serving.adapters.yolo_results import CAPABILITY_SUMMARIES, TASK_EXTRAS
+from serving.adapters.yolo_results import CAPABILITY_SUMMARIES, TASK_EXTRAS, to_image_pixels
 from serving.errors import BadRequest, DeviceOOM, ModelLoadFailed
 
 FORMAT_ORDER: tuple[str, ...] = ("engine", "onnx", "pt")
@@ -421,22 +421,6 @@ class YoloAdapter(Adapter):
                     "bbox": {"x1": float(x1), "y1": float(y1), "x2": float(x2), "y2": float(y2)},
                 })  # fmt: skip
         return {"detections": dets, "image_width": int(w), "image_height": int(h)}
-
-
-def to_image_pixels(result: dict[str, Any], item: Any) -> None:
-    """A result computed on `item`'s bbox region, moved into the pixels of the whole image the client sent
-    (boxes, keypoints, mask outlines; image_width/height become the image's), in place."""
-    from serving.imaging import pixel_box
-
-    dx, dy, _, _ = pixel_box(item.bbox)
-    result["image_width"], result["image_height"] = item.image.size
-    for det in result["detections"]:
-        b = det["bbox"]
-        det["bbox"] = {"x1": b["x1"] + dx, "y1": b["y1"] + dy, "x2": b["x2"] + dx, "y2": b["y2"] + dy}
-        for kp in det.get("keypoints") or []:  # shared with result["pose"], so moved once
-            kp["x"], kp["y"] = kp["x"] + dx, kp["y"] + dy
-        if det.get("polygon"):
-            det["polygon"] = [[round(x + dx, 1), round(y + dy, 1)] for x, y in det["polygon"]]
 
 
 def _blank(size: int) -> Any:

@@ -36,11 +36,12 @@ def letterbox_shape(width: int, height: int, imgsz: Any, stride: int) -> tuple[i
 
 
 def letterbox_groups(images: list[Any], imgsz: Any, stride: int) -> list[tuple[list[int], Any]]:
-    """[(indices, imgsz to run them at)]: one group per letterbox rectangle; one group at `imgsz` when all
-    images share it."""
+    """[(indices, imgsz to run them at)]: one group per letterbox rectangle, run at that rectangle (images of
+    different sizes with the same rectangle would otherwise be padded to the full square); one group at `imgsz`
+    when all images have the same size."""
+    if len({size_of(im) for im in images}) <= 1:
+        return [(list(range(len(images))), imgsz)]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault(letterbox_shape(*size_of(im), imgsz, stride), []).append(i)
-    if len(groups) <= 1:
-        return [(list(range(len(images))), imgsz)]
     return [(idx, list(shape)) for shape, idx in groups.items()]

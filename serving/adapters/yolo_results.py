@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.adapters.postprocess import damage, pose, threat
 from serving.errors import BadRequest
+from serving.imaging import pixel_box
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.adapters.yolo import YoloAdapter
@@ -61,3 +62,17 @@ def _add_threat(result: dict[str, Any], adapter: YoloAdapter, options: Mapping[s
 TASK_EXTRAS: dict[str, Callable[..., None]] = {"pose": _add_pose, "segment": _add_masks}
 #: capability -> summary added to each image result (the seed's schema of that capability)
 CAPABILITY_SUMMARIES: dict[str, Callable[..., None]] = {"vehicle_damage": _add_damage, "threat": _add_threat}
+
+
+def to_image_pixels(result: dict[str, Any], item: Any) -> None:
+    """A result computed on `item`'s bbox region, moved into the pixels of the whole image the client sent
+    (boxes, keypoints, mask outlines; image_width/height become the image's), in place."""
+    dx, dy, _, _ = pixel_box(item.bbox)
+    result["image_width"], result["image_height"] = item.image.size
+    for det in result["detections"]:
+        b = det["bbox"]
+        det["bbox"] = {"x1": b["x1"] + dx, "y1": b["y1"] + dy, "x2": b["x2"] + dx, "y2": b["y2"] + dy}
+        for kp in det.get("keypoints") or []:  # shared with result["pose"], so moved once
+            kp["x"], kp["y"] = kp["x"] + dx, kp["y"] + dy
+        if det.get("polygon"):
+            det["polygon"] = [[round(x + dx, 1), round(y + dy, 1)] for x, y in det["polygon"]]

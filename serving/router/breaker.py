@@ -70,6 +70,14 @@ class BreakerPolicy:
     #: a probe's own timeout
     probe_timeout_s: float = 1.0
 
+    @classmethod
+    def from_settings(cls, s: Any) -> BreakerPolicy:
+        """The policy of `serving.settings.Settings` (ZOO_BREAKER_FAILURES, ..._COOLDOWN_S, ..._MAX_COOLDOWN_S,
+        ZOO_HEALTH_PROBE_INTERVAL_S, ZOO_HEALTH_PROBE_TIMEOUT_S)."""
+        return cls(failure_threshold=s.zoo_breaker_failures, cooldown_s=s.zoo_breaker_cooldown_s,
+                   max_cooldown_s=s.zoo_breaker_max_cooldown_s, probe_interval_s=s.zoo_health_probe_interval_s,
+                   probe_timeout_s=s.zoo_health_probe_timeout_s)
+
     @property
     def health_fresh_s(self) -> float:
         """How long the prober's latest verdict stands (three probe periods)."""

@@ -70,6 +70,9 @@ class ServiceContext:
     metrics: Metrics
     #: injected HTTP transport of outgoing calls (gateway fan-out, LLM upstream); tests pass a MockTransport
     http_transport: httpx.AsyncBaseTransport | None = None
+    #: an enrichment service's client for its sibling: `http_transport` behind per-sibling circuit breakers
+    #: (serving/services/sibling.py `sibling_circuits`), set by its lifespan
+    sibling_client: httpx.AsyncClient | None = None
     #: the detection service's dynamic batcher (serving/services/detection.py), set by its lifespan
     batcher: DynamicBatcher[Any, dict[str, Any]] | None = None
     #: the LLM service's backend (local model or upstream), set by its lifespan

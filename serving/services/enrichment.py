@@ -33,6 +33,7 @@ the whole frame and measures inside the bbox, action sees the frames (cropped to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ from serving.services.schemas import (
     PoseAnalyzeResponse,
     VehicleClassifyResponse,
 )
-from serving.services.sibling import asks_siblings, sibling_enrich, sibling_hosting
+from serving.services.sibling import asks_siblings, sibling_circuits, sibling_enrich, sibling_hosting
 from serving.services.sibling import forward as forward_to
 from serving.services.uploads import read_request
 
@@ -206,6 +207,11 @@ def _decode_inputs(ctx: ServiceContext, image: Any, bbox: BBox | None, frames: l
 
 router = APIRouter(tags=["enrichment"])
 router.include_router(plate_router)  # POST /plate-ocr (serving/services/plate_ocr.py)
+
+
+def lifespan(ctx: ServiceContext) -> contextlib.AbstractAsyncContextManager[None]:
+    """Circuit breakers in front of the sibling service (serving/services/sibling.py `sibling_circuits`)."""
+    return sibling_circuits(ctx)
 
 
 def setup(ctx: ServiceContext) -> list[APIRouter]:

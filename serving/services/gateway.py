@@ -181,9 +181,7 @@ def _breakers(ctx: ServiceContext, urls: dict[str, str]
     if not s.zoo_breaker:
         return None, None, ctx.http_transport  # None: httpx's own transport, as without breakers
     inner = ctx.http_transport or httpx.AsyncHTTPTransport(limits=LIMITS)
-    policy = BreakerPolicy(failure_threshold=s.zoo_breaker_failures, cooldown_s=s.zoo_breaker_cooldown_s,
-                           max_cooldown_s=s.zoo_breaker_max_cooldown_s, probe_interval_s=s.zoo_health_probe_interval_s,
-                           probe_timeout_s=s.zoo_health_probe_timeout_s)
+    policy = BreakerPolicy.from_settings(s)
     state = ctx.metrics.gauge("zoo_upstream_circuit_state",
                               "Circuit of each upstream of the gateway: 0 closed, 1 half_open, 2 open", ("upstream",))
     opens = ctx.metrics.counter("zoo_upstream_circuit_opens_total", "Times an upstream's circuit opened",

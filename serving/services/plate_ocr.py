@@ -26,7 +26,7 @@ from PIL import Image
 
 from serving.adapters.base import ImageItem
 from serving.errors import NotFound
-from serving.imaging import BBox, decode_image, pixel_box
+from serving.imaging import BBox, decode_image
 from serving.services.common import Stopwatch, predict, require_manager
 from serving.services.context import Ctx, ServiceContext
 from serving.services.errors import ErrorBody
@@ -76,15 +76,16 @@ async def plate_ocr(ctx: Ctx, request: Request) -> Any:
     return {**out, "model": model, "inference_time_ms": sw.ms}
 
 
-def _frame_box(det: dict[str, Any], origin: tuple[int, int], size: tuple[int, int]) -> BBox | None:
-    """A detector box of the crop as a box of the frame (None when it is malformed or empty)."""
+def _frame_box(det: dict[str, Any], size: tuple[int, int]) -> BBox | None:
+    """A detector box (in the frame's pixels: the yolo adapter reports a bbox region's boxes in the whole
+    picture's pixels) clamped to the frame (None when it is malformed or empty)."""
     try:
         b = BBox.parse(det.get("bbox"))
     except Exception:  # noqa: BLE001 - a detector box we cannot use is skipped, not an error of the request
         return None
     if b is None:
         return None
-    box = BBox(x1=b.x1 + origin[0], y1=b.y1 + origin[1], x2=b.x2 + origin[0], y2=b.y2 + origin[1]).clamped(size)
+    box = b.clamped(size)
     return box if box.x2 > box.x1 and box.y2 > box.y1 else None
 
 
@@ -96,10 +97,9 @@ async def read_plates(ctx: ServiceContext, frame: Image.Image, bbox: BBox | None
     model = reader_of(ctx) if isinstance(plates, list) else None
     if model is None:
         return
-    origin = pixel_box(bbox)[:2] if bbox is not None else (0, 0)  # the crop the detector saw starts here
     found = []
     for det in sorted(plates, key=lambda d: -float(d.get("confidence") or 0.0)):
-        box = _frame_box(det, origin, frame.size)
+        box = _frame_box(det, frame.size)
         if box is not None:
             found.append((det, box))
     found = found[:MAX_PLATES]

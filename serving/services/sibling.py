@@ -10,12 +10,17 @@ while this zoo splits the enrichment models between the heavy (8094) and light (
 A forwarded request carries `X-Zoo-Forwarded: 1` and is never forwarded again (no loops);
 ZOO_ENRICH_SIBLINGS=0 switches this off (each service answers for its own models only). Sibling URLs are
 the gateway's (`service_urls`: ports of zoo.yaml, ZOO_<SERVICE>_URL overrides). A sibling that cannot be
-reached is 503 service_unavailable (single routes) or an error entry per model (/enrich).
+reached is 503 service_unavailable (single routes) or an error entry per model (/enrich). Calls to a sibling
+go through a circuit breaker per sibling fed by a /health prober (`sibling_circuits`, the gateway's
+serving/router/breaker.py and its ZOO_BREAKER* settings), so a frozen sibling costs one timeout, not one per
+request.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from serving.errors import ServiceUnavailable, UpstreamTimeout
+from serving.router.breaker import BreakerPolicy, Breakers, BreakerTransport, HealthProber
 from serving.router.fanout import service_urls
 from serving.services.context import ServiceContext
 
@@ -55,9 +61,35 @@ def _url(ctx: ServiceContext, service: str) -> str:
     return service_urls(ctx.zoo, ctx.settings.overrides)[service]
 
 
+@contextlib.asynccontextmanager
+async def sibling_circuits(ctx: ServiceContext) -> AsyncIterator[None]:
+    """For the service's lifetime: `ctx.sibling_client` = a client over its transport behind one circuit per sibling
+    service (same kind, another name), and the /health prober feeding them (module docstring). Nothing
+    when ZOO_BREAKER=0, ZOO_ENRICH_SIBLINGS=0 or the service has no sibling."""
+    urls = service_urls(ctx.zoo, ctx.settings.overrides)
+    siblings = {n: u for n, u in urls.items() if n != ctx.service and ctx.zoo.services[n].kind == ctx.spec.kind}
+    if not (ctx.settings.zoo_breaker and ctx.settings.zoo_enrich_siblings and siblings):
+        yield
+        return
+    inner = ctx.http_transport or httpx.AsyncHTTPTransport()
+    breakers = Breakers(siblings, BreakerPolicy.from_settings(ctx.settings))
+    prober = HealthProber(breakers, inner)
+    ctx.sibling_client = httpx.AsyncClient(transport=BreakerTransport(inner, breakers),
+                                           timeout=httpx.Timeout(TIMEOUT_S, connect=5.0))
+    prober.start()
+    try:
+        yield
+    finally:
+        await prober.stop()
+        client, ctx.sibling_client = ctx.sibling_client, None
+        await client.aclose()
+
+
 async def _send(ctx: ServiceContext, service: str, method: str, path: str, **kw: Any) -> httpx.Response:
     base = _url(ctx, service)
     try:
+        if ctx.sibling_client is not None:
+            return await ctx.sibling_client.request(method, f"{base}{path}", **kw)
         async with httpx.AsyncClient(transport=ctx.http_transport, timeout=httpx.Timeout(TIMEOUT_S, connect=5.0)) as c:
             return await c.request(method, f"{base}{path}", **kw)
     except httpx.TimeoutException as e:

@@ -23,8 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 from plate_images import FULL, REGIONAL, normalise, plate
 from svc_helpers import BackgroundServer, assert_error, running_service
 
-from serving.adapters.base import Adapter, regions
+from serving.adapters.base import Adapter, image_items
 from serving.adapters.registry import AdapterRegistry
+from serving.adapters.yolo import to_image_pixels
 from serving.router.risk import build_messages
 from serving.router.schemas import FrameDetection
 from serving.services.app import create_app
@@ -43,7 +44,7 @@ def png_b64(img: Image.Image) -> str:
 
 class ThresholdPlateDetector(Adapter):
     """Stands in for the random-weight plate detector: one `license_plate` box around the plate-white pixels of
-    each crop (none when there are none), in the crop's pixels, as the yolo adapter reports detections."""
+    each crop (none when there are none), in the whole picture's pixels, as the yolo adapter reports detections."""
 
     family = "yolo"
 
@@ -59,7 +60,8 @@ class ThresholdPlateDetector(Adapter):
 
     def predict(self, items, **options):
         out = []
-        for region in regions(items):
+        for item in image_items(items):
+            region = item.region
             a = np.asarray(region.convert("RGB")).astype(int)
             mask = (np.abs(a - np.array(PLATE_BG)).max(axis=2) < 12)
             dets = []
@@ -69,6 +71,8 @@ class ThresholdPlateDetector(Adapter):
                        "x2": float(xs.max() + 1), "y2": float(ys.max() + 1)}
                 dets.append({"class": "license_plate", "class_id": 0, "confidence": 0.9, "bbox": box})
             out.append({"detections": dets, "image_width": region.width, "image_height": region.height})
+            if item.bbox is not None:
+                to_image_pixels(out[-1], item)
         return out
 
 
@@ -218,9 +222,9 @@ def test_vehicle_path_of_enrich(heavy):
     lp = out["license_plate"]
     assert lp["text"] == "KX52WPD" and lp["confidence"] >= 0.5 and lp["model"] == "plate_ocr", lp
     assert all(abs(lp["bbox"][k] - pbox[k]) <= 1.0 for k in pbox), (lp["bbox"], pbox)  # frame pixels
-    # the detector's own output stays, in the crop's pixels
+    # the detector's own output stays, in the frame's pixels too
     (det,) = out["license_plates"]
-    assert abs(det["bbox"]["x1"] - (pbox["x1"] - car["x1"])) <= 1.0
+    assert abs(det["bbox"]["x1"] - pbox["x1"]) <= 1.0
     assert out["models"]["plate_ocr"]["status"] == "ok" and out["errors"] == []
     # no plate on the vehicle: license_plate is null, the reader does not run
     bare = Image.new("RGB", (640, 400), (40, 45, 60))

@@ -1,5 +1,5 @@
 """Frames through the gateway and the enrichment services in three modes, side by side in one run
-(issue 14 items 4-5, DESIGN.md section 10).
+(issue 14 items 4-5).
 
     .venv/bin/python benchmarks/pipeline.py [--frames 24] [--rounds 3] [--cameras 1 4] [--people 6]
                                             [--vehicles 2] [--no-analyze] [--no-tight] [--json PATH] [--quick]

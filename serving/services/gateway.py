@@ -231,6 +231,10 @@ def setup(ctx: ServiceContext) -> list[APIRouter]:
         out: dict[str, Any] = {"upstreams": urls, "thermal_api": control is not None}
         if breakers is not None:
             out["circuits"] = {n: c["state"] for n, c in breakers.view().items()}
+            if down := sorted(n for n, st in out["circuits"].items() if st != "closed"):
+                # still serving (200): the other services answer, the open ones' models are reported as errors
+                out.update(status="degraded", state="DEGRADED",
+                           degraded_reason=f"circuit not closed for upstream(s): {', '.join(down)}")
         if prober is not None and prober.started and not prober.running():
             out.update(status="degraded", state="DEGRADED", degraded_reason="the upstream /health prober stopped")
         return out

@@ -219,8 +219,11 @@ def test_open_circuit_is_503_with_retry_after_and_in_status(zoo):
         assert r.status_code == 503 and r.json()["error_type"] == "service_unavailable"
         assert "circuit open" in r.json()["message"] and 25 < float(r.headers["retry-after"]) <= 30
         assert len(calls) == n  # refused without a network call
-        health = c.get("/health").json()
+        r = c.get("/health")
+        health = r.json()
         assert health["circuits"]["florence"] == "open" and health["circuits"]["clip"] == "closed"
+        # still serving the others: 200, degraded, naming the open upstream
+        assert r.status_code == 200 and health["status"] == "degraded" and "florence" in health["degraded_reason"]
         status = c.get("/zoo/status").json()["services"]
         assert status["florence"]["circuit"]["state"] == "open" and status["florence"]["circuit"]["opens"] == 1
         assert status["clip"]["circuit"]["state"] == "closed" and status["clip"]["reachable"]

@@ -151,7 +151,9 @@ def decode_image(value: str | bytes, limits: DecodeLimits, what: str = "image") 
         other = _sniff_unreadable(data)
         if other is not None:
             raise _refuse(what, other, limits) from None
-        raise InvalidImage(f"{what} is not a decodable image: {e}") from None
+        # PIL names its file object ("cannot identify image file <_io.BytesIO object at 0x...>"): say what we know
+        reason = f"no known image format (starts with {data[:8]!r})" if isinstance(e, UnidentifiedImageError) else e
+        raise InvalidImage(f"{what} is not a decodable image: {reason}") from None
     fmt = (img.format or "").upper()
     if fmt not in limits.allowed_formats and CONTAINED.get(fmt) not in limits.allowed_formats:
         raise _refuse(what, fmt, limits)

@@ -1,3 +1,4 @@
+"""serving/imaging.py: what a client reads when its image cannot be decoded."""
 
 
 def test_an_unknown_format_is_named_by_its_first_bytes_not_by_pils_file_object():

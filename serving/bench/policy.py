@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import MB, Priority, ZooConfig, load_zoo
-from serving.vram import events as ev
 from serving.vram.cost import CostModel
-from serving.vram.devices import FakeDevice
-from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
-from serving.vram.manager import OnDemandModelManager, inline_runner
 from serving.vram.policy import INF, POLICIES
 
+from .replay import replay_manager
 from .scheduled import SCHEDULERS, simulate_scheduled, slo_attainment
 
 
@@ -85,9 +82,6 @@ async def simulate(
 ) -> dict[str, Any]:
     specs = zoo.models_of(service)
     start = requests[0][0] if requests else 0.0
-    clock = FakeClock(start)
-    behaviour = FakeBehaviour(clock=clock, cost=cost)
-    device = FakeDevice(budget_bytes * 4 + 1)
     positions: dict[str, list[int]] = defaultdict(list)
     for i, (_, m, _) in enumerate(requests):
         positions[m].append(i)
@@ -99,24 +93,9 @@ async def simulate(
         j = bisect.bisect_right(idx, cursor["i"])
         return max(requests[idx[j]][0], now) if j < len(idx) else INF
 
-    manager = OnDemandModelManager(
-        specs, device=device, registry=fake_registry(behaviour), models_root=zoo.models_root,
-        budget_bytes=budget_bytes, host_cache_bytes=host_bytes, policy=policy, safety_factor=1.0,
-        headroom_bytes=0, clock=clock, runner=inline_runner, oracle=oracle if policy == "belady" else None,
-        admission_timeout_s=1.0, cost=cost,
-    )
-    hits = misses = 0
-    misses_by_priority: dict[str, int] = {p.name: 0 for p in Priority}
-
-    def listen(event: ev.ManagerEvent) -> None:
-        nonlocal hits, misses
-        if isinstance(event, ev.Hit):
-            hits += 1
-        elif isinstance(event, ev.Miss):
-            misses += 1
-            misses_by_priority[Priority(specs[event.model].priority).name] += 1
-
-    manager.subscribe(listen)
+    manager, clock, behaviour, counts = replay_manager(
+        specs, zoo.models_root, start=start, policy=policy, budget_bytes=budget_bytes, host_bytes=host_bytes,
+        cost=cost, oracle=oracle)
     added: list[float] = []
     by_class: dict[str, list[float]] = defaultdict(list)
     swap_s = 0.0
@@ -140,12 +119,12 @@ async def simulate(
         "swap_s": round(swap_s, 4),
         "loads": loads,
         "restores": restores,
-        "hits": hits,
-        "misses": misses,
+        "hits": counts.hits,
+        "misses": counts.misses,
         "bytes_loaded": bytes_loaded + bytes_restored,
         "bytes_from_disk": bytes_loaded,
         "p99_added_ms": round(p99(added), 3),
-        "misses_by_priority": misses_by_priority,
+        "misses_by_priority": counts.misses_by_priority,
         "slo_attainment": slo_attainment(by_class, {p.name: zoo.scheduler.deadline_s(p) for p in Priority}),
     }
 

@@ -23,13 +23,11 @@ from collections import defaultdict
 from typing import Any
 
 from serving.config import Priority, ZooConfig
-from serving.vram import events as ev
 from serving.vram.cost import CostModel
-from serving.vram.devices import FakeDevice
-from serving.vram.fakes import FakeBehaviour, FakeClock, fake_registry
-from serving.vram.manager import OnDemandModelManager, inline_runner
 from serving.vram.policy import INF
 from serving.vram.scheduling import Hold, Pending, WorkQueues, decide, model_state, reserve_estimate
+
+from .replay import replay_manager
 
 SCHEDULERS = ("fifo", "model-major")
 
@@ -55,9 +53,6 @@ async def simulate_scheduled(
     specs = zoo.models_of(service)
     deadlines = {p.name: zoo.scheduler.deadline_s(p) for p in Priority}
     start = requests[0][0] if requests else 0.0
-    clock = FakeClock(start)
-    behaviour = FakeBehaviour(clock=clock, cost=cost)
-    device = FakeDevice(budget_bytes * 4 + 1)
     arrivals: dict[str, list[float]] = defaultdict(list)
     for t, m, _ in requests:
         arrivals[m].append(t)
@@ -71,24 +66,10 @@ async def simulate_scheduled(
         j = bisect.bisect_left(ts, requests[admitted["i"]][0]) if admitted["i"] < len(requests) else len(ts)
         return max(ts[j], now) if j < len(ts) else INF
 
-    manager = OnDemandModelManager(
-        specs, device=device, registry=fake_registry(behaviour), models_root=zoo.models_root,
-        budget_bytes=budget_bytes, host_cache_bytes=host_bytes, policy=policy, safety_factor=1.0,
-        headroom_bytes=0, clock=clock, runner=inline_runner, oracle=oracle if policy == "belady" else None,
-        admission_timeout_s=1.0, cost=cost,
-    )
-    hits = misses = groups = 0
-    misses_by_priority: dict[str, int] = {p.name: 0 for p in Priority}
-
-    def listen(event: ev.ManagerEvent) -> None:
-        nonlocal hits, misses
-        if isinstance(event, ev.Hit):
-            hits += 1
-        elif isinstance(event, ev.Miss):
-            misses += 1
-            misses_by_priority[Priority(specs[event.model].priority).name] += 1
-
-    manager.subscribe(listen)
+    manager, clock, behaviour, counts = replay_manager(
+        specs, zoo.models_root, start=start, policy=policy, budget_bytes=budget_bytes, host_bytes=host_bytes,
+        cost=cost, oracle=oracle)
+    groups = 0
     latencies: dict[str, list[float]] = defaultdict(list)
     arrived_at: dict[int, tuple[float, str]] = {}
     swap_s = 0.0
@@ -128,8 +109,8 @@ async def simulate_scheduled(
         "swap_s": round(swap_s, 4),
         "loads": sum(behaviour.loads.values()),
         "restores": sum(behaviour.restores.values()),
-        "hits": hits,
-        "misses": misses,
+        "hits": counts.hits,
+        "misses": counts.misses,
         "groups": groups,
         "requests_served": sum(len(xs) for xs in latencies.values()),
         "bytes_loaded": sum(specs[m].vram_bytes * k for m, k in behaviour.loads.items())
@@ -137,7 +118,7 @@ async def simulate_scheduled(
         "bytes_from_disk": sum(specs[m].vram_bytes * k for m, k in behaviour.loads.items()),
         "p99_added_ms": round(added_ms[min(len(added_ms) - 1, int(round(0.99 * (len(added_ms) - 1))))], 3)
         if added_ms else 0.0,
-        "misses_by_priority": misses_by_priority,
+        "misses_by_priority": counts.misses_by_priority,
         "slo_attainment": slo_attainment(latencies, deadlines),
     }
 

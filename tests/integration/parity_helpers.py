@@ -156,3 +156,35 @@ def max_abs(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+class Worst(dict):
+    """The worst difference seen per model and quantity (name -> {quantity: value}), printed by `report`."""
+
+    def note(self, name: str, **diffs: float) -> None:
+        w = self.setdefault(name, {})
+        for k, v in diffs.items():
+            w[k] = max(w.get(k, 0.0), v)
+
+    def report(self, prefix: str = "parity") -> None:
+        for name, worst in sorted(self.items()):
+            print(f"\n{prefix} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+
+
+def loaded_hf_adapters(zoo: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The adapters of these transformers-folder fixtures, loaded on the CPU; skips the test module when one is
+    missing (run `zoo fixtures`)."""
+    import pytest
+
+    from serving.adapters.registry import default_registry
+    from serving.vram.devices import CpuDevice
+
+    root = Path(zoo.models_root)
+    for name in names:
+        if not (root / zoo.models[name].source["hf"] / "config.json").exists():
+            pytest.skip(f"fixture of {name} missing; run `zoo fixtures`")
+    adapters = {}
+    for name in names:
+        adapters[name] = default_registry().create(name, zoo.models[name], root, CpuDevice())
+        adapters[name].load()
+    return adapters

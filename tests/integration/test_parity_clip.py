@@ -25,44 +25,30 @@ from typing import Any
 
 import numpy as np
 import pytest
-from parity_helpers import kserve_infer, local_zoo, max_abs, scene, write_images
+from parity_helpers import Worst, kserve_infer, loaded_hf_adapters, local_zoo, max_abs, scene, write_images
 from PIL import Image
 from svc_helpers import running_service
 
 from serving.adapters.postprocess import action as action_rules
-from serving.adapters.registry import default_registry
 from serving.imaging import ImageLimits, decode_image
-from serving.vram.devices import CpuDevice
 
 pytestmark = pytest.mark.slow
 
 MODELS = ["clip_vit_l", "fashion_clip", "action_recognizer"]
 TEXTS = ["a person in a red jacket", "a parked car", "an empty street at night"]
 EMB_TOL, PROB_TOL = 1e-5, 1e-5
-WORST: dict[str, dict[str, float]] = {}
-
-
-def note(name: str, **diffs: float) -> None:
-    w = WORST.setdefault(name, {})
-    for k, v in diffs.items():
-        w[k] = max(w.get(k, 0.0), v)
+WORST = Worst()
+note = WORST.note
 
 
 @pytest.fixture(scope="module")
 def env(zoo, tmp_path_factory):
-    for name in MODELS:
-        if not (Path(zoo.models_root) / zoo.models[name].source["hf"] / "config.json").exists():
-            pytest.skip(f"fixture of {name} missing; run `zoo fixtures`")
     images = write_images(tmp_path_factory.mktemp("clip-parity"), "PNG")
-    adapters = {}
-    for name in MODELS:
-        adapters[name] = default_registry().create(name, zoo.models[name], Path(zoo.models_root), CpuDevice())
-        adapters[name].load()
+    adapters = loaded_hf_adapters(zoo, MODELS)
     z = local_zoo(zoo, Path(zoo.models_root), MODELS, "clip")
     with running_service(z, "clip") as (client, _):
         yield {"client": client, "adapters": adapters, "images": images, "zoo": zoo, "refs": {}}
-    for name, worst in sorted(WORST.items()):
-        print(f"\nparity {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    WORST.report()
 
 
 def reference(env: dict[str, Any], name: str) -> tuple[Any, Any]:

@@ -23,46 +23,31 @@ from typing import Any
 
 import numpy as np
 import pytest
-from parity_helpers import kserve_infer, local_zoo, max_abs, write_images
+from parity_helpers import Worst, kserve_infer, loaded_hf_adapters, local_zoo, max_abs, write_images
 from PIL import Image
 from svc_helpers import running_service
 
 from serving.adapters.base import ImageItem
 from serving.adapters.postprocess import depth as depth_rules
-from serving.adapters.registry import default_registry
 from serving.imaging import BBox, ImageLimits, decode_image
-from serving.vram.devices import CpuDevice
 
 pytestmark = pytest.mark.slow
 
 CLASSIFIERS = ["vehicle_classifier", "demographics_age", "demographics_gender", "weather_classifier",
                "violence_classifier", "pet_classifier"]
 MODELS = [*CLASSIFIERS, "depth_estimator", "segformer_clothes", "vitpose"]
-WORST: dict[str, dict[str, float]] = {}
-
-
-def note(name: str, **diffs: float) -> None:
-    w = WORST.setdefault(name, {})
-    for k, v in diffs.items():
-        w[k] = max(w.get(k, 0.0), v)
+WORST = Worst()
+note = WORST.note
 
 
 @pytest.fixture(scope="module")
 def env(zoo, tmp_path_factory):
-    for name in MODELS:
-        if not (Path(zoo.models_root) / zoo.models[name].source["hf"] / "config.json").exists():
-            pytest.skip(f"fixture of {name} missing; run `zoo fixtures`")
     images = write_images(tmp_path_factory.mktemp("hf-parity"), "PNG")
-    adapters = {}
-    for name in MODELS:
-        a = default_registry().create(name, zoo.models[name], Path(zoo.models_root), CpuDevice())
-        a.load()
-        adapters[name] = a
+    adapters = loaded_hf_adapters(zoo, MODELS)
     z = local_zoo(zoo, Path(zoo.models_root), MODELS, "enrichment")
     with running_service(z, "enrichment") as (client, _):
         yield {"client": client, "adapters": adapters, "images": images, "zoo": zoo}
-    for name, worst in sorted(WORST.items()):
-        print(f"\nparity {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    WORST.report()
 
 
 def folder(env: dict[str, Any], name: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from parity_helpers import calibrate_yolo, kserve_infer, local_zoo, write_images
+from parity_helpers import Worst, calibrate_yolo, kserve_infer, local_zoo, write_images
 from scipy.optimize import linear_sum_assignment
 from svc_helpers import running_service
 
@@ -34,7 +34,8 @@ YOLO_MODELS = ["yolo26", "yolo26_seg", "yolo_world", "vehicle_damage", "license_
 BOX_TOL, CONF_TOL = 0.01, 1e-5
 CONF = 0.1
 MAX_DET = 50  # both sides: keeps the mask work small; confidences are distinct, so the cut is the same
-WORST: dict[str, dict[str, float]] = {}
+WORST = Worst()
+note = WORST.note
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,7 @@ def env(zoo, tmp_path_factory):
     images = write_images(root / "images", "PNG")
     with running_service(z, "detection") as (client, app):
         yield {"client": client, "files": files, "imgsz": imgsz, "images": images, "zoo": z, "root": root}
-    for name, worst in sorted(WORST.items()):
-        print(f"\nparity yolo {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    WORST.report("parity yolo")
 
 
 _REF: dict[Path, Any] = {}
@@ -80,12 +80,6 @@ def ref_predict(env: dict[str, Any], name: str, image: Path, **kw: Any) -> Any:
                                                  retina_masks=task == "segment", **kw)  # fmt: skip
     assert len(r.boxes) <= kw.get("max_det", 300)
     return r
-
-
-def note(name: str, **diffs: float) -> None:
-    w = WORST.setdefault(name, {})
-    for k, v in diffs.items():
-        w[k] = max(w.get(k, 0.0), v)
 
 
 def compare(name: str, ours: list[dict[str, Any]], r: Any, *, keypoints: bool = False, masks: bool = False) -> int:

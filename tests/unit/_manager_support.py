@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from serving.config import MB, ModelSpec, Priority
 from serving.vram import events as ev
@@ -88,3 +89,14 @@ class ZeroParams(FakeAdapter):
 
     def param_bytes(self) -> int:
         return 0
+
+
+def hold_lease(m: Any, name: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """(task, release): a task holding a lease of `name` (`m.use`) until `release` is set."""
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with m.use(name):
+            await release.wait()
+
+    return asyncio.create_task(hold()), release

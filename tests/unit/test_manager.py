@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from _manager_support import settle, until
+from _manager_support import hold_lease, settle, until
 
 from serving.config import MB, ModelSpec, Priority
 from serving.errors import InferenceOOM, InsufficientVram, ModelDisabled, ModelLoadFailed, UnknownModel
@@ -83,13 +83,7 @@ async def test_leased_model_is_never_evicted_and_waits_then_fails():
 async def test_waiting_load_proceeds_when_lease_released():
     specs = {"a": spec(600), "b": spec(600)}
     m, b, dev, clock = make(specs, timeout=5)
-    released = asyncio.Event()
-
-    async def hold():
-        async with m.use("a"):
-            await released.wait()
-
-    holder = asyncio.create_task(hold())
+    holder, released = hold_lease(m, "a")
     await asyncio.sleep(0)
     waiter = asyncio.create_task(m.preload("b"))
     await until(lambda: m.view().pending_loads == ["b"])

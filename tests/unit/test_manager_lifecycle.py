@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from _manager_support import Events, make, settle, spec, until
+from _manager_support import Events, hold_lease, make, settle, spec, until
 
 from serving.config import MB
 from serving.errors import InsufficientVram, ModelBusy, ModelLoadFailed
@@ -119,13 +119,7 @@ async def test_stop_leaves_a_leased_model_alone():
 # ------------------------------------------------------------------ unload
 async def test_unload_waits_for_the_lease_then_unloads():
     m, b, dev, clock = make({"a": spec(100)}, timeout=30.0)
-    release = asyncio.Event()
-
-    async def hold():
-        async with m.use("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
+    holder, release = hold_lease(m, "a")
     await settle()
     unloading = asyncio.create_task(m.unload("a"))
     await settle()

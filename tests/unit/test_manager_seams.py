@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 import pytest
-from _manager_support import Events, make, settle, spec, until
+from _manager_support import Events, hold_lease, make, settle, spec, until
 
 from serving.config import MB, ManagerSettings
 from serving.errors import Conflict, ModelBusy, ModelDisabled, UnknownModel
@@ -228,13 +228,7 @@ def test_from_zoo_without_a_device_builds_the_services_device(zoo):
 
 async def test_retire_refuses_new_leases_while_it_waits_for_the_last_one():
     m, b, dev, clock = make({"a": spec(100)}, timeout=30.0)
-    release = asyncio.Event()
-
-    async def hold():
-        async with m.use("a"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
+    holder, release = hold_lease(m, "a")
     await settle()
     retiring = asyncio.create_task(m.retire("a"))
     await settle()

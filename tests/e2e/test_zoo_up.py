@@ -61,18 +61,24 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
+def zoo_yaml_on_free_ports(folder: Path, models_root: Path) -> tuple[Path, dict]:
+    """(path, content) of a copy of zoo.yaml in `folder` with every service on a free port and models_root
+    pointing at the built fixtures."""
+    raw = yaml.safe_load((REPO / "zoo.yaml").read_text())
+    raw["models_root"] = str(models_root)
+    for svc in raw["services"].values():
+        svc["port"] = free_port()
+    path = folder / "zoo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw
+
+
 @pytest.fixture
 def zoo_on_free_ports(tmp_path, zoo, built_models):
     """zoo.yaml with every service on a free port and models_root pointing at the built fixtures."""
     models = [m for s in SERVICES for m in zoo.services[s].models]
     built_models(*models)
-    raw = yaml.safe_load((REPO / "zoo.yaml").read_text())
-    raw["models_root"] = str(zoo.models_root)
-    for svc in raw["services"].values():
-        svc["port"] = free_port()
-    path = tmp_path / "zoo.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path, raw
+    return zoo_yaml_on_free_ports(tmp_path, zoo.models_root)
 
 
 def test_zoo_up_frame_and_clean_shutdown(zoo_on_free_ports, tmp_path):

@@ -25,20 +25,17 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from serving.config import load_zoo
 from serving.services.app import create_app
 from serving.settings import Settings
-from tests.e2e.test_zoo_up import free_port
+from tests.e2e.test_zoo_up import zoo_yaml_on_free_ports
 from tests.integration.svc_helpers import BackgroundServer, jpeg_b64, metric_value
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE_INTERVAL_S = 0.25
 PROBE_TIMEOUT_S = 1.0  # generous: a busy (not frozen) service must not look down
 CALL_TIMEOUT_S = 3.0  # the first request's one timeout
@@ -66,12 +63,7 @@ def two_enrichment_services(tmp_path, zoo, built_models):
     person = {s: [m for m in zoo.services[s].models if "person" in zoo.models[m].triggers]
               for s in ("enrichment", "enrichment-light")}
     built_models(*(m for ms in person.values() for m in ms))
-    raw = yaml.safe_load((REPO / "zoo.yaml").read_text())
-    raw["models_root"] = str(zoo.models_root)
-    for svc in raw["services"].values():
-        svc["port"] = free_port()
-    path = tmp_path / "zoo.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path, raw = zoo_yaml_on_free_ports(tmp_path, zoo.models_root)
     env = {**os.environ, "ZOO_ENRICH_SIBLINGS": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("ZOO_CONFIG", None)
     procs: dict[str, subprocess.Popen] = {}

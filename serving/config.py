@@ -90,7 +90,7 @@ class ThermalSpec(_Strict):
         return self
 
 
-_SOURCE_KEYS = ("engine", "onnx", "pt", "hf", "gguf", "safetensors")
+_SOURCE_KEYS = ("engine", "onnx", "pt", "hf", "gguf", "safetensors", "rec")
 
 
 def check_relative_model_path(value: str) -> str:
@@ -110,7 +110,7 @@ class ModelSpec(_Strict):
     task: str = Field(description="What it does, one of its family's tasks (adapters.registry.FAMILY_TASKS).")
     source: dict[str, str] = Field(
         description="Files relative to models_root by format: engine, onnx, pt (YOLO), hf (a transformers folder), "
-        "safetensors."
+        "safetensors; rec: the ppocr family's recogniser replacing the general one (the plate recogniser)."
     )
     hf_id: str | None = Field(None, description="Hub repository of the real weights, used by `zoo pull` only.")
     env_path: str | None = Field(None, description="Env variable overriding the path (seed: VEHICLE_MODEL_PATH).")

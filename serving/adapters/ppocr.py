@@ -82,11 +82,19 @@ def package_models_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-def model_files(folder: Path | None) -> dict[str, Path]:
-    """{det, cls, rec: path}: the file in `folder` when there, else the installed package's."""
+def model_files(folder: Path | None, rec: Path | None = None) -> dict[str, Path]:
+    """{det, cls, rec: path}: the file in `folder` when there, else the installed package's. `rec` (zoo.yaml
+    `source.rec`, e.g. the plate recogniser `zoo fixtures` builds) replaces the recogniser; ModelLoadFailed
+    when that file is missing (it is never swapped for the general one silently)."""
     pkg: Path | None = None
     out = {}
+    if rec is not None:
+        if not rec.is_file():
+            raise ModelLoadFailed(f"the recogniser {rec} does not exist: run `zoo fixtures` to build it")
+        out["rec"] = rec
     for part, fname in FILES.items():
+        if part in out:
+            continue
         if folder is not None and (folder / fname).is_file():
             out[part] = folder / fname
             continue
@@ -178,7 +186,8 @@ class PaddleOcrAdapter(Adapter):
         from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
         from rapidocr_onnxruntime.utils import read_yaml
 
-        self.files = model_files(self.ctx.path("onnx"))
+        rec = self.ctx.spec.source.get("rec")
+        self.files = model_files(self.ctx.path("onnx"), None if rec is None else self.ctx.path("rec") or Path(rec))
         cfg = read_yaml(str(DEFAULT_CFG_PATH))
         threads = int(self.ctx.spec.options.get("threads", -1))
         for section in ("Det", "Cls", "Rec"):
@@ -256,7 +265,8 @@ class PaddleOcrAdapter(Adapter):
         meta = super().metadata()
         providers = [p if isinstance(p, str) else p[0] for p in self._providers]
         meta.update(task=self.ctx.spec.task, providers=providers, charset=self.charset,
-                    files={k: str(v) for k, v in self.files.items()})
+                    files={k: str(v) for k, v in self.files.items()},
+                    recogniser="general" if self.files.get("rec", Path(REC_FILE)).name == REC_FILE else "plates")
         return meta
 
     # --- inference -----------------------------------------------------------------------------
@@ -281,6 +291,29 @@ class PaddleOcrAdapter(Adapter):
 
     def read(self, rgb: np.ndarray, min_conf: float, offset: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
         """Read one RGB crop (module docstring); boxes in the crop's pixels + `offset`."""
+        h0, w0 = rgb.shape[:2]
+        quads, crops, pad, scale = self._lines(rgb)
+        lines, _ = self._parts["rec"](crops)
+        boxes = []
+        for quad, (text, conf) in zip(quads, lines, strict=True):
+            text = str(text).strip()
+            if not text or float(conf) < min_conf:
+                continue
+            pts = (np.asarray(quad, dtype=np.float64) - pad) / scale
+            pts[:, 0] = np.clip(pts[:, 0], 0, w0) + offset[0]
+            pts[:, 1] = np.clip(pts[:, 1], 0, h0) + offset[1]
+            boxes.append({"text": text, "confidence": round(float(conf), 4),
+                          "bbox": {"x1": float(pts[:, 0].min()), "y1": float(pts[:, 1].min()),
+                                   "x2": float(pts[:, 0].max()), "y2": float(pts[:, 1].max())},
+                          "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in pts]})
+        raw = " ".join(b["text"] for b in boxes)
+        n = sum(len(b["text"]) for b in boxes)
+        conf = sum(b["confidence"] * len(b["text"]) for b in boxes) / n if n else 0.0
+        return {"text": normalise(raw), "raw_text": raw, "confidence": round(conf, 4), "boxes": boxes}
+
+
+    def _lines(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray], int, float]:
+        """Upscale, pad, detect, warp and turn upright: (quads in the padded image, BGR line crops, pad, scale)."""
         import cv2
 
         h0, w0 = rgb.shape[:2]
@@ -299,23 +332,19 @@ class PaddleOcrAdapter(Adapter):
             quads = [np.array([[0, 0], [ww - 1, 0], [ww - 1, hh - 1], [0, hh - 1]], dtype=np.float32)]
             crops = [img]
         crops, _, _ = self._parts["cls"](crops)
-        lines, _ = self._parts["rec"](crops)
-        boxes = []
-        for quad, (text, conf) in zip(quads, lines, strict=True):
-            text = str(text).strip()
-            if not text or float(conf) < min_conf:
-                continue
-            pts = (np.asarray(quad, dtype=np.float64) - pad) / scale
-            pts[:, 0] = np.clip(pts[:, 0], 0, w0) + offset[0]
-            pts[:, 1] = np.clip(pts[:, 1], 0, h0) + offset[1]
-            boxes.append({"text": text, "confidence": round(float(conf), 4),
-                          "bbox": {"x1": float(pts[:, 0].min()), "y1": float(pts[:, 1].min()),
-                                   "x2": float(pts[:, 0].max()), "y2": float(pts[:, 1].max())},
-                          "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in pts]})
-        raw = " ".join(b["text"] for b in boxes)
-        n = sum(len(b["text"]) for b in boxes)
-        conf = sum(b["confidence"] * len(b["text"]) for b in boxes) / n if n else 0.0
-        return {"text": normalise(raw), "raw_text": raw, "confidence": round(conf, 4), "boxes": boxes}
+        return quads, list(crops), pad, scale
+
+    def recogniser_inputs(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """What the recogniser sees for each text line of one RGB crop, read alone: float32 (3, 48, W) arrays,
+        normalised as rapidocr does (used to fine-tune the plate recogniser, serving/fixtures/train_plate_rec.py)."""
+        if not self._parts:
+            raise ModelLoadFailed(f"{self.ctx.name} is not loaded")
+        rec = self._parts["rec"]
+        _, c_h, c_w = rec.rec_image_shape
+        out = []
+        for crop in self._lines(rgb)[1]:
+            out.append(rec.resize_norm_img(crop, max(c_w / c_h, crop.shape[1] / crop.shape[0])))
+        return out
 
 
 def normalise(text: str) -> str:

@@ -16,31 +16,18 @@ alphabet (`charset`), as ALPR systems are configured per region.
 from __future__ import annotations
 
 import random
-import string
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 
-FULL = string.ascii_uppercase + string.digits
+from serving.fixtures.plates import FULL, SIZES, default_font, render_plate
+
 REGIONAL = "".join(c for c in FULL if c not in "IOQ")
-SIZES = (16, 20, 28, 40, 56)  # font size in pixels; the text is about 0.7 of it high
-
-
-def plate_text(rng: random.Random, alphabet: str = FULL) -> str:
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(5, 8)))
 
 
 def plate(rng: random.Random, alphabet: str = FULL, sizes: tuple[int, ...] = SIZES) -> tuple[str, Image.Image]:
-    text = plate_text(rng, alphabet)
-    size = rng.choice(sizes)
-    font = ImageFont.load_default(size=size)
-    dark_on_light = rng.random() < 0.5
-    fg, bg = ((20, 20, 25), (235, 235, 225)) if dark_on_light else ((240, 240, 235), (30, 40, 60))
-    left, top, right, bottom = font.getbbox(text)
-    margin = max(3, size // 3)
-    img = Image.new("RGB", (right - left + 2 * margin, bottom - top + 2 * margin), bg)
-    ImageDraw.Draw(img).text((margin - left, margin - top), text, font=font, fill=fg)
-    img = img.rotate(rng.uniform(-4.0, 4.0), resample=Image.Resampling.BICUBIC, expand=True, fillcolor=bg)
-    return text, img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    """One plate in Pillow's default font (serving/fixtures/plates.py), which the plate recogniser's training
+    never sees."""
+    return render_plate(rng, default_font, alphabet, sizes)
 
 
 def normalise(text: str) -> str:
@@ -59,8 +46,12 @@ if __name__ == "__main__":  # pragma: no cover - a measurement, not a test
     from serving.vram.devices import CpuDevice
 
     n, seed = (int(sys.argv[1]) if len(sys.argv) > 1 else 100), (int(sys.argv[2]) if len(sys.argv) > 2 else 1)
-    spec = ModelSpec(family="ppocr", task="ocr", source={"onnx": "ppocr-v4"}, vram_mb=100)
-    reader = PaddleOcrAdapter(LoadContext("plate_ocr", spec, Path("models"), CpuDevice()))
+    source = {"onnx": "ppocr-v4", "rec": "ppocr-v4/ch_PP-OCRv4_rec_plates.onnx"}
+    if len(sys.argv) > 3 and sys.argv[3] == "general":
+        del source["rec"]
+    spec = ModelSpec(family="ppocr", task="ocr", source=source, vram_mb=100)
+    reader = PaddleOcrAdapter(LoadContext("plate_ocr", spec, Path("models"), CpuDevice(),
+                                          paths={k: Path("models") / v for k, v in source.items()}))
     reader.load()
     for name, alphabet, opts in (("full A-Z0-9, default charset", FULL, {}),
                                  ("regional (no I/O/Q), charset told", REGIONAL, {"charset": REGIONAL}),

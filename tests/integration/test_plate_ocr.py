@@ -24,6 +24,7 @@ from plate_images import FULL, REGIONAL, normalise, plate
 from svc_helpers import BackgroundServer, assert_error, running_service
 
 from serving.adapters.base import Adapter, image_items
+from serving.adapters.ppocr import CLS_FILE, DET_FILE
 from serving.adapters.registry import AdapterRegistry
 from serving.adapters.yolo import to_image_pixels
 from serving.router.risk import build_messages
@@ -127,22 +128,21 @@ def exact_rate(client: httpx.Client, seed: int, n: int, alphabet: str, **options
 
 
 def test_reads_rendered_plates_exactly(heavy):
-    """Issue 15 item 5: random plate strings rendered at several sizes, rotated and blurred, dark on light and
-    light on dark, read back exactly (normalised) through HTTP.
+    """Issue 15 item 5: random strings of A-Z and 0-9 rendered at several sizes, rotated and blurred, dark on
+    light and light on dark, read back exactly (normalised as plate readers compare) through HTTP by the
+    zoo's `plate_ocr`, whose recogniser head is fine-tuned for plates on other fonts
+    (serving/fixtures/train_plate_rec.py): Pillow's default font, drawn here, is not among them.
 
-    The plates are of a series without I, O and Q, and the reader is told that alphabet (`charset`), as plate
-    readers are configured per region (plate_images.py). Measured on 400 such plates: 99.0% exact. The reader
-    on its default A-Z0-9 is measured on the full alphabet too and printed: 89.0% on 500 plates, the misses
-    being this font's 0 read as O between letters and I read as 1 (the recogniser's own choice, not the
-    preprocessing's: sharpening, other upscaling heights and looser line boxes change it by +-1%); its floor
-    here only guards the preprocessing (the library's own pipeline reads 55%)."""
+    Measured with `python tests/integration/plate_images.py 300 16` (no server, same reader): the plate head
+    96.0% exact on the full alphabet, the general PP-OCRv4 head 91.7% (its misses: a 0 between letters read
+    as O). A plate series without I, O and Q with the reader told that alphabet (`charset`): 100%."""
     client, _, _ = heavy
-    rate, misses = exact_rate(client, seed=15, n=40, alphabet=REGIONAL, charset=REGIONAL)
-    print(f"\nplate OCR exact-match rate, plate series without I/O/Q, charset told: {rate:.1%} of 40; misses {misses}")
+    rate, misses = exact_rate(client, seed=15, n=100, alphabet=FULL)
+    print(f"\nplate OCR exact-match rate, full A-Z0-9, default charset: {rate:.1%} of 100; misses {misses}")
     assert rate >= 0.90, misses
-    full, misses_full = exact_rate(client, seed=16, n=30, alphabet=FULL)
-    print(f"plate OCR exact-match rate, full A-Z0-9, default charset: {full:.1%} of 30; misses {misses_full}")
-    assert full >= 0.7, misses_full
+    regional, misses_regional = exact_rate(client, seed=16, n=30, alphabet=REGIONAL, charset=REGIONAL)
+    print(f"plate OCR exact-match rate, series without I/O/Q, charset told: {regional:.1%} of 30; {misses_regional}")
+    assert regional >= 0.95, misses_regional
 
 
 def test_answer_shape_bbox_and_input_forms(heavy):
@@ -194,12 +194,14 @@ def test_bad_input_is_4xx_then_good(heavy, body, status, error_type):
 
 
 def test_manager_accounts_the_reader(heavy):
-    """The reader is a model like any other: on-demand load, measured footprint (the three ONNX files on the
-    CPU) in the seed status and in models/.footprints.json, unload to COLD and back."""
+    """The reader is a model like any other: on-demand load, measured footprint (the three ONNX files it loads
+    on the CPU) in the seed status and in models/.footprints.json, unload to COLD and back."""
     client, app, zoo = heavy
     read(client, Image.new("RGB", (120, 60), PLATE_BG))
     st = {m["name"]: m for m in client.get("/models/status").json()["registered_models"]}
-    files = sum(p.stat().st_size for p in (zoo.models_root / "ppocr-v4").glob("*.onnx"))
+    loaded = [zoo.models_root / "ppocr-v4" / DET_FILE, zoo.models_root / "ppocr-v4" / CLS_FILE,
+              zoo.models_root / zoo.models["plate_ocr"].source["rec"]]  # the plate recogniser, not the general
+    files = sum(p.stat().st_size for p in loaded)
     assert st["plate_ocr"]["loaded"] is True
     assert abs(st["plate_ocr"]["vram_mb"] - files / 2**20) < 0.05, (st["plate_ocr"], files)
     fp = json.loads((zoo.models_root / ".footprints.json").read_text())["footprints"]

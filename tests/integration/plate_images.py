@@ -1,16 +1,17 @@
-"""Plate-like images for the plate reader's tests (and `python tests/integration/plate_images.py`, which
-prints the reader's exact-match rates on a fresh sample without a server).
+"""Plate-like images for the plate reader's tests (and `python tests/integration/plate_images.py N SEED
+[general]`, which prints the reader's exact-match rates on a fresh sample without a server; `general` reads
+with PP-OCRv4's general recogniser instead of the plate recogniser zoo.yaml names).
 
 `plate(rng)` renders a random string of letters and digits with Pillow's scalable default font
 (`ImageFont.load_default(size=...)`, Aileron) at one of several sizes, dark on light or light on dark, with a
-border, a slight rotation and a slight Gaussian blur; it returns (string, image). Seeded: the same `rng`
-gives the same plates.
+border, a slight rotation and a slight Gaussian blur (serving/fixtures/plates.py); it returns (string,
+image). Seeded: the same `rng` gives the same plates. The plate recogniser is fine-tuned on other fonts
+(serving/fixtures/train_plate_rec.py), so these plates are held out from its training.
 
 Alphabets: `FULL` is A-Z and 0-9. `REGIONAL` leaves out I, O and Q, as many plate series do (the US states',
 the Dutch, the Swiss...) because on a plate they read as 1 and 0: in this font O and 0 differ only by their
-width and I is a bare bar, and PP-OCR's recogniser, trained on running text, picks between them from the
-neighbouring characters (a 0 between letters comes back as O). A plate reader for such a series is told its
-alphabet (`charset`), as ALPR systems are configured per region.
+width and I is a bare bar. A plate reader for such a series is told its alphabet (`charset`), as ALPR
+systems are configured per region.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ CAPABILITY = "plate_ocr"
 #: plates read per vehicle (the most confident detections)
 MAX_PLATES = 3
 #: the plate box is grown by this fraction of its width/height on each side before reading (detectors crop tight)
-MARGIN = 0.08
+MARGIN = 0.15
 
 router = APIRouter(tags=["enrichment"])
 

@@ -1,5 +1,6 @@
 """Quality of the trained fixtures on held-out generated scenes: detector hit rate (right class, IoU >= 0.8),
-mean IoU and false detections per image; classifier top-1 accuracy; and each fixture's build record.
+mean IoU and false detections per image (for a segmenter also the mean mask IoU), on 3:4-4:3 pictures and
+on wide and tall ones (long:short 1.6-3.4); classifier top-1 accuracy; and each fixture's build record.
 
     PYTHONPATH=. python benchmarks/fixture_quality.py [--zoo zoo.yaml] [--scenes 50]
 
@@ -38,10 +39,14 @@ def main() -> None:
             if recipe_of(name, spec) is None:
                 print(f"{name:22} {'random':10} {untrained_reason(name)[:58]}")
                 continue
-            q = evaluate_detector(name, spec, root, count=args.scenes)
-            res = (f"hit {q['hit_rate']:.1%} of {q['objects']}, mean IoU {q['mean_iou']:.3f}, "
-                   f"false/img {q['false_per_image']:.2f}")
-            print(f"{name:22} {'detector':10} {res:58} {build:>18}  ({time.perf_counter() - t0:.1f}s)")
+            for kind, wide in (("detector", False), ("wide/tall", True)):
+                q = evaluate_detector(name, spec, root, count=args.scenes, wide=wide)
+                res = (f"hit {q['hit_rate']:.1%} of {q['objects']}, mean IoU {q['mean_iou']:.3f}, "
+                       f"false/img {q['false_per_image']:.2f}")
+                if "mean_mask_iou" in q:
+                    res += f", mask IoU {q['mean_mask_iou']:.3f}"
+                print(f"{name:22} {kind:10} {res:58} {build if not wide else '':>18}  "
+                      f"({time.perf_counter() - t0:.1f}s)")
         elif spec.family == "hf_image_classifier":
             q = evaluate_classifier(name, spec, root)
             res = f"accuracy {q['accuracy']:.1%} of {q['eval_images']}"

@@ -97,3 +97,29 @@ def test_a_region_result_is_moved_into_the_pictures_pixels():
     assert result["detections"][0]["bbox"] == {"x1": 31.0, "y1": 22.0, "x2": 41.0, "y2": 32.0}  # crop origin (30, 20)
     assert result["pose"]["keypoints"][0]["x"] == 35.0 and result["pose"]["keypoints"][0]["y"] == 26.0
     assert result["detections"][0]["polygon"] == [[31.0, 22.0]]
+
+
+def test_wide_and_tall_training_pictures_show_objects_as_a_camera_does(zoo):
+    """Half the detector's training pictures are wide or tall (long:short up to 3.4, both ways round), and
+    their objects are sized by the shorter side, never stretched along the longer one."""
+    from serving.fixtures.train_yolo import picture_size, recipe, training_scene
+
+    rec = recipe("yolo26", zoo.models["yolo26"])
+    rng = random.Random(3)
+    sizes = [picture_size(rng, 96, rec["wide_share"]) for _ in range(400)]
+    wide = [s for s in sizes if max(s) > rec["camera_aspect"] * min(s)]
+    assert 150 < len(wide) < 250 and {s[0] > s[1] for s in wide} == {True, False}
+    assert max(max(s) / min(s) for s in wide) > 3.0
+    for i in range(20):
+        scene = training_scene(random.Random(i), rec, (96, 30) if i % 2 else (30, 96))
+        assert scene.objects
+        for o in scene.objects:
+            x1, y1, x2, y2 = o.box
+            assert max(x2 - x1, y2 - y1) <= 0.9 * 30 + 1, o  # sized by the short side (30)
+
+
+def test_mask_iou_of_a_box_mask():
+    from serving.fixtures.quality import box_mask, mask_iou
+
+    a, b = box_mask((0, 0, 10, 10), (20, 20)), box_mask((0, 0, 10, 5), (20, 20))
+    assert a.sum() == 100 and mask_iou(a, b) == 0.5 and mask_iou(a, a) == 1.0

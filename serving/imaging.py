@@ -312,9 +312,14 @@ class BBox(BaseModel):
 
     @classmethod
     def coerce(cls, v: Any) -> Any:
-        """A `mode="before"` field validator: a 4-list becomes the dict form, anything else is left to pydantic."""
+        """A `mode="before"` field validator: a 4-list becomes the dict form, and so does a bare {x, y, width,
+        height} of numbers (a detector box's other half, see `_corners`); anything else is left to pydantic."""
         if isinstance(v, (list, tuple)) and len(v) == 4:
             return dict(zip(("x1", "y1", "x2", "y2"), v, strict=True))
+        xywh = ("x", "y", "width", "height")
+        if (isinstance(v, dict) and not any(k in v for k in ("x1", "y1", "x2", "y2"))
+                and all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool) for k in xywh)):
+            return {"x1": v["x"], "y1": v["y"], "x2": v["x"] + v["width"], "y2": v["y"] + v["height"]}
         return v
 
     def as_list(self) -> list[float]:

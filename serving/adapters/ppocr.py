@@ -273,7 +273,7 @@ class PaddleOcrAdapter(Adapter):
     def predict(self, items: Sequence[ImageInput], **options: Any) -> list[dict[str, Any]]:
         if self.tier != "HOT" or not self._parts:
             raise ModelLoadFailed(f"{self.ctx.name} is {self.tier}, not loaded on the device")
-        charset = options.get("charset") or self.charset
+        charset = self._checked_charset(options.get("charset") or self.charset)
         min_conf = options.get("min_confidence")
         min_conf = self.min_confidence if min_conf is None else float(min_conf)
         if not 0.0 <= min_conf <= 1.0:
@@ -288,6 +288,22 @@ class PaddleOcrAdapter(Adapter):
                 result.update(image_width=it.image.width, image_height=it.image.height)
                 out.append(result)
         return out
+
+    def _checked_charset(self, charset: str) -> str:
+        """The charset as the recogniser can honour it: upper-cased when its dictionary has no lower-case letters
+        (the plate recogniser writes A-Z0-9 only; plates compare upper case anyway); BadRequest naming the
+        characters it can never write, rather than a silently empty or wrong reading."""
+        assert self._decode is not None
+        known = set(self._decode.decode.character[1:])
+        if not any(c.islower() for c in known):
+            charset = charset.upper()
+        unknown = sorted({c for c in charset if c not in known and not c.isspace()})
+        if unknown:
+            shown = "".join(unknown[:20]) + ("..." if len(unknown) > 20 else "")
+            writes = "A-Z and 0-9" if len(known) < 64 else f"a {len(known):,}-character dictionary"
+            raise BadRequest(f"charset has {len(unknown)} character(s) this reader cannot write: {shown!r}; "
+                             f"its recogniser writes {writes}")
+        return charset
 
     def read(self, rgb: np.ndarray, min_conf: float, offset: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
         """Read one RGB crop (module docstring); boxes in the crop's pixels + `offset`."""

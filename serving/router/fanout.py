@@ -108,6 +108,16 @@ class CallResult:
         return out
 
 
+def _service_notes(p: CallResult, errors: list[dict[str, Any]], models: dict[str, Any]) -> None:
+    """A service's own partial failures, and the models its route's model led to (license_plate -> plate_ocr)."""
+    for e in p.body.get("errors") or []:
+        if isinstance(e, dict):
+            errors.append({"service": p.route.service, **e})
+    for name, entry in (p.body.get("models") or {}).items():
+        if name not in models and isinstance(entry, dict):
+            models[name] = {"service": p.route.service, **entry}
+
+
 def merge_results(parts: Sequence[CallResult], *, detection_id: str, detection_type: str,
                   elapsed_ms: float) -> dict[str, Any]:
     """Seed EnrichmentResult from the calls' bodies; see the module docstring."""
@@ -120,9 +130,7 @@ def merge_results(parts: Sequence[CallResult], *, detection_id: str, detection_t
         if not p.ok:
             errors.append(p.error())
             continue
-        for e in p.body.get("errors") or []:  # a service's own partial failures
-            if isinstance(e, dict):
-                errors.append({"service": p.route.service, **e})
+        _service_notes(p, errors, models)
         for key, value in p.body.items():
             if key in _META_KEYS:
                 continue
@@ -232,15 +240,16 @@ class EnrichmentRouter:
         """Fan one detection out; returns the merged EnrichmentResult (see module docstring)."""
         t0 = time.perf_counter()
         det_id = req.detection_id or new_detection_id()
-        routes = plan(self.zoo, req.detection_type, req.options, req.models)
+        label = req.cls or req.detection_type  # the class (car) triggers more than its type (vehicle)
+        routes = plan(self.zoo, label, req.options, req.models)
         payload: dict[str, Any] = {
             "image": req.image,
             "detection_type": detection_type_of(req.detection_type),
             "detection_id": det_id,
             "options": req.options,
         }
-        if req.detection_type != payload["detection_type"]:
-            payload["class"] = req.detection_type
+        if label != payload["detection_type"]:
+            payload["class"] = label
         if req.bbox is not None:
             payload["bbox"] = req.bbox
         if req.frames:

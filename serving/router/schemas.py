@@ -71,7 +71,7 @@ def new_detection_id() -> str:
 class GatewayEnrichRequest(BaseModel):
     """Seed "Unified Enrichment Endpoint" request, as the gateway's POST /enrich takes it."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     image: str = Field(description="Base64 image (a crop, or the frame when bbox is given).")
     detection_type: str = Field(max_length=200,
@@ -84,6 +84,8 @@ class GatewayEnrichRequest(BaseModel):
     models: list[Name] | None = Field(None, max_length=64,
                                       description="Run exactly these models instead of the triggered ones.")
     timeout_s: float | None = Field(None, gt=0, le=300, description="Per-call timeout override.")
+    cls: Name | None = Field(None, alias="class", description="The detector's class name (car, dog, ...) when "
+                             "detection_type is the general type; the more specific one chooses the models.")
 
     @field_validator("detection_type")
     @classmethod

@@ -163,7 +163,12 @@ def capability_of(ctx: ServiceContext, model: str) -> str:
     for cap in ctx.zoo.models[model].capabilities:
         if cap in CAPABILITIES:
             return cap
-    raise BadRequest(f"model {model!r} has no enrichment capability ({ctx.zoo.models[model].capabilities})")
+    caps = ctx.zoo.models[model].capabilities
+    if "plate_ocr" in caps:
+        raise BadRequest(f"model {model!r} reads the plates that license_plate finds: ask for models "
+                         f"['license_plate'] (or POST /plate-ocr with the plate)")
+    raise BadRequest(f"model {model!r} is not an enrichment model (its capabilities {caps} are served by their "
+                     f"own routes)")
 
 
 def model_for(ctx: ServiceContext, capability: str) -> str:

@@ -163,9 +163,13 @@ def test_answer_shape_bbox_and_input_forms(heavy):
     r = client.post("/plate-ocr", content=buf.getvalue(), headers={"content-type": "image/png"})
     assert r.status_code == 200 and normalise(r.json()["text"]) == text, r.text
     assert normalise(read(client, frame, bbox=list(box.values()))["text"]) == text
+    xywh = {"x": 300, "y": 200, "width": img.width, "height": img.height}  # a detector box's other half
+    assert normalise(read(client, frame, bbox=xywh)["text"]) == text
     # the charset option: digits only turns the letters into something else or nothing
     digits = read(client, img, charset="0123456789")["text"]
     assert digits != text and set(digits) <= set("0123456789")
+    # the plate recogniser writes upper case only: a lower-case charset means the same letters
+    assert read(client, img, charset=REGIONAL.lower())["text"] == text
     # nothing to read: empty text, zero confidence
     blank = read(client, Image.new("RGB", (200, 60), PLATE_BG))
     assert blank["text"] == "" and blank["confidence"] == 0.0 and blank["boxes"] == []
@@ -181,6 +185,7 @@ def test_answer_shape_bbox_and_input_forms(heavy):
     ({"charset": ""}, 422, "validation_error"),
     ({"charset": "A" * 513}, 422, "validation_error"),
     ({"bbox": [0, 0, 10]}, 422, "validation_error"),
+    ({"charset": "ÄÖÜ漢字"}, 400, "bad_request"),  # characters the reader can never write, named in the detail
 ])
 def test_bad_input_is_4xx_then_good(heavy, body, status, error_type):
     client, _, _ = heavy
@@ -249,6 +254,11 @@ def test_through_the_gateway(heavy, built_models):
                                     "models": ["license_plate"]})
         assert r.status_code == 200, r.text
         assert r.json()["license_plate"]["text"] == "7RTZ418", r.json()
+        # the general type with the detector's class, as the service takes it: the class chooses the models
+        r = c.post("/enrich", json={"image": png_b64(frame), "detection_type": "vehicle", "class": "car",
+                                    "bbox": car})
+        assert r.status_code == 200 and r.json()["license_plate"]["text"] == "7RTZ418", r.text
+        assert r.json()["models"]["plate_ocr"]["status"] == "ok", r.json()["models"]  # the reader it led to
         crop = frame.crop((int(pbox["x1"]), int(pbox["y1"]), int(pbox["x2"]), int(pbox["y2"])))
         r = c.post("/enrichment/plate-ocr", json={"image": png_b64(crop)})
         assert r.status_code == 200 and r.json()["text"] == "7RTZ418", r.text

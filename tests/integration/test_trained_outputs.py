@@ -236,7 +236,7 @@ def _expected() -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def stack(built_models, zoo):
     """Detection, both enrichment services and the gateway on loopback; no LLM (the rules score the frame)."""
-    built_models(*DETECTOR, *CLASSIFIERS)
+    built_models(*DETECTOR, *CLASSIFIERS, "threat_detector", "face_detector", "license_plate", "vehicle_damage")
     with BackgroundServer(create_app(zoo, "llm")) as dead:
         pass  # a loopback port with nothing listening: the LLM is down
     apps = {s: create_app(zoo, s) for s in ("detection", "enrichment", "enrichment-light")}
@@ -264,6 +264,9 @@ def test_pipeline_frame_routes_each_crop_to_its_models_and_classifies_it(stack):
     assert person["age_classifications"][pid]["age_range"] == want["age"]["age_range"], person
     assert person["gender_classifications"][pid]["gender"] == want["gender"]["gender"], person
     assert not person.get("vehicle") and not person.get("pet")  # a person's crop never reaches those
+    # the threat detector sees a whole-person crop and finds no weapon (it once read the person as a gun)
+    assert "threat_detector" in person["models"], person["models"]
+    assert person["threat_detection"]["threat_type"] == "none", person["threat_detection"]
 
     car = by_class["car"]["enrichment"]
     assert car["vehicle"]["vehicle_type"] == want["vehicle"]["vehicle_type"], car

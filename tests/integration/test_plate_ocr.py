@@ -27,6 +27,7 @@ from serving.adapters.base import Adapter, image_items
 from serving.adapters.ppocr import CLS_FILE, DET_FILE
 from serving.adapters.registry import AdapterRegistry
 from serving.adapters.yolo import to_image_pixels
+from serving.fixtures.quality import iou
 from serving.router.risk import build_messages
 from serving.router.schemas import FrameDetection
 from serving.services.app import create_app
@@ -324,15 +325,8 @@ def test_vehicle_path_with_the_trained_plate_detector(built_models):
             if got != text:
                 misses.append(f"{text}->{got}")
                 continue
-            iou = box_iou(lp["bbox"], pbox)
-            assert iou >= 0.5, (lp["bbox"], pbox)
+            corners = ("x1", "y1", "x2", "y2")
+            assert iou([lp["bbox"][k] for k in corners], [pbox[k] for k in corners]) >= 0.5, (lp["bbox"], pbox)
     print(f"\ntrained plate detector + plate reader through /enrich: {hits}/12 exact; misses {misses}")
     assert hits >= 10, misses
 
-
-def box_iou(a: dict[str, float], b: dict[str, float]) -> float:
-    ix = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
-    iy = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
-    inter = ix * iy
-    area = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
-    return inter / area if area > 0 else 0.0

@@ -83,8 +83,9 @@ def enrichment(built_models):
         yield client
 
 
-def detect(client: httpx.Client, image_b64: str, size: tuple[int, int]) -> list[dict]:
-    r = client.post("/detect", json={"image": image_b64, "confidence": CONF})
+def detect(client: httpx.Client, image_b64: str, size: tuple[int, int], route: str = "/detect") -> list[dict]:
+    """The detections `route` finds at CONF, after checking the answer names the picture's size."""
+    r = client.post(route, json={"image": image_b64, "confidence": CONF})
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["image_width"], body["image_height"]) == size
@@ -280,11 +281,7 @@ def test_pipeline_frame_routes_each_crop_to_its_models_and_classifies_it(stack):
 
 # ------------------------------------------------------------------ /segment (yolo26_seg)
 def segment(client: httpx.Client, image_b64: str, size: tuple[int, int]) -> list[dict]:
-    r = client.post("/segment", json={"image": image_b64, "confidence": CONF})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert (body["image_width"], body["image_height"]) == size
-    return body["detections"]
+    return detect(client, image_b64, size, route="/segment")
 
 
 def outline_mask(polygon: list[list[float]], size: tuple[int, int]) -> np.ndarray:

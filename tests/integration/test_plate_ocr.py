@@ -329,4 +329,3 @@ def test_vehicle_path_with_the_trained_plate_detector(built_models):
             assert iou([lp["bbox"][k] for k in corners], [pbox[k] for k in corners]) >= 0.5, (lp["bbox"], pbox)
     print(f"\ntrained plate detector + plate reader through /enrich: {hits}/12 exact; misses {misses}")
     assert hits >= 10, misses
-
